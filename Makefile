@@ -1,0 +1,45 @@
+# The two commands: `make demo` and `make test` (plus `make ui`). Everything installs itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
+SCALE ?= 1
+SEED ?= 42
+
+export FEDLAKE_HOME ?= $(CURDIR)/data
+export DAGSTER_HOME ?= $(FEDLAKE_HOME)/dagster_home
+export FEDLAKE_SILOS ?= $(CURDIR)/silos.yaml
+# No telemetry, no analytics, no downloads at run time.
+export DBT_SEND_ANONYMOUS_USAGE_STATS := false
+export DO_NOT_TRACK := 1
+export GX_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test ui dagster-home clean
+
+install: $(STAMP)
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+dagster-home:
+	mkdir -p $(DAGSTER_HOME)
+	cp deploy/local/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+demo: install dagster-home
+	$(VENV)/bin/fedlake seed --scale $(SCALE) --seed $(SEED)
+	$(PY) -m platform_defs.demo
+
+test: install
+	$(PY) -m pytest
+
+ui: install dagster-home
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf $(FEDLAKE_HOME)

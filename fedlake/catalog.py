@@ -1,0 +1,187 @@
+"""The catalog: silos, their tables and the classification of every column, from silos.yaml.
+
+The catalog is declarative and validated at load, so that a typo in a classification or a kind is
+an error naming the file and the key, not a silent hole in the policy later on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedlake.errors import ConfigError
+
+KINDS = ("postgres", "s3", "parquet")
+CLASSIFICATIONS = ("public", "financial", "pii.quasi", "pii.direct", "free_text")
+DEPLOYMENTS = ("local", "prod")
+
+# Which connection keys each kind accepts per deployment; anything else is a typo worth reporting.
+CONNECTION_KEYS = {
+    "postgres": {"dsn", "embedded", "schema"},
+    "s3": {"bucket", "prefix", "endpoint_url", "region", "access_key_id", "secret_access_key", "path"},
+    "parquet": {"path"},
+}
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    """A connection value read from the environment when the silo is opened, never stored."""
+
+    name: str
+
+    def resolve(self, where: str) -> str:
+        value = os.environ.get(self.name)
+        if value is None:
+            raise ConfigError(where, self.name, f"environment variable {self.name} is not set")
+        return value
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    columns: dict[str, str]  # column -> classification, in declaration order
+
+    def classification(self, column: str) -> str:
+        return self.columns[column]
+
+
+@dataclass(frozen=True)
+class SiloSpec:
+    name: str
+    kind: str
+    region: str
+    tables: dict[str, TableSpec]
+    connections: dict[str, dict[str, str | EnvRef]] = field(default_factory=dict)
+    source_file: str = "silos.yaml"
+
+    def connection(self, deployment: str) -> dict[str, str | EnvRef]:
+        if deployment not in self.connections:
+            raise ConfigError(
+                self.source_file,
+                f"silos.{self.name}.connection",
+                f"no connection for deployment '{deployment}' (have: {sorted(self.connections)})",
+            )
+        return self.connections[deployment]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    silos: dict[str, SiloSpec]
+    path: str
+
+    def silo(self, name: str) -> SiloSpec:
+        if name not in self.silos:
+            raise KeyError(f"unknown silo '{name}' (known: {', '.join(sorted(self.silos))})")
+        return self.silos[name]
+
+    def table(self, silo: str, table: str) -> TableSpec:
+        spec = self.silo(silo)
+        if table not in spec.tables:
+            raise KeyError(f"unknown table '{silo}.{table}' (known: {', '.join(sorted(spec.tables))})")
+        return spec.tables[table]
+
+
+def load_catalog(path: str | os.PathLike) -> Catalog:
+    """Parse and validate silos.yaml; every problem is a ConfigError naming the file and the key."""
+    path = str(path)
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "<file>", "file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "<file>"
+        raise ConfigError(path, where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    return parse_catalog(raw, path)
+
+
+def parse_catalog(raw: Any, path: str = "silos.yaml") -> Catalog:
+    if not isinstance(raw, dict) or not isinstance(raw.get("silos"), dict) or not raw["silos"]:
+        raise ConfigError(path, "silos", "expected a mapping of silo name to silo definition")
+    unknown_top = set(raw) - {"silos"} - {k for k in raw if str(k).startswith("x-")}
+    if unknown_top:
+        raise ConfigError(path, sorted(unknown_top)[0], "unknown top-level key (allowed: silos, x-*)")
+    silos = {}
+    for name, body in raw["silos"].items():
+        silos[name] = _parse_silo(path, str(name), body)
+    return Catalog(silos=silos, path=path)
+
+
+def _parse_silo(path: str, name: str, body: Any) -> SiloSpec:
+    key = f"silos.{name}"
+    if not name.isidentifier():
+        raise ConfigError(path, key, "a silo name must be an identifier (letters, digits, underscore)")
+    if not isinstance(body, dict):
+        raise ConfigError(path, key, "expected a mapping with kind, region, connection and tables")
+    unknown = set(body) - {"kind", "region", "connection", "tables"}
+    if unknown:
+        raise ConfigError(path, f"{key}.{sorted(unknown)[0]}", "unknown key (allowed: kind, region, connection, tables)")
+    kind = body.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(path, f"{key}.kind", f"unknown kind {kind!r} (allowed: {', '.join(KINDS)})")
+    region = body.get("region")
+    if not isinstance(region, str) or not region:
+        raise ConfigError(path, f"{key}.region", "a region (e.g. EU, US, SG) is required")
+    tables_raw = body.get("tables")
+    if not isinstance(tables_raw, dict) or not tables_raw:
+        raise ConfigError(path, f"{key}.tables", "expected a mapping of table name to its columns")
+    tables = {}
+    for table, columns in tables_raw.items():
+        tables[str(table)] = _parse_table(path, f"{key}.tables.{table}", str(table), columns)
+    connections = _parse_connections(path, f"{key}.connection", kind, body.get("connection", {}))
+    return SiloSpec(name=name, kind=kind, region=region, tables=tables, connections=connections, source_file=path)
+
+
+def _parse_table(path: str, key: str, name: str, columns: Any) -> TableSpec:
+    if not name.isidentifier():
+        raise ConfigError(path, key, "a table name must be an identifier")
+    if not isinstance(columns, dict) or not columns:
+        raise ConfigError(path, key, "expected a mapping of column name to classification")
+    parsed = {}
+    for column, classification in columns.items():
+        if classification not in CLASSIFICATIONS:
+            raise ConfigError(
+                path,
+                f"{key}.{column}",
+                f"unknown classification {classification!r} (allowed: {', '.join(CLASSIFICATIONS)})",
+            )
+        parsed[str(column)] = classification
+    return TableSpec(name=name, columns=parsed)
+
+
+def _parse_connections(path: str, key: str, kind: str, raw: Any) -> dict[str, dict[str, str | EnvRef]]:
+    if not isinstance(raw, dict):
+        raise ConfigError(path, key, "expected a mapping of deployment (local, prod) to connection settings")
+    result = {}
+    for deployment, settings in raw.items():
+        dkey = f"{key}.{deployment}"
+        if deployment not in DEPLOYMENTS:
+            raise ConfigError(path, dkey, f"unknown deployment (allowed: {', '.join(DEPLOYMENTS)})")
+        if not isinstance(settings, dict):
+            raise ConfigError(path, dkey, "expected a mapping of connection settings")
+        parsed: dict[str, str | EnvRef] = {}
+        for setting, value in settings.items():
+            skey = f"{dkey}.{setting}"
+            if setting not in CONNECTION_KEYS[kind]:
+                allowed = ", ".join(sorted(CONNECTION_KEYS[kind]))
+                raise ConfigError(path, skey, f"unknown setting for kind {kind} (allowed: {allowed})")
+            if isinstance(value, dict):
+                if set(value) != {"env"} or not isinstance(value["env"], str):
+                    raise ConfigError(path, skey, "expected a plain value or {env: VARIABLE_NAME}")
+                parsed[setting] = EnvRef(value["env"])
+            elif isinstance(value, (str, int, bool)):
+                parsed[setting] = str(value)
+            else:
+                raise ConfigError(path, skey, "expected a plain value or {env: VARIABLE_NAME}")
+        result[deployment] = parsed
+    return result
+
+
+def default_catalog_path() -> Path:
+    """silos.yaml named by FEDLAKE_SILOS, else the one in the working directory."""
+    return Path(os.environ.get("FEDLAKE_SILOS", "silos.yaml"))

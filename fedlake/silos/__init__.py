@@ -1,0 +1,74 @@
+"""One connector per silo kind, opened from the catalog's connection settings for a deployment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fedlake.catalog import EnvRef, SiloSpec
+from fedlake.errors import ConfigError
+from fedlake.silos.base import Connector, EgressCounter, MaterializedTable, TableStats
+from fedlake.silos.parquet import ParquetConnector
+from fedlake.silos.postgres import PostgresConnector, embedded_dsn
+from fedlake.silos.s3 import S3Connector
+
+__all__ = [
+    "Connector",
+    "EgressCounter",
+    "MaterializedTable",
+    "TableStats",
+    "ParquetConnector",
+    "PostgresConnector",
+    "S3Connector",
+    "open_silo",
+    "connector_for",
+    "data_dir",
+]
+
+
+def data_dir() -> Path:
+    """The folder holding everything the local deployment keeps: FEDLAKE_HOME, else ./data."""
+    return Path(os.environ.get("FEDLAKE_HOME", "data")).expanduser().resolve()
+
+
+def resolve_settings(spec: SiloSpec, deployment: str) -> dict[str, str]:
+    """Connection settings with every {env: NAME} read now, for this call only."""
+    settings = spec.connection(deployment)
+    where = f"{spec.source_file} (silos.{spec.name}.connection.{deployment})"
+    return {k: v.resolve(where) if isinstance(v, EnvRef) else v for k, v in settings.items()}
+
+
+def connector_for(kind: str, name: str, region: str, settings: dict[str, str], home: Path) -> Connector:
+    """Build the connector of one kind from plain settings; relative paths live under `home`."""
+
+    def under_home(path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else home / p
+
+    if kind == "postgres":
+        if settings.get("dsn"):
+            dsn = settings["dsn"]
+        elif settings.get("embedded"):
+            dsn = embedded_dsn(under_home(settings["embedded"]))
+        else:
+            raise ConfigError("silos.yaml", f"silos.{name}.connection", "a postgres silo needs dsn or embedded")
+        return PostgresConnector(name, region, dsn, schema=settings.get("schema") or "public")
+    if kind == "s3" and settings.get("bucket"):
+        return S3Connector(
+            name,
+            region,
+            bucket=settings["bucket"],
+            prefix=settings.get("prefix", ""),
+            endpoint_url=settings.get("endpoint_url", ""),
+            aws_region=settings.get("region") or "us-east-1",
+            access_key_id=settings.get("access_key_id", ""),
+            secret_access_key=settings.get("secret_access_key", ""),
+        )
+    if kind in ("s3", "parquet") and settings.get("path"):
+        # An s3 silo with a path is the local deployment's stand-in: the same lake on local disk.
+        return ParquetConnector(name, region, under_home(settings["path"]))
+    raise ConfigError("silos.yaml", f"silos.{name}.connection", f"incomplete settings for kind {kind}: {sorted(settings)}")
+
+
+def open_silo(spec: SiloSpec, deployment: str, home: Path | None = None) -> Connector:
+    return connector_for(spec.kind, spec.name, spec.region, resolve_settings(spec, deployment), home or data_dir())

@@ -1,0 +1,161 @@
+"""The one interface every silo kind implements.
+
+A connector runs work *inside* its silo: fragments execute there and stream back as Arrow record
+batches, materializations stay there. It counts every row and byte that leaves it, so that "nothing
+left the silo" is a measured fact rather than an absence of errors.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+DEFAULT_BATCH_ROWS = 65_536
+
+
+@dataclass
+class EgressCounter:
+    """Rows and bytes (Arrow buffer sizes) that left the silo through this connector."""
+
+    rows: int = 0
+    bytes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        with self._lock:
+            self.rows += batch.num_rows
+            self.bytes += batch.nbytes
+
+    def snapshot(self) -> tuple[int, int]:
+        with self._lock:
+            return self.rows, self.bytes
+
+
+@dataclass(frozen=True)
+class ColumnStats:
+    name: str
+    type: str
+    distinct: int
+    null_fraction: float
+    min: str | None
+    max: str | None
+
+
+@dataclass(frozen=True)
+class TableStats:
+    table: str
+    rows: int
+    bytes: int
+    columns: tuple[ColumnStats, ...]
+
+
+@dataclass(frozen=True)
+class MaterializedTable:
+    """What stays behind after a materialization: where the table is and how big, not its rows."""
+
+    silo: str
+    table: str
+    schema: pa.Schema
+    rows: int
+    bytes: int
+
+
+class Connector(ABC):
+    """A silo of one kind. SQL comes in DuckDB's dialect over the silo's own table names."""
+
+    kind: str
+
+    def __init__(self, name: str, region: str):
+        self.name = name
+        self.region = region
+        self.egress = EgressCounter()
+
+    @abstractmethod
+    def list_tables(self) -> list[str]: ...
+
+    @abstractmethod
+    def schema(self, table: str) -> pa.Schema: ...
+
+    @abstractmethod
+    def statistics(self, table: str) -> TableStats: ...
+
+    @abstractmethod
+    def row_count(self, table: str) -> int: ...
+
+    @abstractmethod
+    def _stream(self, sql: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]: ...
+
+    @abstractmethod
+    def materialize(self, table: str, sql: str) -> MaterializedTable:
+        """Create or replace `table` inside the silo from `sql`, atomically: all or nothing."""
+
+    @abstractmethod
+    def load(self, table: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+        """The data owner's bulk load (seeding): replace `table` atomically; returns rows written."""
+
+    @abstractmethod
+    def drop(self, table: str) -> None: ...
+
+    def close(self) -> None:
+        """Release connections; the silo itself keeps running."""
+
+    def execute(self, sql: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
+        """Run `sql` inside the silo and stream the result out, counting what leaves."""
+        schema, batches = self._stream(sql, batch_rows)
+
+        def counted() -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                self.egress.add(batch)
+                yield batch
+
+        return pa.RecordBatchReader.from_batches(schema, counted())
+
+    def __enter__(self) -> Connector:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_table_name(name: str) -> str:
+    """Table names become SQL identifiers and storage paths, so only plain identifiers pass."""
+    if not name.isidentifier() or name.startswith("_"):
+        raise ValueError(f"invalid table name {name!r}: use letters, digits and underscores, not leading '_'")
+    return name
+
+
+def stats_sql(table_ref: str, schema: pa.Schema, quote) -> str:
+    """One aggregate query computing every column's statistics in place (valid in DuckDB and PostgreSQL)."""
+    parts = ["count(*) AS n"]
+    for i, f in enumerate(schema):
+        c = quote(f.name)
+        ordered = f"CAST({c} AS INTEGER)" if pa.types.is_boolean(f.type) else c
+        parts += [
+            f"count(DISTINCT {c}) AS d{i}",
+            f"count({c}) AS c{i}",
+            f"CAST(min({ordered}) AS VARCHAR) AS lo{i}",
+            f"CAST(max({ordered}) AS VARCHAR) AS hi{i}",
+        ]
+    return f"SELECT {', '.join(parts)} FROM {table_ref}"
+
+
+def stats_from_row(table: str, schema: pa.Schema, row: tuple, size: int) -> TableStats:
+    n = row[0]
+    columns = []
+    for i, f in enumerate(schema):
+        distinct, non_null, lo, hi = row[1 + 4 * i : 5 + 4 * i]
+        columns.append(
+            ColumnStats(
+                name=f.name,
+                type=str(f.type),
+                distinct=int(distinct),
+                null_fraction=(1 - non_null / n) if n else 0.0,
+                min=lo,
+                max=hi,
+            )
+        )
+    return TableStats(table=table, rows=int(n), bytes=int(size), columns=tuple(columns))

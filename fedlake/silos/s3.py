@@ -1,0 +1,64 @@
+"""The S3 lake: Parquet objects in a bucket, read in place by DuckDB through its httpfs extension.
+
+httpfs comes from the `duckdb-extension-httpfs` wheel; DuckDB is told never to download anything.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+import duckdb
+import duckdb_extensions
+import pyarrow.fs as pafs
+
+from fedlake.silos.lake import LakeConnector
+
+
+class S3Connector(LakeConnector):
+    kind = "s3"
+
+    def __init__(
+        self,
+        name: str,
+        region: str,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str = "",
+        aws_region: str = "us-east-1",
+        access_key_id: str = "",
+        secret_access_key: str = "",
+    ):
+        endpoint = urlparse(endpoint_url) if endpoint_url else None
+        self._s3 = {
+            "key_id": access_key_id,
+            "secret": secret_access_key,
+            "region": aws_region,
+            "endpoint": endpoint.netloc if endpoint else "",
+            "use_ssl": not endpoint or endpoint.scheme == "https",
+        }
+        fs = pafs.S3FileSystem(
+            access_key=access_key_id or None,
+            secret_key=secret_access_key or None,
+            region=aws_region,
+            endpoint_override=endpoint.netloc if endpoint else None,
+            scheme=endpoint.scheme if endpoint else "https",
+            allow_bucket_creation=False,
+        )
+        base = "/".join(p for p in (bucket, prefix.strip("/")) if p)
+        super().__init__(name, region, fs, base, f"s3://{base}")
+
+    def _configure(self, db: duckdb.DuckDBPyConnection) -> None:
+        duckdb_extensions.import_extension("httpfs", con=db)
+        db.execute("LOAD httpfs")
+        s3 = self._s3
+        options = [
+            "TYPE s3",
+            f"REGION '{s3['region']}'",
+            f"USE_SSL {'true' if s3['use_ssl'] else 'false'}",
+            "URL_STYLE 'path'",
+        ]
+        if s3["key_id"]:
+            options += [f"KEY_ID '{s3['key_id']}'", f"SECRET '{s3['secret']}'"]
+        if s3["endpoint"]:
+            options.append(f"ENDPOINT '{s3['endpoint']}'")
+        db.execute(f"CREATE OR REPLACE SECRET fedlake_s3 ({', '.join(options)})")

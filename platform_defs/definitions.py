@@ -1,0 +1,35 @@
+"""Assembles fedlake's Dagster Definitions for the chosen deployment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from assets.in_silo import in_silo_assets
+from assets.sources import source_assets
+from fedlake.catalog import default_catalog_path, load_catalog
+from fedlake.silos import data_dir
+from platform_defs.deployments import current_deployment, silo_resources
+from resources.federated_io_manager import federated_io_manager
+
+everything_job = dg.define_asset_job(
+    "materialize_everything",
+    selection=dg.AssetSelection.all(),
+    description="Observe every silo table and materialize every asset, where each belongs.",
+)
+
+
+def build_definitions(
+    catalog_path: str | Path | None = None, deployment: str | None = None, home: str | Path | None = None
+) -> dg.Definitions:
+    catalog = load_catalog(catalog_path or default_catalog_path())
+    deployment = deployment or current_deployment()
+    home = Path(home) if home else data_dir()
+    resources: dict[str, object] = dict(silo_resources(catalog, deployment, home))
+    resources["federated_io_manager"] = federated_io_manager(catalog)
+    return dg.Definitions(
+        assets=[*source_assets(catalog), *in_silo_assets(catalog)],
+        jobs=[everything_job],
+        resources=resources,
+    )

@@ -1,0 +1,1 @@
+"""Sensors and schedules; the per-silo new-data and drift sensors live here."""

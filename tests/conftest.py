@@ -1,0 +1,92 @@
+"""Session fixtures: the services and the seeded silos that the tests share.
+
+Nothing is mocked: the local deployment runs on an embedded PostgreSQL and local lakes; the prod
+deployment on a PostgreSQL server over TCP, moto's S3 server, and a lake folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fedlake.catalog import Catalog, load_catalog
+from tests.services import create_bucket, postgres_server, s3_server
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_SCALE = 0.05
+TEST_SEED = 7
+
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@dataclass
+class Deployment:
+    """A seeded deployment: which one, its data folder, the catalog and what seeding wrote."""
+
+    name: str
+    home: Path
+    catalog: Catalog
+    report: object  # fedlake.synth.seed.SeedReport
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Catalog:
+    return load_catalog(REPO / "silos.yaml")
+
+
+@pytest.fixture(scope="session")
+def local_deployment(tmp_path_factory, catalog) -> Deployment:
+    from fedlake.synth.seed import seed_demo_bank
+
+    home = tmp_path_factory.mktemp("local_home")
+    report = seed_demo_bank(catalog, "local", home, TEST_SCALE, TEST_SEED)
+    return Deployment("local", home, catalog, report, {})
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(tmp_path_factory):
+    with postgres_server(tmp_path_factory.mktemp("postgres")) as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def prod_env(postgres_dsn, s3_endpoint, tmp_path_factory) -> dict[str, str]:
+    env = {
+        "EU_CORE_DSN": postgres_dsn,
+        "US_LAKE_BUCKET": "fedlake-us",
+        "US_LAKE_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "fedlake-test",
+        "AWS_SECRET_ACCESS_KEY": "fedlake-test-secret",
+        "SG_LAKE_ROOT": str(tmp_path_factory.mktemp("sg_lake")),
+    }
+    create_bucket(s3_endpoint, env["US_LAKE_BUCKET"], env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+    return env
+
+
+@pytest.fixture(scope="session")
+def prod_deployment(tmp_path_factory, catalog, prod_env) -> Deployment:
+    """The prod deployment, seeded; its env vars are set for the whole session (they are the
+    deployment's secrets and addresses, read through {env: ...} and dg.EnvVar)."""
+    from fedlake.synth.seed import seed_demo_bank
+
+    os.environ.update(prod_env)
+    home = tmp_path_factory.mktemp("prod_home")
+    report = seed_demo_bank(catalog, "prod", home, TEST_SCALE, TEST_SEED)
+    return Deployment("prod", home, catalog, report, prod_env)
+
+
+@pytest.fixture(params=["local", "prod"])
+def deployment(request) -> Deployment:
+    return request.getfixturevalue(f"{request.param}_deployment")
