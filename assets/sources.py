@@ -4,7 +4,6 @@ Observation asks the silo for its schema and statistics (row count, bytes, per-c
 null fraction, min, max), computed inside the silo; no row is read out.
 """
 
-from __future__ import annotations
 
 import hashlib
 import json

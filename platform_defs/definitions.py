@@ -13,11 +13,7 @@ from fedlake.silos import data_dir
 from platform_defs.deployments import current_deployment, silo_resources
 from resources.federated_io_manager import federated_io_manager
 
-everything_job = dg.define_asset_job(
-    "materialize_everything",
-    selection=dg.AssetSelection.all(),
-    description="Observe every silo table and materialize every asset, where each belongs.",
-)
+EVERYTHING_JOB = "materialize_everything"
 
 
 def build_definitions(
@@ -28,8 +24,14 @@ def build_definitions(
     home = Path(home) if home else data_dir()
     resources: dict[str, object] = dict(silo_resources(catalog, deployment, home))
     resources["federated_io_manager"] = federated_io_manager(catalog)
+    sources = source_assets(catalog)
+    everything = dg.define_asset_job(
+        EVERYTHING_JOB,
+        selection=dg.AssetSelection.all() | dg.AssetSelection.assets(*(key for s in sources for key in s.keys)),
+        description="Observe every silo table and materialize every asset, where each belongs.",
+    )
     return dg.Definitions(
-        assets=[*source_assets(catalog), *in_silo_assets(catalog)],
-        jobs=[everything_job],
+        assets=[*sources, *in_silo_assets(catalog)],
+        jobs=[everything],
         resources=resources,
     )

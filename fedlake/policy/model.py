@@ -1,0 +1,263 @@
+"""policies.yaml: loaded, validated against the catalog, and asked for one column's decision.
+
+Validation happens at load so that an unknown silo, table, column, classification or purpose is an
+error naming the file and the key, not a rule that silently never matches.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedlake.catalog import CLASSIFICATIONS, Catalog
+from fedlake.errors import ConfigError
+
+ACTIONS = ("allow", "pseudonymize", "generalize", "aggregate", "deny")
+GENERALIZE_METHODS = ("age_band", "prefix")
+SMALL_GROUPS = ("suppress", "refuse")
+RULE_KEYS = {"to", "from", "purposes", "action", "k"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    where: str  # the key of this rule in the file, quoted in every decision it makes
+    action: str
+    to: tuple[str, ...] | str | None = None  # regions, or "same_region" / "other_region"
+    from_: tuple[str, ...] | None = None
+    purposes: tuple[str, ...] | None = None
+    k: int | None = None
+
+    def matches(self, source_region: str, destination: str, purpose: str) -> bool:
+        if self.purposes is not None and purpose not in self.purposes:
+            return False
+        if self.from_ is not None and source_region not in self.from_:
+            return False
+        if self.to == "same_region":
+            return destination == source_region
+        if self.to == "other_region":
+            return destination != source_region
+        return self.to is None or destination in self.to
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What may happen to one source column on its way out, and which rule says so."""
+
+    action: str
+    rule: str
+    k: int | None = None
+    generalize: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Client:
+    identity: str
+    token_env: str
+    purposes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Policy:
+    path: str
+    purposes: tuple[str, ...]
+    clients: dict[str, Client]
+    subjects: dict[str, str]
+    k: int
+    small_groups: str
+    generalize: dict[str, dict[str, Any]]
+    classification_rules: dict[str, tuple[Rule, ...]]
+    overrides: dict[str, tuple[Rule, ...]]  # "silo.table.column" pattern -> rules
+    catalog: Catalog = field(repr=False)
+
+    def rules_for(self, silo: str, table: str, column: str) -> tuple[Rule, ...]:
+        rules: list[Rule] = []
+        for pattern in (f"{silo}.{table}.{column}", f"*.{table}.{column}", f"{silo}.*.{column}", f"*.*.{column}"):
+            rules.extend(self.overrides.get(pattern, ()))
+        classification = self.catalog.table(silo, table).classification(column)
+        return (*rules, *self.classification_rules.get(classification, ()))
+
+    def decide(self, silo: str, table: str, column: str, destination: str, purpose: str) -> Decision:
+        """The decision for one source column leaving `silo` towards region `destination`."""
+        if purpose not in self.purposes:
+            return Decision("deny", f"{self.path}: purposes (unknown purpose '{purpose}')")
+        source_region = self.catalog.silo(silo).region
+        for rule in self.rules_for(silo, table, column):
+            if rule.matches(source_region, destination, purpose):
+                return Decision(
+                    rule.action,
+                    f"{self.path}: {rule.where}",
+                    k=(rule.k or self.k) if rule.action == "aggregate" else None,
+                    generalize=self.generalize.get(column) if rule.action == "generalize" else None,
+                )
+        return Decision("deny", f"{self.path}: no rule allows {silo}.{table}.{column} to {destination} for {purpose}")
+
+    def client_purposes(self, identity: str) -> tuple[str, ...]:
+        return self.clients[identity].purposes
+
+    def tokens(self) -> dict[str, str]:
+        """token -> identity, read from each client's environment variable (clients without one set are left out)."""
+        return {os.environ[c.token_env]: c.identity for c in self.clients.values() if os.environ.get(c.token_env)}
+
+
+def load_policy(path: str | os.PathLike, catalog: Catalog) -> Policy:
+    path = str(path)
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "<file>", "file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(path, f"line {mark.line + 1}" if mark else "<file>", f"not valid YAML: {exc}") from None
+    return parse_policy(raw, catalog, path)
+
+
+def _regions(catalog: Catalog) -> set[str]:
+    return {spec.region for spec in catalog.silos.values()}
+
+
+def parse_policy(raw: Any, catalog: Catalog, path: str = "policies.yaml") -> Policy:
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "<file>", "expected a mapping")
+    allowed_top = {"purposes", "clients", "subjects", "aggregate", "generalize", "classifications", "overrides"}
+    for key in raw:
+        if key not in allowed_top:
+            raise ConfigError(path, str(key), f"unknown key (allowed: {', '.join(sorted(allowed_top))})")
+
+    purposes = raw.get("purposes")
+    if not isinstance(purposes, list) or not purposes or not all(isinstance(p, str) for p in purposes):
+        raise ConfigError(path, "purposes", "expected a non-empty list of purpose names")
+    purposes = tuple(purposes)
+
+    clients = {}
+    for identity, body in (raw.get("clients") or {}).items():
+        key = f"clients.{identity}"
+        if not isinstance(body, dict) or not isinstance(body.get("token_env"), str):
+            raise ConfigError(path, key, "expected {token_env: VARIABLE, purposes: [...]}")
+        client_purposes = body.get("purposes") or []
+        for i, p in enumerate(client_purposes):
+            if p not in purposes:
+                raise ConfigError(path, f"{key}.purposes[{i}]", f"unknown purpose '{p}' (declared: {', '.join(purposes)})")
+        clients[str(identity)] = Client(str(identity), body["token_env"], tuple(client_purposes))
+
+    all_tables = {t for spec in catalog.silos.values() for t in spec.tables}
+    subjects = {}
+    for table, column in (raw.get("subjects") or {}).items():
+        if table not in all_tables:
+            raise ConfigError(path, f"subjects.{table}", f"unknown table (known: {', '.join(sorted(all_tables))})")
+        owners = [spec for spec in catalog.silos.values() if table in spec.tables]
+        if any(column not in spec.tables[table].columns for spec in owners):
+            raise ConfigError(path, f"subjects.{table}", f"unknown column '{column}' in {table}")
+        subjects[str(table)] = str(column)
+
+    aggregate = raw.get("aggregate") or {}
+    k = aggregate.get("k", 10)
+    if not isinstance(k, int) or k < 2:
+        raise ConfigError(path, "aggregate.k", "expected a whole number of at least 2")
+    small_groups = aggregate.get("small_groups", "suppress")
+    if small_groups not in SMALL_GROUPS:
+        raise ConfigError(path, "aggregate.small_groups", f"expected one of {', '.join(SMALL_GROUPS)}")
+
+    generalize = {}
+    for column, spec in (raw.get("generalize") or {}).items():
+        key = f"generalize.{column}"
+        if not isinstance(spec, dict) or spec.get("method") not in GENERALIZE_METHODS:
+            raise ConfigError(path, key, f"expected {{method: {' | '.join(GENERALIZE_METHODS)}, ...}}")
+        generalize[str(column)] = dict(spec)
+
+    regions = _regions(catalog)
+    classification_rules = {}
+    for classification, rules in (raw.get("classifications") or {}).items():
+        key = f"classifications.{classification}"
+        if classification not in CLASSIFICATIONS:
+            raise ConfigError(path, key, f"unknown classification (allowed: {', '.join(CLASSIFICATIONS)})")
+        classification_rules[classification] = _parse_rules(path, key, rules, purposes, regions)
+    for classification in CLASSIFICATIONS:
+        classification_rules.setdefault(classification, ())
+
+    overrides = {}
+    for pattern, rules in (raw.get("overrides") or {}).items():
+        key = f"overrides.{pattern}"
+        _check_pattern(path, key, str(pattern), catalog)
+        overrides[str(pattern)] = _parse_rules(path, key, rules, purposes, regions)
+
+    policy = Policy(
+        path=path,
+        purposes=purposes,
+        clients=clients,
+        subjects=subjects,
+        k=k,
+        small_groups=small_groups,
+        generalize=generalize,
+        classification_rules=classification_rules,
+        overrides=overrides,
+        catalog=catalog,
+    )
+    for pattern, rules in overrides.items():
+        for rule in rules:
+            if rule.action == "generalize" and pattern.split(".")[-1] not in generalize:
+                raise ConfigError(path, rule.where, f"generalize needs a `generalize.{pattern.split('.')[-1]}` entry")
+    return policy
+
+
+def _check_pattern(path: str, key: str, pattern: str, catalog: Catalog) -> None:
+    parts = pattern.split(".")
+    if len(parts) != 3:
+        raise ConfigError(path, key, "expected silo.table.column (use * for any silo or table)")
+    silo, table, column = parts
+    if silo != "*" and silo not in catalog.silos:
+        raise ConfigError(path, key, f"unknown silo '{silo}' (known: {', '.join(catalog.silos)})")
+    silos = catalog.silos.values() if silo == "*" else [catalog.silo(silo)]
+    tables = [(s, t) for s in silos for name, t in s.tables.items() if table in ("*", name)]
+    if not tables:
+        raise ConfigError(path, key, f"unknown table '{table}'")
+    if not any(column in t.columns for _, t in tables):
+        raise ConfigError(path, key, f"unknown column '{column}' in {silo}.{table}")
+
+
+def _parse_rules(path: str, key: str, rules: Any, purposes: tuple[str, ...], regions: set[str]) -> tuple[Rule, ...]:
+    if not isinstance(rules, list) or not rules:
+        raise ConfigError(path, key, "expected a list of rules")
+    parsed = []
+    for i, rule in enumerate(rules):
+        where = f"{key}[{i}]"
+        if not isinstance(rule, dict):
+            raise ConfigError(path, where, "expected a mapping with an action")
+        for field_name in rule:
+            if field_name not in RULE_KEYS:
+                raise ConfigError(path, f"{where}.{field_name}", f"unknown rule field (allowed: {', '.join(sorted(RULE_KEYS))})")
+        action = rule.get("action")
+        if action not in ACTIONS:
+            raise ConfigError(path, f"{where}.action", f"unknown action {action!r} (allowed: {', '.join(ACTIONS)})")
+        rule_purposes = rule.get("purposes")
+        if rule_purposes is not None:
+            for j, p in enumerate(rule_purposes):
+                if p not in purposes:
+                    raise ConfigError(path, f"{where}.purposes[{j}]", f"unknown purpose '{p}' (declared: {', '.join(purposes)})")
+            rule_purposes = tuple(rule_purposes)
+        to = rule.get("to")
+        if isinstance(to, list):
+            for region in to:
+                if region not in regions:
+                    raise ConfigError(path, f"{where}.to", f"unknown region '{region}' (known: {', '.join(sorted(regions))})")
+            to = tuple(to)
+        elif to not in (None, "same_region", "other_region"):
+            raise ConfigError(path, f"{where}.to", "expected same_region, other_region or a list of regions")
+        from_ = rule.get("from")
+        if from_ is not None:
+            if not isinstance(from_, list) or any(r not in regions for r in from_):
+                raise ConfigError(path, f"{where}.from", f"expected a list of known regions ({', '.join(sorted(regions))})")
+            from_ = tuple(from_)
+        k = rule.get("k")
+        if k is not None and (action != "aggregate" or not isinstance(k, int) or k < 2):
+            raise ConfigError(path, f"{where}.k", "k goes with action aggregate and is a whole number of at least 2")
+        parsed.append(Rule(where=where, action=action, to=to, from_=from_, purposes=rule_purposes, k=k))
+    return tuple(parsed)
+
+
+def default_policy_path() -> Path:
+    return Path(os.environ.get("FEDLAKE_POLICIES", "policies.yaml"))
