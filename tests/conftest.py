@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fedlake.catalog import Catalog, load_catalog
+from fedlake.synth.seed import SeedReport, seed_demo_bank
 from tests.services import create_bucket, postgres_server, s3_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +32,7 @@ class Deployment:
     name: str
     home: Path
     catalog: Catalog
-    report: object  # fedlake.synth.seed.SeedReport
+    report: SeedReport
     env: dict[str, str]
 
 
@@ -42,8 +43,6 @@ def catalog() -> Catalog:
 
 @pytest.fixture(scope="session")
 def local_deployment(tmp_path_factory, catalog) -> Deployment:
-    from fedlake.synth.seed import seed_demo_bank
-
     home = tmp_path_factory.mktemp("local_home")
     report = seed_demo_bank(catalog, "local", home, TEST_SCALE, TEST_SEED)
     return Deployment("local", home, catalog, report, {})
@@ -79,8 +78,6 @@ def prod_env(postgres_dsn, s3_endpoint, tmp_path_factory) -> dict[str, str]:
 def prod_deployment(tmp_path_factory, catalog, prod_env) -> Deployment:
     """The prod deployment, seeded; its env vars are set for the whole session (they are the
     deployment's secrets and addresses, read through {env: ...} and dg.EnvVar)."""
-    from fedlake.synth.seed import seed_demo_bank
-
     os.environ.update(prod_env)
     home = tmp_path_factory.mktemp("prod_home")
     report = seed_demo_bank(catalog, "prod", home, TEST_SCALE, TEST_SEED)
