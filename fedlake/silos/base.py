@@ -90,8 +90,14 @@ class Connector(ABC):
     def _stream(self, sql: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]: ...
 
     @abstractmethod
-    def materialize(self, table: str, sql: str) -> MaterializedTable:
-        """Create or replace `table` inside the silo from `sql`, atomically: all or nothing."""
+    def materialize(self, table: str, sql: str, annotations: dict | None = None) -> MaterializedTable:
+        """Create or replace `table` inside the silo from `sql`, atomically: all or nothing.
+        `annotations` (JSON-able: e.g. the lineage of each column) are stored with the table, in the
+        same commit, so a table and what fedlake knows about it can never disagree."""
+
+    @abstractmethod
+    def annotations(self, table: str) -> dict | None:
+        """What was stored with a table fedlake materialized; None for any other table."""
 
     @abstractmethod
     def load(self, table: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:

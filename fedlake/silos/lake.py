@@ -8,6 +8,7 @@ files without a pointer (a lake fedlake did not write) is read as it is.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import threading
 import uuid
@@ -30,6 +31,7 @@ from fedlake.silos.base import (
 )
 
 POINTER = "_current"
+ANNOTATIONS = "_fedlake.json"
 
 
 def quote_ident(name: str) -> str:
@@ -182,7 +184,7 @@ class LakeConnector(Connector):
             except (FileNotFoundError, OSError):
                 pass
 
-    def materialize(self, table: str, sql: str) -> MaterializedTable:
+    def materialize(self, table: str, sql: str, annotations: dict | None = None) -> MaterializedTable:
         check_table_name(table)
         version = self._new_version()
         target = self._uri(table, version, "part-00000.parquet")
@@ -193,12 +195,26 @@ class LakeConnector(Connector):
                 rows = int(result.fetchone()[0])
             finally:
                 cursor.close()
+            if annotations is not None:
+                with self._fs.open_output_stream(self._path(table, version, ANNOTATIONS)) as f:
+                    f.write(json.dumps(annotations).encode())
             self._commit(table, version)
         except BaseException:
             self._abandon(table, version)
             raise
         files = self._data_files(table)
         return MaterializedTable(self.name, table, self.schema(table), rows, self._size(files))
+
+    def annotations(self, table: str) -> dict | None:
+        self._require(table)
+        version = self._current_version(table)
+        if version is None:
+            return None
+        try:
+            with self._fs.open_input_stream(self._path(table, version, ANNOTATIONS)) as f:
+                return json.loads(f.read().decode())
+        except (FileNotFoundError, OSError):
+            return None
 
     def load(self, table: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
         check_table_name(table)

@@ -8,6 +8,7 @@ rename), which PostgreSQL makes atomic: a failure leaves the previous table or n
 from __future__ import annotations
 
 import io
+import json
 import threading
 import uuid
 import warnings
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import psycopg
+from psycopg import sql as sql_lib
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlglot
@@ -31,6 +33,7 @@ from fedlake.silos.base import (
 )
 
 STAGING_PREFIX = "_fl_stage_"
+ANNOTATION_PREFIX = "fedlake:"
 
 # PostgreSQL type OIDs -> Arrow types; anything else travels as text.
 _ARROW_BY_OID = {
@@ -196,7 +199,7 @@ class PostgresConnector(Connector):
         conn.execute(f"DROP TABLE IF EXISTS {quote_ident(table)}")
         conn.execute(f"ALTER TABLE {quote_ident(staging)} RENAME TO {quote_ident(table)}")
 
-    def materialize(self, table: str, sql: str) -> MaterializedTable:
+    def materialize(self, table: str, sql: str, annotations: dict | None = None) -> MaterializedTable:
         check_table_name(table)
         staging = f"{STAGING_PREFIX}{table}_{uuid.uuid4().hex[:8]}"
         with self._lock:
@@ -206,9 +209,22 @@ class PostgresConnector(Connector):
                     cursor = conn.execute(f"CREATE TABLE {quote_ident(staging)} AS {to_postgres_sql(sql)}")
                     rows = cursor.rowcount
                     self._replace(conn, staging, table)
+                    if annotations is not None:
+                        conn.execute(
+                            sql_lib.SQL("COMMENT ON TABLE {} IS {}").format(
+                                sql_lib.Identifier(table), sql_lib.Literal(ANNOTATION_PREFIX + json.dumps(annotations))
+                            )
+                        )
             except psycopg.Error as exc:
                 raise SiloError(f"silo {self.name}: materializing {table} failed: {exc}") from exc
         return MaterializedTable(self.name, table, self.schema(table), rows, self._table_bytes(table))
+
+    def annotations(self, table: str) -> dict | None:
+        self._require(table)
+        comment = self._query("SELECT obj_description(%s::regclass, 'pg_class')", (quote_ident(table),))[0][0]
+        if not comment or not comment.startswith(ANNOTATION_PREFIX):
+            return None
+        return json.loads(comment[len(ANNOTATION_PREFIX) :])
 
     def load(self, table: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
         check_table_name(table)

@@ -1,0 +1,76 @@
+"""Silo agents: the one way into a silo, with the egress gate and the audit ledger in front."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fedlake.agent.agent import Caller, Forbidden, SiloAgent, Unauthenticated
+from fedlake.agent.client import AgentClient, FlightAgentClient, InProcessAgentClient
+from fedlake.agent.gate import EgressDenied, EgressPlan
+from fedlake.audit import Ledger, open_ledger
+from fedlake.catalog import Catalog
+from fedlake.policy.model import Policy
+from fedlake.policy.transforms import local_secret, pseudonym_key
+from fedlake.silos import open_silo
+
+LEDGER_ENV = "FEDLAKE_LEDGER"
+
+__all__ = [
+    "AgentClient",
+    "Caller",
+    "EgressDenied",
+    "EgressPlan",
+    "FlightAgentClient",
+    "Forbidden",
+    "InProcessAgentClient",
+    "SiloAgent",
+    "Unauthenticated",
+    "build_agent",
+    "client_token",
+    "ledger_for",
+    "local_agent_client",
+]
+
+
+def ledger_for(home: Path) -> Ledger:
+    """The governed zone's ledger: FEDLAKE_LEDGER (a PostgreSQL DSN or a DuckDB path), else the
+    local governed zone's DuckDB file."""
+    return open_ledger(os.environ.get(LEDGER_ENV) or str(home / "governed" / "audit.duckdb"))
+
+
+def client_token(policy: Policy, identity: str, deployment: str, home: Path) -> str:
+    """A client's bearer token: from its environment variable; the local deployment makes one."""
+    client = policy.clients[identity]
+    token = os.environ.get(client.token_env)
+    if token:
+        return token
+    if deployment == "local":
+        return local_secret(home, f"token.{identity}")
+    raise Unauthenticated(f"{client.token_env} is not set: client '{identity}' has no token")
+
+
+def agent_tokens(policy: Policy, deployment: str, home: Path) -> dict[str, str]:
+    tokens = policy.tokens()
+    if deployment == "local":
+        for identity in policy.clients:
+            tokens.setdefault(client_token(policy, identity, deployment, home), identity)
+    return tokens
+
+
+def build_agent(catalog: Catalog, policy: Policy, silo: str, deployment: str, home: Path, ledger: Ledger | None = None) -> SiloAgent:
+    """The agent of one silo, as it runs next to that silo."""
+    spec = catalog.silo(silo)
+    return SiloAgent(
+        spec,
+        open_silo(spec, deployment, home),
+        policy,
+        ledger or ledger_for(home),
+        pseudonym_key(home if deployment == "local" else None),
+        agent_tokens(policy, deployment, home),
+    )
+
+
+def local_agent_client(catalog: Catalog, policy: Policy, silo: str, home: Path, identity: str = "coordinator") -> InProcessAgentClient:
+    agent = build_agent(catalog, policy, silo, "local", home)
+    return InProcessAgentClient(agent, client_token(policy, identity, "local", home))

@@ -1,0 +1,256 @@
+"""The silo agent: the one way into a silo. Runs next to it, through the egress gate and the ledger.
+
+The same class serves in-process (the local deployment, fast tests) and behind the Arrow Flight
+server (prod): both authenticate a bearer token to an identity, check the declared purpose against
+what that identity may declare, plan every request through the gate, and ledger every decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from sqlglot import exp
+
+from fedlake.agent.gate import DerivedColumn, EgressDenied, EgressGate, EgressPlan
+from fedlake.agent.lineage import LineageError, SourceUse, analyse, parse_query
+from fedlake.agent.pii import pii_scan
+from fedlake.audit import Ledger
+from fedlake.catalog import SiloSpec
+from fedlake.errors import FedlakeError
+from fedlake.policy.model import Policy
+from fedlake.silos.base import Connector, EgressCounter, check_table_name
+
+
+class Unauthenticated(FedlakeError):
+    """No token, or a token no client holds."""
+
+
+class Forbidden(FedlakeError):
+    """A known client asked for something it may not (a purpose it may not declare)."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    identity: str
+    purposes: tuple[str, ...]
+
+
+def sql_type(t: pa.DataType) -> str:
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_integer(t):
+        return "BIGINT"
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "DOUBLE"
+    if pa.types.is_date(t):
+        return "DATE"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP"
+    return "VARCHAR"
+
+
+ActionHandler = Callable[[Caller, dict[str, Any]], Any]
+
+
+class SiloAgent:
+    def __init__(
+        self, spec: SiloSpec, connector: Connector, policy: Policy, ledger: Ledger, key: bytes, tokens: dict[str, str]
+    ):
+        self.spec = spec
+        self.tokens = tokens  # bearer token -> client identity
+        self.connector = connector
+        self.policy = policy
+        self.ledger = ledger
+        self.gate = EgressGate(spec, policy, key)
+        self.egress = EgressCounter()  # what left through this agent, after the gate
+        self._actions: dict[str, ActionHandler] = {}
+        for name, handler in {
+            "list_tables": self._list_tables,
+            "schema": self._schema,
+            "row_count": self._row_count,
+            "statistics": self._statistics,
+            "materialize": self._materialize,
+            "pii_scan": self._pii_scan,
+            "egress": self._egress,
+        }.items():
+            self.register_action(name, handler)
+
+    # -- who is calling -------------------------------------------------------------------------
+
+    def authenticate(self, token: str | None) -> Caller:
+        if not token:
+            raise Unauthenticated(f"agent {self.spec.name}: no bearer token")
+        identity = self.tokens.get(token)
+        if identity is None:
+            raise Unauthenticated(f"agent {self.spec.name}: invalid bearer token")
+        return Caller(identity, self.policy.client_purposes(identity))
+
+    def _check_purpose(self, caller: Caller, purpose: str) -> None:
+        if purpose not in caller.purposes:
+            raise Forbidden(
+                f"agent {self.spec.name}: client '{caller.identity}' may not declare purpose '{purpose}' "
+                f"(may declare: {', '.join(caller.purposes) or 'none'}; {self.policy.path}: clients.{caller.identity})"
+            )
+
+    # -- actions --------------------------------------------------------------------------------
+
+    def register_action(self, name: str, handler: ActionHandler) -> None:
+        """Further operations (data-quality validation, training rounds) plug in here."""
+        self._actions[name] = handler
+
+    def action_names(self) -> list[str]:
+        return sorted(self._actions)
+
+    def action(self, caller: Caller, name: str, body: dict[str, Any]) -> Any:
+        if name not in self._actions:
+            raise FedlakeError(f"agent {self.spec.name}: unknown action '{name}' (known: {', '.join(self.action_names())})")
+        return self._actions[name](caller, body)
+
+    # -- queries through the gate ---------------------------------------------------------------
+
+    def _tables_for(self, sql: str) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, DerivedColumn]]]:
+        """The silo's schema as the gate needs it: the tables the fragment names, with their columns,
+        and for tables fedlake made here, the base columns each of their columns was made of."""
+        tree = parse_query(sql)
+        ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+        names = {t.name for t in tree.find_all(exp.Table)} - ctes
+        present = set(self.connector.list_tables())
+        schema: dict[str, dict[str, str]] = {}
+        derived: dict[str, dict[str, DerivedColumn]] = {}
+        for name in names:
+            if name not in present:
+                raise LineageError(f"silo {self.spec.name} has no table '{name}' (tables: {', '.join(sorted(present))})")
+            schema[name] = {f.name: sql_type(f.type) for f in self.connector.schema(name)}
+            if name not in self.spec.tables:
+                lineage = (self.connector.annotations(name) or {}).get("lineage", {})
+                derived[name] = {
+                    column: DerivedColumn(tuple(SourceUse(u["table"], u["column"], u["mode"]) for u in uses))
+                    for column, uses in lineage.items()
+                }
+        return schema, derived
+
+    def plan(self, caller: Caller, sql: str, purpose: str, destination: str) -> EgressPlan:
+        """Decide a fragment; a refusal is ledgered before it is raised."""
+        self._check_purpose(caller, purpose)
+        try:
+            schema, derived = self._tables_for(sql)
+            return self.gate.plan(sql, caller.identity, purpose, destination, schema, derived)
+        except (EgressDenied, LineageError) as exc:
+            columns = [c.as_dict() for c in exc.plan.columns] if isinstance(exc, EgressDenied) and exc.plan else []
+            self.ledger.record(
+                requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=destination,
+                operation="query", fragment=sql, columns=columns, decision="denied",
+            )
+            raise
+
+    def planned_schema(self, plan: EgressPlan) -> pa.Schema:
+        """The schema the plan will send, without running it over any row."""
+        empty = self.connector.execute(f"SELECT * FROM ({plan.sql}) AS q LIMIT 0")
+        schema, _ = self.gate.apply(plan, empty.schema, iter(()))
+        return schema
+
+    def estimate(self, plan: EgressPlan) -> tuple[int, int]:
+        """Rows and bytes the plan may send at most, from the silo's own sizes of the tables it reads."""
+        tables = {t.name for t in parse_query(plan.sql).find_all(exp.Table)} & set(self.connector.list_tables())
+        rows = max((self.connector.row_count(t) for t in tables), default=1)
+        width = max(1, 16 * len(plan.columns))
+        return rows, rows * width
+
+    def stream(self, caller: Caller, sql: str, purpose: str, destination: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """Plan, run inside the silo, rewrite through the gate, count and ledger what leaves."""
+        plan = self.plan(caller, sql, purpose, destination)
+        if plan.k and plan.small_groups == "refuse":
+            self._refuse_small_groups(caller, plan)
+        reader = self.connector.execute(plan.sql)
+        schema, batches = self.gate.apply(plan, reader.schema, iter(reader))
+        decision = "rewritten" if any(c.action != "allow" for c in plan.columns) else "allowed"
+
+        def counted() -> Iterator[pa.RecordBatch]:
+            rows = nbytes = 0
+            try:
+                for batch in batches:
+                    rows += batch.num_rows
+                    nbytes += batch.nbytes
+                    self.egress.add(batch)
+                    yield batch
+            finally:
+                self.ledger.record(
+                    requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=destination,
+                    operation="query", fragment=sql, columns=[c.as_dict() for c in plan.columns],
+                    decision=decision, rows=rows, nbytes=nbytes,
+                )
+
+        return schema, counted()
+
+    def _refuse_small_groups(self, caller: Caller, plan: EgressPlan) -> None:
+        from fedlake.agent.gate import SUBJECTS_COLUMN
+
+        smallest = self.connector.execute(f'SELECT min("{SUBJECTS_COLUMN}") AS m FROM ({plan.sql}) AS q').read_all()
+        value = smallest.column(0)[0].as_py()
+        if value is not None and value < plan.k:
+            self.ledger.record(
+                requester=caller.identity, purpose=plan.purpose, silo=self.spec.name, destination=plan.destination,
+                operation="query", fragment=plan.fragment, columns=[c.as_dict() for c in plan.columns], decision="denied",
+            )
+            raise EgressDenied(plan, f"egress from {self.spec.name} denied: a group has {value} distinct subjects, under "
+                               f"k={plan.k} [rule {self.policy.path}: aggregate.small_groups = refuse]")
+
+    # -- built-in actions -----------------------------------------------------------------------
+
+    def _list_tables(self, caller: Caller, body: dict[str, Any]) -> list[str]:
+        return self.connector.list_tables()
+
+    def _schema(self, caller: Caller, body: dict[str, Any]) -> list[list[str]]:
+        return [[f.name, str(f.type)] for f in self.connector.schema(body["table"])]
+
+    def _row_count(self, caller: Caller, body: dict[str, Any]) -> int:
+        return self.connector.row_count(body["table"])
+
+    def _statistics(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        """Statistics computed in place; a column's min and max leave only where the policy lets
+        its values leave as they are."""
+        purpose, destination = body["purpose"], body["destination"]
+        self._check_purpose(caller, purpose)
+        table = body["table"]
+        stats = self.connector.statistics(table)
+        columns = []
+        for c in stats.columns:
+            revealable = table in self.spec.tables and c.name in self.spec.tables[table].columns and (
+                self.policy.decide(self.spec.name, table, c.name, destination, purpose).action == "allow"
+            )
+            columns.append(
+                {"name": c.name, "type": c.type, "distinct": c.distinct, "null_fraction": c.null_fraction,
+                 "min": c.min if revealable else None, "max": c.max if revealable else None}
+            )
+        return {"table": table, "rows": stats.rows, "bytes": stats.bytes, "columns": columns}
+
+    def _materialize(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        """Materialize inside the silo: nothing leaves, so no egress rule applies, but the new
+        table remembers the base columns each of its columns was made of, for the gate later."""
+        table, sql = check_table_name(body["table"]), body["sql"]
+        if table in self.spec.tables:
+            raise FedlakeError(f"{self.spec.name}.{table} is a source table declared in {self.spec.source_file}; it may not be replaced")
+        schema, derived = self._tables_for(sql)
+        lineage = analyse(sql, schema)
+        annotations = {"lineage": {}, "sql": sql, "by": caller.identity}
+        for column in lineage.columns:
+            uses = self.gate.base_uses(column.uses, derived)
+            annotations["lineage"][column.name] = [{"table": u.table, "column": u.column, "mode": u.mode} for u in uses]
+        made = self.connector.materialize(table, sql, annotations)
+        self.ledger.record(
+            requester=caller.identity, purpose=body.get("purpose", "materialize"), silo=self.spec.name,
+            destination=self.spec.region, operation="materialize", fragment=sql,
+            columns=[{"output": f.name} for f in made.schema], decision="in_silo", rows=0, nbytes=0,
+        )
+        return {"silo": self.spec.name, "table": table, "columns": [[f.name, str(f.type)] for f in made.schema],
+                "rows": made.rows, "bytes": made.bytes}
+
+    def _pii_scan(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        return pii_scan(self.connector, self.spec, body["table"])
+
+    def _egress(self, caller: Caller, body: dict[str, Any]) -> dict[str, int]:
+        rows, nbytes = self.egress.snapshot()
+        return {"rows": rows, "bytes": nbytes}

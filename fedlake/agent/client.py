@@ -1,0 +1,130 @@
+"""Clients of a silo agent: over Flight (prod) or in-process (local), with the same interface.
+
+Both go through the agent's authentication, purpose check, gate and ledger; the in-process client
+only skips the network.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from fedlake.agent.agent import Forbidden, SiloAgent, Unauthenticated
+from fedlake.agent.gate import EgressDenied
+from fedlake.errors import FedlakeError
+
+
+class AgentClient(ABC):
+    silo: str
+
+    @abstractmethod
+    def query(self, sql: str, purpose: str, destination: str) -> pa.RecordBatchReader:
+        """Stream a fragment's result, as the gate lets it out."""
+
+    @abstractmethod
+    def estimate(self, sql: str, purpose: str, destination: str) -> dict[str, Any]:
+        """Plan without running: estimated rows and bytes, or the refusal."""
+
+    @abstractmethod
+    def action(self, name: str, **body: Any) -> Any: ...
+
+    def list_tables(self) -> list[str]:
+        return self.action("list_tables")
+
+    def schema(self, table: str) -> list[tuple[str, str]]:
+        return [tuple(c) for c in self.action("schema", table=table)]
+
+    def row_count(self, table: str) -> int:
+        return self.action("row_count", table=table)
+
+    def statistics(self, table: str, purpose: str, destination: str) -> dict[str, Any]:
+        return self.action("statistics", table=table, purpose=purpose, destination=destination)
+
+    def materialize(self, table: str, sql: str) -> dict[str, Any]:
+        return self.action("materialize", table=table, sql=sql)
+
+    def pii_scan(self, table: str) -> dict[str, Any]:
+        return self.action("pii_scan", table=table)
+
+    def egress(self) -> tuple[int, int]:
+        """Rows and bytes that have left the silo through its agent so far."""
+        counters = self.action("egress")
+        return counters["rows"], counters["bytes"]
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+class InProcessAgentClient(AgentClient):
+    def __init__(self, agent: SiloAgent, token: str):
+        self.agent = agent
+        self.silo = agent.spec.name
+        self.caller = agent.authenticate(token)
+
+    def query(self, sql: str, purpose: str, destination: str) -> pa.RecordBatchReader:
+        schema, batches = self.agent.stream(self.caller, sql, purpose, destination)
+        return pa.RecordBatchReader.from_batches(schema, batches)
+
+    def estimate(self, sql: str, purpose: str, destination: str) -> dict[str, Any]:
+        plan = self.agent.plan(self.caller, sql, purpose, destination)
+        rows, nbytes = self.agent.estimate(plan)
+        return {"rows": rows, "bytes": nbytes, "plan": plan}
+
+    def action(self, name: str, **body: Any) -> Any:
+        return json.loads(json.dumps(self.agent.action(self.caller, name, body), default=str))
+
+    def close(self) -> None:
+        self.agent.connector.close()
+
+
+def _from_flight(exc: flight.FlightError) -> FedlakeError:
+    message = str(exc).split(". Detail:")[0]
+    if isinstance(exc, flight.FlightUnauthenticatedError):
+        return Unauthenticated(message)
+    if isinstance(exc, flight.FlightUnauthorizedError):
+        return EgressDenied(None, message) if "denied" in message else Forbidden(message)
+    return FedlakeError(message)
+
+
+class FlightAgentClient(AgentClient):
+    def __init__(self, silo: str, location: str, token: str, ca_cert: str | Path | None = None, timeout: float = 300):
+        self.silo = silo
+        self.location = location
+        kwargs: dict[str, Any] = {}
+        if ca_cert:
+            kwargs["tls_root_certs"] = Path(ca_cert).read_bytes()
+        self._client = flight.FlightClient(location, **kwargs)
+        self._options = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())], timeout=timeout)
+
+    def _descriptor(self, sql: str, purpose: str, destination: str) -> flight.FlightDescriptor:
+        return flight.FlightDescriptor.for_command(json.dumps({"sql": sql, "purpose": purpose, "destination": destination}))
+
+    def query(self, sql: str, purpose: str, destination: str) -> pa.RecordBatchReader:
+        try:
+            info = self._client.get_flight_info(self._descriptor(sql, purpose, destination), self._options)
+            reader = self._client.do_get(info.endpoints[0].ticket, self._options)
+            return reader.to_reader()
+        except flight.FlightError as exc:
+            raise _from_flight(exc) from None
+
+    def estimate(self, sql: str, purpose: str, destination: str) -> dict[str, Any]:
+        try:
+            info = self._client.get_flight_info(self._descriptor(sql, purpose, destination), self._options)
+        except flight.FlightError as exc:
+            raise _from_flight(exc) from None
+        return {"rows": info.total_records, "bytes": info.total_bytes, "schema": info.schema}
+
+    def action(self, name: str, **body: Any) -> Any:
+        try:
+            results = list(self._client.do_action(flight.Action(name, json.dumps(body).encode()), self._options))
+        except flight.FlightError as exc:
+            raise _from_flight(exc) from None
+        return json.loads(results[0].body.to_pybytes())
+
+    def close(self) -> None:
+        self._client.close()

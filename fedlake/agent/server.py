@@ -1,0 +1,103 @@
+"""The agent over Arrow Flight: TLS from certificate files, bearer tokens, the same gate in front.
+
+GetFlightInfo plans a fragment (estimated rows and bytes; a refusal is an error naming the rule),
+DoGet streams it, DoAction runs a registered action. Every call authenticates first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from fedlake.agent.agent import Caller, Forbidden, SiloAgent, Unauthenticated
+from fedlake.agent.gate import EgressDenied
+from fedlake.errors import FedlakeError
+
+
+class _Authenticated(flight.ServerMiddleware):
+    def __init__(self, caller: Caller):
+        self.caller = caller
+
+
+class BearerAuth(flight.ServerMiddlewareFactory):
+    """Maps `authorization: Bearer <token>` to a caller; refuses the call otherwise."""
+
+    def __init__(self, agent: SiloAgent):
+        super().__init__()
+        self.agent = agent
+
+    def start_call(self, info, headers):
+        values = headers.get("authorization") or headers.get("Authorization") or []
+        token = None
+        for value in values:
+            value = value.decode() if isinstance(value, bytes) else value
+            if value.startswith("Bearer "):
+                token = value[len("Bearer ") :]
+        try:
+            return _Authenticated(self.agent.authenticate(token))
+        except Unauthenticated as exc:
+            raise flight.FlightUnauthenticatedError(str(exc)) from None
+
+
+def _as_flight_error(exc: Exception) -> Exception:
+    if isinstance(exc, (EgressDenied, Forbidden)):
+        return flight.FlightUnauthorizedError(str(exc))
+    return flight.FlightServerError(str(exc))
+
+
+class AgentFlightServer(flight.FlightServerBase):
+    def __init__(self, agent: SiloAgent, location: str, tls_cert: Path | None = None, tls_key: Path | None = None):
+        certificates = []
+        if tls_cert and tls_key:
+            certificates = [flight.CertKeyPair(Path(tls_cert).read_bytes(), Path(tls_key).read_bytes())]
+        elif location.startswith("grpc+tls"):
+            raise FedlakeError("a grpc+tls location needs --tls-cert and --tls-key")
+        super().__init__(location, tls_certificates=certificates, middleware={"auth": BearerAuth(agent)})
+        self.agent = agent
+
+    def _caller(self, context) -> Caller:
+        return context.get_middleware("auth").caller
+
+    @staticmethod
+    def _request(raw: bytes) -> dict[str, Any]:
+        request = json.loads(raw)
+        for key in ("sql", "purpose", "destination"):
+            if not isinstance(request.get(key), str):
+                raise flight.FlightServerError(f"a query request needs '{key}'")
+        return request
+
+    def get_flight_info(self, context, descriptor):
+        request = self._request(descriptor.command)
+        try:
+            plan = self.agent.plan(self._caller(context), request["sql"], request["purpose"], request["destination"])
+            rows, nbytes = self.agent.estimate(plan)
+            schema = self.agent.planned_schema(plan)
+        except FedlakeError as exc:
+            raise _as_flight_error(exc) from None
+        endpoint = flight.FlightEndpoint(flight.Ticket(descriptor.command), [])
+        return flight.FlightInfo(schema, descriptor, [endpoint], rows, nbytes)
+
+    def do_get(self, context, ticket):
+        request = self._request(ticket.ticket)
+        try:
+            schema, batches = self.agent.stream(self._caller(context), request["sql"], request["purpose"], request["destination"])
+        except FedlakeError as exc:
+            raise _as_flight_error(exc) from None
+        return flight.GeneratorStream(schema, batches)
+
+    def do_action(self, context, action):
+        body = json.loads(action.body.to_pybytes() or b"{}")
+        try:
+            result = self.agent.action(self._caller(context), action.type, body)
+        except FedlakeError as exc:
+            raise _as_flight_error(exc) from None
+        except KeyError as exc:
+            raise flight.FlightServerError(f"action {action.type} needs {exc}") from None
+        return [flight.Result(pa.py_buffer(json.dumps(result, default=str).encode()))]
+
+    def list_actions(self, context):
+        return [(name, f"agent action {name}") for name in self.agent.action_names()]
