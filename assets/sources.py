@@ -1,31 +1,35 @@
-"""Source assets: every table of every silo, observed in place.
+"""Source assets: every table of every silo, observed in place through the silo's agent.
 
-Observation asks the silo for its schema and statistics (row count, bytes, per-column distinct count,
-null fraction, min, max), computed inside the silo; no row is read out.
+Observation asks the agent for the table's schema and statistics (row count, bytes, per-column
+distinct count, null fraction, and min/max only where the policy lets those values leave), computed
+inside the silo; no row is read out.
 """
-
 
 import hashlib
 import json
+from typing import Any
 
 import dagster as dg
 
 from fedlake.catalog import Catalog, SiloSpec
 from fedlake.errors import FedlakeError
-from fedlake.silos import TableStats
 from resources.federated_io_manager import column_schema
 
+OBSERVATION_PURPOSE = "analytics"
 
-def _stats_markdown(stats: TableStats) -> str:
+
+def _stats_markdown(stats: dict[str, Any]) -> str:
     lines = ["| column | type | distinct | null fraction | min | max |", "|---|---|---|---|---|---|"]
-    for c in stats.columns:
-        lines.append(f"| {c.name} | {c.type} | {c.distinct} | {c.null_fraction:.3f} | {c.min} | {c.max} |")
+    for c in stats["columns"]:
+        lo = c["min"] if c["min"] is not None else "(withheld by policy)"
+        hi = c["max"] if c["max"] is not None else "(withheld by policy)"
+        lines.append(f"| {c['name']} | {c['type']} | {c['distinct']} | {c['null_fraction']:.3f} | {lo} | {hi} |")
     return "\n".join(lines)
 
 
-def _observe_table(spec: SiloSpec, table: str, stats: TableStats) -> dg.ObserveResult:
+def _observe_table(spec: SiloSpec, table: str, stats: dict[str, Any]) -> dg.ObserveResult:
     declared = spec.tables[table].columns
-    present = [c.name for c in stats.columns]
+    present = [c["name"] for c in stats["columns"]]
     undeclared = [c for c in present if c not in declared]
     missing = [c for c in declared if c not in present]
     if undeclared or missing:
@@ -34,21 +38,21 @@ def _observe_table(spec: SiloSpec, table: str, stats: TableStats) -> dg.ObserveR
             f"(in the silo but not classified: {undeclared or 'none'}; declared but absent: {missing or 'none'})"
         )
     fingerprint = hashlib.sha256(
-        json.dumps([stats.rows, [(c.name, c.distinct, c.min, c.max) for c in stats.columns]]).encode()
+        json.dumps([stats["rows"], [(c["name"], c["distinct"], c["null_fraction"]) for c in stats["columns"]]]).encode()
     ).hexdigest()[:16]
     return dg.ObserveResult(
         asset_key=[spec.name, table],
         data_version=dg.DataVersion(fingerprint),
         metadata={
-            "dagster/row_count": stats.rows,
-            "dagster/column_schema": column_schema(tuple((c.name, c.type) for c in stats.columns), declared),
-            "bytes_in_silo": stats.bytes,
+            "dagster/row_count": stats["rows"],
+            "dagster/column_schema": column_schema(tuple((c["name"], c["type"]) for c in stats["columns"]), declared),
+            "bytes_in_silo": stats["bytes"],
             "statistics": dg.MetadataValue.md(_stats_markdown(stats)),
         },
     )
 
 
-def silo_source_assets(spec: SiloSpec) -> dg.AssetsDefinition:
+def silo_source_assets(spec: SiloSpec, governed_region: str) -> dg.AssetsDefinition:
     specs = [
         dg.AssetSpec(
             key=[spec.name, table],
@@ -64,13 +68,13 @@ def silo_source_assets(spec: SiloSpec) -> dg.AssetsDefinition:
     @dg.multi_observable_source_asset(
         specs=specs,
         name=f"{spec.name}_sources",
-        description=f"Observes every table of silo {spec.name} in place.",
+        description=f"Observes every table of silo {spec.name} in place, through its agent.",
         required_resource_keys={spec.name},
         can_subset=True,
     )
     def observe(context: dg.AssetExecutionContext):
-        connector = getattr(context.resources, spec.name).connector()
-        present = set(connector.list_tables())
+        agent = getattr(context.resources, spec.name).agent()
+        present = set(agent.list_tables())
         for key in context.selected_asset_keys:
             table = key.path[-1]
             if table not in present:
@@ -79,10 +83,10 @@ def silo_source_assets(spec: SiloSpec) -> dg.AssetsDefinition:
                     f"such table (has: {', '.join(sorted(present)) or 'none'}). Seed it with `fedlake seed` "
                     "or fix silos.yaml."
                 )
-            yield _observe_table(spec, table, connector.statistics(table))
+            yield _observe_table(spec, table, agent.statistics(table, OBSERVATION_PURPOSE, governed_region))
 
     return observe
 
 
 def source_assets(catalog: Catalog) -> list[dg.AssetsDefinition]:
-    return [silo_source_assets(spec) for spec in catalog.silos.values()]
+    return [silo_source_assets(spec, catalog.governed_region) for spec in catalog.silos.values()]

@@ -25,6 +25,8 @@ CONNECTION_KEYS = {
     "s3": {"bucket", "prefix", "endpoint_url", "region", "access_key_id", "secret_access_key", "path"},
     "parquet": {"path"},
 }
+# Where the coordinator reaches a silo's agent in a deployment; without one the agent runs in-process.
+AGENT_KEYS = {"location"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class SiloSpec:
     region: str
     tables: dict[str, TableSpec]
     connections: dict[str, dict[str, str | EnvRef]] = field(default_factory=dict)
+    agents: dict[str, dict[str, str | EnvRef]] = field(default_factory=dict)  # deployment -> {location}
     source_file: str = "silos.yaml"
 
     def connection(self, deployment: str) -> dict[str, str | EnvRef]:
@@ -72,6 +75,7 @@ class SiloSpec:
 class Catalog:
     silos: dict[str, SiloSpec]
     path: str
+    governed_region: str = "EU"  # where the governed zone (and so the coordinator's results) lives
 
     def silo(self, name: str) -> SiloSpec:
         if name not in self.silos:
@@ -103,13 +107,17 @@ def load_catalog(path: str | os.PathLike) -> Catalog:
 def parse_catalog(raw: Any, path: str = "silos.yaml") -> Catalog:
     if not isinstance(raw, dict) or not isinstance(raw.get("silos"), dict) or not raw["silos"]:
         raise ConfigError(path, "silos", "expected a mapping of silo name to silo definition")
-    unknown_top = set(raw) - {"silos"} - {k for k in raw if str(k).startswith("x-")}
+    unknown_top = set(raw) - {"silos", "governed_zone"} - {k for k in raw if str(k).startswith("x-")}
     if unknown_top:
-        raise ConfigError(path, sorted(unknown_top)[0], "unknown top-level key (allowed: silos, x-*)")
+        raise ConfigError(path, sorted(unknown_top)[0], "unknown top-level key (allowed: silos, governed_zone, x-*)")
     silos = {}
     for name, body in raw["silos"].items():
         silos[name] = _parse_silo(path, str(name), body)
-    return Catalog(silos=silos, path=path)
+    governed = raw.get("governed_zone") or {}
+    regions = sorted({s.region for s in silos.values()})
+    if not isinstance(governed, dict) or governed.get("region", "EU") not in regions:
+        raise ConfigError(path, "governed_zone.region", f"expected one of the silos' regions ({', '.join(regions)})")
+    return Catalog(silos=silos, path=path, governed_region=governed.get("region", "EU"))
 
 
 def _parse_silo(path: str, name: str, body: Any) -> SiloSpec:
@@ -118,9 +126,9 @@ def _parse_silo(path: str, name: str, body: Any) -> SiloSpec:
         raise ConfigError(path, key, "a silo name must be an identifier (letters, digits, underscore)")
     if not isinstance(body, dict):
         raise ConfigError(path, key, "expected a mapping with kind, region, connection and tables")
-    unknown = set(body) - {"kind", "region", "connection", "tables"}
+    unknown = set(body) - {"kind", "region", "connection", "agent", "tables"}
     if unknown:
-        raise ConfigError(path, f"{key}.{sorted(unknown)[0]}", "unknown key (allowed: kind, region, connection, tables)")
+        raise ConfigError(path, f"{key}.{sorted(unknown)[0]}", "unknown key (allowed: kind, region, connection, agent, tables)")
     kind = body.get("kind")
     if kind not in KINDS:
         raise ConfigError(path, f"{key}.kind", f"unknown kind {kind!r} (allowed: {', '.join(KINDS)})")
@@ -133,8 +141,11 @@ def _parse_silo(path: str, name: str, body: Any) -> SiloSpec:
     tables = {}
     for table, columns in tables_raw.items():
         tables[str(table)] = _parse_table(path, f"{key}.tables.{table}", str(table), columns)
-    connections = _parse_connections(path, f"{key}.connection", kind, body.get("connection", {}))
-    return SiloSpec(name=name, kind=kind, region=region, tables=tables, connections=connections, source_file=path)
+    connections = _parse_connections(path, f"{key}.connection", body.get("connection", {}), CONNECTION_KEYS[kind], f"kind {kind}")
+    agents = _parse_connections(path, f"{key}.agent", body.get("agent", {}), AGENT_KEYS, "an agent")
+    return SiloSpec(
+        name=name, kind=kind, region=region, tables=tables, connections=connections, agents=agents, source_file=path
+    )
 
 
 def _parse_table(path: str, key: str, name: str, columns: Any) -> TableSpec:
@@ -154,7 +165,7 @@ def _parse_table(path: str, key: str, name: str, columns: Any) -> TableSpec:
     return TableSpec(name=name, columns=parsed)
 
 
-def _parse_connections(path: str, key: str, kind: str, raw: Any) -> dict[str, dict[str, str | EnvRef]]:
+def _parse_connections(path: str, key: str, raw: Any, allowed: set[str], what: str) -> dict[str, dict[str, str | EnvRef]]:
     if not isinstance(raw, dict):
         raise ConfigError(path, key, "expected a mapping of deployment (local, prod) to connection settings")
     result = {}
@@ -167,9 +178,8 @@ def _parse_connections(path: str, key: str, kind: str, raw: Any) -> dict[str, di
         parsed: dict[str, str | EnvRef] = {}
         for setting, value in settings.items():
             skey = f"{dkey}.{setting}"
-            if setting not in CONNECTION_KEYS[kind]:
-                allowed = ", ".join(sorted(CONNECTION_KEYS[kind]))
-                raise ConfigError(path, skey, f"unknown setting for kind {kind} (allowed: {allowed})")
+            if setting not in allowed:
+                raise ConfigError(path, skey, f"unknown setting for {what} (allowed: {', '.join(sorted(allowed))})")
             if isinstance(value, dict):
                 if set(value) != {"env"} or not isinstance(value["env"], str):
                     raise ConfigError(path, skey, "expected a plain value or {env: VARIABLE_NAME}")

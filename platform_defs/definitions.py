@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
 
+from assets.audit import audit_ledger, hash_chain_intact
 from assets.in_silo import in_silo_assets
+from assets.pii_checks import pii_checks
 from assets.sources import source_assets
 from fedlake.catalog import default_catalog_path, load_catalog
+from fedlake.policy.model import POLICIES_ENV, load_policy
 from fedlake.silos import data_dir
-from platform_defs.deployments import current_deployment, silo_resources
+from platform_defs.deployments import current_deployment, ledger_resource, silo_resources
 from resources.federated_io_manager import federated_io_manager
 
 EVERYTHING_JOB = "materialize_everything"
 
 
 def build_definitions(
-    catalog_path: str | Path | None = None, deployment: str | None = None, home: str | Path | None = None
+    catalog_path: str | Path | None = None,
+    deployment: str | None = None,
+    home: str | Path | None = None,
+    policy_path: str | Path | None = None,
 ) -> dg.Definitions:
-    catalog = load_catalog(catalog_path or default_catalog_path())
+    catalog_path = Path(catalog_path or default_catalog_path())
+    catalog = load_catalog(catalog_path)
+    policy = load_policy(policy_path or os.environ.get(POLICIES_ENV) or catalog_path.with_name("policies.yaml"), catalog)
     deployment = deployment or current_deployment()
     home = Path(home) if home else data_dir()
-    resources: dict[str, object] = dict(silo_resources(catalog, deployment, home))
+    resources: dict[str, object] = dict(silo_resources(catalog, policy, deployment, home))
     resources["federated_io_manager"] = federated_io_manager(catalog)
-    sources = source_assets(catalog)
+    resources["ledger"] = ledger_resource(deployment, home)
+    sources = [*source_assets(catalog), audit_ledger]
     everything = dg.define_asset_job(
         EVERYTHING_JOB,
         selection=dg.AssetSelection.all() | dg.AssetSelection.assets(*(key for s in sources for key in s.keys)),
@@ -32,6 +42,7 @@ def build_definitions(
     )
     return dg.Definitions(
         assets=[*sources, *in_silo_assets(catalog)],
+        asset_checks=[*pii_checks(catalog), hash_chain_intact],
         jobs=[everything],
         resources=resources,
     )

@@ -8,9 +8,13 @@ from pathlib import Path
 import dagster as dg
 
 from fedlake.catalog import Catalog, EnvRef
-from resources.silos import ParquetSiloResource, PostgresSiloResource, S3SiloResource, SiloResource
+from fedlake.policy.model import Policy
+from resources.ledger import LedgerResource
+from resources.silos import COORDINATOR, ParquetSiloResource, PostgresSiloResource, S3SiloResource, SiloResource
 
 DEPLOYMENT_ENV = "FEDLAKE_DEPLOYMENT"
+AGENT_CA_ENV = "FEDLAKE_AGENT_CA"  # the CA certificate the coordinator trusts for agents' TLS
+LEDGER_ENV = "FEDLAKE_LEDGER"
 
 SILO_RESOURCE_BY_KIND: dict[str, type[SiloResource]] = {
     "postgres": PostgresSiloResource,
@@ -29,13 +33,40 @@ def current_deployment() -> str:
     return deployment
 
 
-def silo_resources(catalog: Catalog, deployment: str, home: Path) -> dict[str, SiloResource]:
-    """A resource per silo, configured from silos.yaml; {env: NAME} settings become dg.EnvVar."""
+def _value(value: str | EnvRef) -> str | dg.EnvVar:
+    return dg.EnvVar(value.name) if isinstance(value, EnvRef) else value
+
+
+def silo_resources(catalog: Catalog, policy: Policy, deployment: str, home: Path) -> dict[str, SiloResource]:
+    """A resource per silo. Where the deployment names an agent for the silo, Dagster only gets the
+    agent's address and its own token (secrets as dg.EnvVar); the silo's credentials stay with the
+    agent. Otherwise the resource carries the connection settings of an in-process agent."""
     resources = {}
     for name, spec in catalog.silos.items():
-        fields = {
-            _FIELD_BY_SETTING.get(setting, setting): dg.EnvVar(value.name) if isinstance(value, EnvRef) else value
-            for setting, value in spec.connection(deployment).items()
+        common = {
+            "silo": name,
+            "region": spec.region,
+            "home": str(home),
+            "catalog_path": str(Path(catalog.path).resolve()),
+            "policy_path": str(Path(policy.path).resolve()),
         }
-        resources[name] = SILO_RESOURCE_BY_KIND[spec.kind](silo=name, region=spec.region, home=str(home), **fields)
+        agent = spec.agents.get(deployment)
+        if agent:
+            fields = {
+                "agent_location": _value(agent["location"]),
+                "agent_token": dg.EnvVar(policy.clients[COORDINATOR].token_env),
+                "agent_ca_cert": dg.EnvVar(AGENT_CA_ENV),
+            }
+        else:
+            fields = {
+                _FIELD_BY_SETTING.get(setting, setting): _value(value)
+                for setting, value in spec.connection(deployment).items()
+            }
+        resources[name] = SILO_RESOURCE_BY_KIND[spec.kind](**common, **fields)
     return resources
+
+
+def ledger_resource(deployment: str, home: Path) -> LedgerResource:
+    if deployment == "prod":
+        return LedgerResource(location=dg.EnvVar(LEDGER_ENV))
+    return LedgerResource(location=str(home / "governed" / "audit.duckdb"))

@@ -1,8 +1,9 @@
 """The federated IO manager: an asset's output is a table inside a silo; Dagster keeps only its handle.
 
-Locations derive from the asset key: `[silo, table]`. Handing an output over materializes the
-relation inside its silo (atomically, through the connector) and records where it went, how big it
-is and how many bytes crossed the silo's border doing it. Loading an input gives a handle, not data.
+Locations derive from the asset key: `[silo, table]`. Handing an output over asks the silo's agent
+to materialize the relation inside its silo (atomically) and records where it went, how big it is
+and how many bytes crossed any silo's border meanwhile, read from every agent's egress counters.
+Loading an input gives a handle, not data.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import dagster as dg
 from fedlake.catalog import Catalog
 from fedlake.errors import FedlakeError
 from fedlake.relation import Relation, RelationHandle
-from fedlake.silos import Connector
+from fedlake.agent import AgentClient
 from resources.silos import SiloResource
 
 
@@ -42,10 +43,10 @@ class FederatedIOManager(dg.IOManager):
         self._catalog = catalog
         self._silos = silos
 
-    def _connector(self, silo: str) -> Connector:
+    def _agent(self, silo: str) -> AgentClient:
         if silo not in self._silos:
             raise FedlakeError(f"no resource for silo '{silo}' in this deployment (have: {', '.join(self._silos)})")
-        return self._silos[silo].connector()
+        return self._silos[silo].agent()
 
     def handle_output(self, context: dg.OutputContext, obj: Relation) -> None:
         if not isinstance(obj, Relation):
@@ -60,21 +61,21 @@ class FederatedIOManager(dg.IOManager):
         if table in self._catalog.silo(silo).tables:
             raise FedlakeError(f"{silo}.{table} is a source table declared in silos.yaml; a derived asset may not replace it")
 
-        before = {name: self._connector(name).egress.snapshot() for name in self._silos}
-        made = self._connector(silo).materialize(table, obj.sql)
-        after = {name: self._connector(name).egress.snapshot() for name in self._silos}
+        before = {name: self._agent(name).egress() for name in self._silos}
+        made = self._agent(silo).materialize(table, obj.sql)
+        after = {name: self._agent(name).egress() for name in self._silos}
         moved_rows = {name: after[name][0] - before[name][0] for name in self._silos}
         moved_bytes = {name: after[name][1] - before[name][1] for name in self._silos}
 
-        columns = tuple((f.name, str(f.type)) for f in made.schema)
+        columns = tuple((name, type_) for name, type_ in made["columns"])
         context.add_output_metadata(
             {
                 "silo": silo,
                 "table": table,
                 "location": f"{silo}.{table}",
-                "dagster/row_count": made.rows,
+                "dagster/row_count": made["rows"],
                 "dagster/column_schema": column_schema(columns),
-                "bytes_in_silo": made.bytes,
+                "bytes_in_silo": made["bytes"],
                 "rows_moved_out": sum(moved_rows.values()),
                 "bytes_moved_out": sum(moved_bytes.values()),
                 "bytes_moved_out_by_silo": moved_bytes,
@@ -84,14 +85,8 @@ class FederatedIOManager(dg.IOManager):
 
     def load_input(self, context: dg.InputContext) -> RelationHandle:
         silo, table = location(context.asset_key)
-        connector = self._connector(silo)
-        schema = connector.schema(table)
-        return RelationHandle(
-            silo=silo,
-            table=table,
-            columns=tuple((f.name, str(f.type)) for f in schema),
-            rows=connector.row_count(table),
-        )
+        agent = self._agent(silo)
+        return RelationHandle(silo=silo, table=table, columns=tuple(agent.schema(table)), rows=agent.row_count(table))
 
 
 def federated_io_manager(catalog: Catalog) -> dg.IOManagerDefinition:

@@ -1,4 +1,9 @@
-"""Dagster resources, one per silo kind: each opens the engine's connector for its silo."""
+"""Dagster resources, one per silo kind. Each hands out the silo's agent: the one way into it.
+
+Where the deployment names an agent location (prod), the resource is a Flight client of the agent
+running next to the silo, with TLS and a bearer token. Otherwise (local) the resource starts the
+same agent in-process from its own connection settings: same gate, same ledger, no network.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +13,66 @@ from typing import ClassVar
 import dagster as dg
 from pydantic import PrivateAttr
 
-from fedlake.silos import Connector, connector_for
+from fedlake.agent import AgentClient, FlightAgentClient, InProcessAgentClient, build_agent, client_token, ledger_for
+from fedlake.audit import open_ledger
+from fedlake.catalog import load_catalog
+from fedlake.policy.model import load_policy
+from fedlake.silos import connector_for
+
+COORDINATOR = "coordinator"
 
 
 class SiloResource(dg.ConfigurableResource):
-    """A silo as Dagster sees it: its name, region, and how to reach it in this deployment."""
+    """A silo as Dagster sees it: its name and region, and how to reach its agent."""
 
     silo: str
     region: str
-    home: str  # the data folder relative paths resolve against
+    home: str  # the data folder: relative paths, local secrets and the local ledger live here
+    catalog_path: str
+    policy_path: str
+    ledger: str = ""  # the governed zone's ledger for an in-process agent (DuckDB path or PostgreSQL DSN)
+    agent_location: str = ""  # grpc+tls://host:port of the silo's agent; empty: run it in-process
+    agent_token: str = ""
+    agent_ca_cert: str = ""
 
     kind: ClassVar[str]
-    _connector: Connector | None = PrivateAttr(default=None)
+    _client: AgentClient | None = PrivateAttr(default=None)
 
     def _settings(self) -> dict[str, str]:
         raise NotImplementedError
 
-    def connector(self) -> Connector:
-        """The run's connector to this silo, opened on first use and closed after the run."""
-        if self._connector is None:
-            self._connector = connector_for(self.kind, self.silo, self.region, self._settings(), Path(self.home))
-        return self._connector
+    def agent(self) -> AgentClient:
+        """This run's client of the silo's agent, opened on first use and closed after the run."""
+        if self._client is None:
+            self._client = self._remote() if self.agent_location else self._in_process()
+        return self._client
+
+    def _remote(self) -> AgentClient:
+        return FlightAgentClient(self.silo, self.agent_location, self.agent_token, self.agent_ca_cert or None)
+
+    def _in_process(self) -> AgentClient:
+        home = Path(self.home)
+        catalog = load_catalog(self.catalog_path)
+        policy = load_policy(self.policy_path, catalog)
+        agent = build_agent(
+            catalog,
+            policy,
+            self.silo,
+            "local",
+            home,
+            connector=connector_for(self.kind, self.silo, self.region, self._settings(), home),
+            ledger=open_ledger(self.ledger) if self.ledger else ledger_for(home),
+        )
+        return InProcessAgentClient(agent, self.agent_token or client_token(policy, COORDINATOR, "local", home))
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._connector is not None:
-            self._connector.close()
-            self._connector = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 class PostgresSiloResource(SiloResource):
-    """A PostgreSQL silo: a DSN (prod), or an embedded server whose data folder is named (local)."""
+    """A PostgreSQL silo: a DSN, or an embedded server whose data folder is named (local)."""
 
     kind: ClassVar[str] = "postgres"
     dsn: str = ""
@@ -76,7 +111,7 @@ class ParquetSiloResource(SiloResource):
     """A Parquet lake in a folder on the silo's premises."""
 
     kind: ClassVar[str] = "parquet"
-    path: str
+    path: str = ""
 
     def _settings(self) -> dict[str, str]:
         return {"path": self.path}

@@ -12,7 +12,7 @@ from fedlake.audit import Ledger, open_ledger
 from fedlake.catalog import Catalog
 from fedlake.policy.model import Policy
 from fedlake.policy.transforms import local_secret, pseudonym_key
-from fedlake.silos import open_silo
+from fedlake.silos import Connector, open_silo
 
 LEDGER_ENV = "FEDLAKE_LEDGER"
 
@@ -26,6 +26,7 @@ __all__ = [
     "InProcessAgentClient",
     "SiloAgent",
     "Unauthenticated",
+    "agent_tokens",
     "build_agent",
     "client_token",
     "ledger_for",
@@ -58,12 +59,21 @@ def agent_tokens(policy: Policy, deployment: str, home: Path) -> dict[str, str]:
     return tokens
 
 
-def build_agent(catalog: Catalog, policy: Policy, silo: str, deployment: str, home: Path, ledger: Ledger | None = None) -> SiloAgent:
-    """The agent of one silo, as it runs next to that silo."""
+def build_agent(
+    catalog: Catalog,
+    policy: Policy,
+    silo: str,
+    deployment: str,
+    home: Path,
+    connector: Connector | None = None,
+    ledger: Ledger | None = None,
+) -> SiloAgent:
+    """The agent of one silo, as it runs next to that silo; the connector defaults to the one the
+    catalog's connection settings open for the deployment."""
     spec = catalog.silo(silo)
     return SiloAgent(
         spec,
-        open_silo(spec, deployment, home),
+        connector or open_silo(spec, deployment, home),
         policy,
         ledger or ledger_for(home),
         pseudonym_key(home if deployment == "local" else None),

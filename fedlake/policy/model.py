@@ -259,5 +259,8 @@ def _parse_rules(path: str, key: str, rules: Any, purposes: tuple[str, ...], reg
     return tuple(parsed)
 
 
+POLICIES_ENV = "FEDLAKE_POLICIES"
+
+
 def default_policy_path() -> Path:
-    return Path(os.environ.get("FEDLAKE_POLICIES", "policies.yaml"))
+    return Path(os.environ.get(POLICIES_ENV, "policies.yaml"))
