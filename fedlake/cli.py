@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -12,9 +14,14 @@ from fedlake.silos import data_dir, open_silo
 
 
 def _deployment(args: argparse.Namespace) -> str:
-    import os
-
     return args.deployment or os.environ.get("FEDLAKE_DEPLOYMENT", "local")
+
+
+def _policy(args: argparse.Namespace, catalog):
+    from fedlake.policy.model import POLICIES_ENV, load_policy
+
+    path = args.policies or os.environ.get(POLICIES_ENV) or Path(args.silos).with_name("policies.yaml")
+    return load_policy(path, catalog)
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
@@ -44,10 +51,78 @@ def cmd_silos(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent_serve(args: argparse.Namespace) -> int:
+    from fedlake.agent import build_agent
+    from fedlake.agent.server import AgentFlightServer
+
+    catalog = load_catalog(args.silos)
+    policy = _policy(args, catalog)
+    deployment = _deployment(args)
+    agent = build_agent(catalog, policy, args.silo, deployment, data_dir())
+    scheme = "grpc+tls" if args.tls_cert else "grpc+tcp"
+    server = AgentFlightServer(agent, f"{scheme}://{args.host}:{args.port}", args.tls_cert, args.tls_key)
+    signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
+    print(f"agent {args.silo} ({agent.spec.kind}, {agent.spec.region}) listening on {scheme}://{args.host}:{server.port}", flush=True)
+    server.serve()
+    return 0
+
+
+def _single_silo_sql(sql: str, catalog, silo: str | None) -> tuple[str, str]:
+    """`silo.table` names -> the silo and the fragment over its own table names."""
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    named = {t.db for t in tree.find_all(exp.Table) if t.db}
+    silos = named | ({silo} if silo else set())
+    if len(silos) != 1:
+        raise FedlakeError(f"explain one silo at a time: name tables as silo.table (found silos: {sorted(silos) or 'none'})")
+    [silo] = silos
+    catalog.silo(silo)
+    for table in tree.find_all(exp.Table):
+        if table.db:
+            table.set("db", None)
+    return silo, tree.sql("duckdb")
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from fedlake.agent.gate import EgressDenied, EgressGate
+    from fedlake.agent.lineage import LineageError
+
+    catalog = load_catalog(args.silos)
+    policy = _policy(args, catalog)
+    silo, fragment = _single_silo_sql(args.sql, catalog, args.silo)
+    spec = catalog.silo(silo)
+    schema = {name: {column: "VARCHAR" for column in table.columns} for name, table in spec.tables.items()}
+    gate = EgressGate(spec, policy, key=b"explain")
+    try:
+        plan = gate.plan(fragment, "explain", args.purpose, args.to, schema, {})
+    except EgressDenied as exc:
+        if exc.plan:
+            print(exc.plan.explain())
+        print(f"DENIED: {exc}")
+        return 1
+    except LineageError as exc:
+        print(f"cannot explain: {exc}", file=sys.stderr)
+        return 2
+    print(plan.explain())
+    print("ALLOWED" if all(c.action == "allow" for c in plan.columns) else "ALLOWED after rewriting in the silo")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from fedlake.agent import ledger_for
+
+    result = ledger_for(data_dir()).verify()
+    print(result)
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedlake", description="Query, check and train on data where it lies.")
     parser.add_argument("--silos", type=Path, default=None, help="silos.yaml (default: $FEDLAKE_SILOS or ./silos.yaml)")
     parser.add_argument("--deployment", choices=("local", "prod"), default=None, help="default: $FEDLAKE_DEPLOYMENT or local")
+    parser.add_argument("--policies", type=Path, default=None, help="policies.yaml (default: $FEDLAKE_POLICIES, else beside silos.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     seed = sub.add_parser("seed", help="generate the demo bank into the silos")
@@ -57,6 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     silos = sub.add_parser("silos", help="list every silo's tables and row counts, counted in place")
     silos.set_defaults(run=cmd_silos)
+
+    agent = sub.add_parser("agent", help="silo agents").add_subparsers(dest="agent_command", required=True)
+    serve = agent.add_parser("serve", help="run a silo's agent: an Arrow Flight server next to the silo")
+    serve.add_argument("--silo", required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
+    serve.add_argument("--tls-cert", type=Path, default=None)
+    serve.add_argument("--tls-key", type=Path, default=None)
+    serve.set_defaults(run=cmd_agent_serve)
+
+    policy = sub.add_parser("policy", help="data-regulation policy").add_subparsers(dest="policy_command", required=True)
+    explain = policy.add_parser("explain", help="the decision for every output column of a query")
+    explain.add_argument("sql", help="SQL over silo.table names (one silo)")
+    explain.add_argument("--purpose", required=True)
+    explain.add_argument("--to", required=True, help="destination region")
+    explain.add_argument("--silo", default=None)
+    explain.set_defaults(run=cmd_policy_explain)
+
+    audit = sub.add_parser("audit", help="the audit ledger").add_subparsers(dest="audit_command", required=True)
+    verify = audit.add_parser("verify", help="check the hash chain; names the first broken entry")
+    verify.set_defaults(run=cmd_audit_verify)
     return parser
 
 

@@ -7,6 +7,7 @@ deployment on a PostgreSQL server over TCP, moto's S3 server, and a lake folder.
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from fedlake.catalog import Catalog, load_catalog
 from fedlake.synth.seed import SeedReport, seed_demo_bank
-from tests.services import create_bucket, postgres_server, s3_server
+from tests.services import agent_process, create_bucket, make_tls, postgres_server, s3_server
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_SCALE = 0.05
@@ -34,6 +35,10 @@ class Deployment:
     catalog: Catalog
     report: SeedReport
     env: dict[str, str]
+
+    def env_location(self, silo: str) -> str:
+        """Where the coordinator reaches a silo's agent (prod): the address its agent process printed."""
+        return os.environ[self.catalog.silo(silo).agents["prod"]["location"].name]
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +65,17 @@ def s3_endpoint():
         yield endpoint
 
 
+TOKENS = {"coordinator": "token-of-the-coordinator-" + "c" * 16, "analyst": "token-of-the-analyst-" + "a" * 16}
+PSEUDONYM_KEY = "test-pseudonym-key-shared-by-every-silo"
+
+
 @pytest.fixture(scope="session")
-def prod_env(postgres_dsn, s3_endpoint, tmp_path_factory) -> dict[str, str]:
+def tls(tmp_path_factory) -> dict[str, Path]:
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def prod_env(postgres_dsn, s3_endpoint, tmp_path_factory, tls) -> dict[str, str]:
     env = {
         "EU_CORE_DSN": postgres_dsn,
         "US_LAKE_BUCKET": "fedlake-us",
@@ -69,19 +83,29 @@ def prod_env(postgres_dsn, s3_endpoint, tmp_path_factory) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": "fedlake-test",
         "AWS_SECRET_ACCESS_KEY": "fedlake-test-secret",
         "SG_LAKE_ROOT": str(tmp_path_factory.mktemp("sg_lake")),
+        "FEDLAKE_LEDGER": postgres_dsn,
+        "FEDLAKE_PSEUDONYM_KEY": PSEUDONYM_KEY,
+        "FEDLAKE_TOKEN_COORDINATOR": TOKENS["coordinator"],
+        "FEDLAKE_TOKEN_ANALYST": TOKENS["analyst"],
+        "FEDLAKE_AGENT_CA": str(tls["ca"]),
     }
     create_bucket(s3_endpoint, env["US_LAKE_BUCKET"], env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
     return env
 
 
 @pytest.fixture(scope="session")
-def prod_deployment(tmp_path_factory, catalog, prod_env) -> Deployment:
-    """The prod deployment, seeded; its env vars are set for the whole session (they are the
-    deployment's secrets and addresses, read through {env: ...} and dg.EnvVar)."""
+def prod_deployment(tmp_path_factory, catalog, prod_env, tls) -> Deployment:
+    """The prod deployment: seeded by the owners, then one agent process per silo over TLS on
+    loopback. Its env vars (secrets and addresses, read through {env: ...} and dg.EnvVar) are set
+    for the whole session, as they would be on the coordinator's machine."""
     os.environ.update(prod_env)
     home = tmp_path_factory.mktemp("prod_home")
     report = seed_demo_bank(catalog, "prod", home, TEST_SCALE, TEST_SEED)
-    return Deployment("prod", home, catalog, report, prod_env)
+    with ExitStack() as agents:
+        for name, spec in catalog.silos.items():
+            location, _ = agents.enter_context(agent_process(name, {**prod_env, "FEDLAKE_HOME": str(home)}, tls, home / f"agent-{name}.log"))
+            os.environ[spec.agents["prod"]["location"].name] = location
+        yield Deployment("prod", home, catalog, report, prod_env)
 
 
 @pytest.fixture(params=["local", "prod"])

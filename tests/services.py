@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import os
 import socket
 import subprocess
@@ -9,10 +11,14 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 def free_port() -> int:
@@ -78,3 +84,71 @@ def create_bucket(endpoint_url: str, bucket: str, key: str, secret: str) -> None
         "s3", endpoint_url=endpoint_url, aws_access_key_id=key, aws_secret_access_key=secret, region_name="us-east-1"
     )
     client.create_bucket(Bucket=bucket)
+
+
+def make_tls(folder: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost, signed by it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("fedlake test CA"))
+        .issuer_name(name("fedlake test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = {"ca": folder / "ca.pem", "cert": folder / "agent.pem", "key": folder / "agent.key"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+@contextmanager
+def agent_process(silo: str, env: dict[str, str], tls: dict[str, Path], log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`fedlake agent serve` for one silo, as its own process over TLS on loopback; yields its location."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "fedlake.cli", "--deployment", "prod", "agent", "serve", "--silo", silo,
+        "--host", "127.0.0.1", "--port", str(port), "--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"]),
+    ]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_for_port(port, timeout=60)
+        except RuntimeError:
+            raise RuntimeError(f"agent {silo} did not start:\n{log.read_text()}") from None
+        yield f"grpc+tls://127.0.0.1:{port}", process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()

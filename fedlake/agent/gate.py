@@ -190,7 +190,7 @@ class EgressGate:
         unique_rules = tuple(dict.fromkeys(rules))
         rewrites = needs & {"pseudonymize", "generalize"}
         if rewrites:
-            if len(uses) != 1 or len(needs) != 1:
+            if len({(u.table, u.column) for u in uses}) != 1 or len(needs) != 1:
                 return ColumnVerdict(output, "deny", sources, unique_rules,
                                      "a column that must be rewritten may not be combined with other columns or rules")
             action = rewrites.pop()

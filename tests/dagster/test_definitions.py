@@ -37,10 +37,12 @@ def test_resources_follow_the_deployment(tmp_path, monkeypatch):
     assert isinstance(local["sg_lake"], ParquetSiloResource)
 
     prod = build_definitions(REPO / "silos.yaml", "prod", tmp_path).resources
-    # secrets stay references to the environment until a run opens the silo
-    assert prod["eu_core"].dsn == dg.EnvVar("EU_CORE_DSN")
-    assert prod["us_lake"].secret_access_key == dg.EnvVar("AWS_SECRET_ACCESS_KEY")
-    assert prod["us_lake"].prefix == "us_lake"
+    # in prod Dagster reaches each silo only through its agent, and never holds the silo's credentials
+    assert prod["eu_core"].agent_location == dg.EnvVar("EU_CORE_AGENT")
+    assert prod["us_lake"].agent_token == dg.EnvVar("FEDLAKE_TOKEN_COORDINATOR")
+    assert prod["sg_lake"].agent_ca_cert == dg.EnvVar("FEDLAKE_AGENT_CA")
+    assert prod["eu_core"].dsn == "" and prod["us_lake"].secret_access_key == ""
+    assert prod["ledger"].location == dg.EnvVar("FEDLAKE_LEDGER")
 
 
 def test_definitions_validate_from_the_workspace(tmp_path):

@@ -1,0 +1,87 @@
+"""The agents as separate processes over TLS on loopback: who may call, what the calls say, and
+what a dead agent looks like to its caller."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.flight as flight
+import pytest
+
+from fedlake.agent import FlightAgentClient, Unauthenticated
+from fedlake.errors import FedlakeError
+from tests.conftest import TOKENS
+
+
+def client(deployment, silo="eu_core", token=TOKENS["coordinator"]):
+    return FlightAgentClient(silo, deployment.env_location(silo), token, deployment.env["FEDLAKE_AGENT_CA"], timeout=30)
+
+
+@pytest.mark.parametrize("token", [None, "", "not-a-token", TOKENS["coordinator"][:-1]], ids=["none", "empty", "wrong", "truncated"])
+def test_calls_without_a_valid_token_are_refused(prod_deployment, token):
+    raw = flight.FlightClient(prod_deployment.env_location("eu_core"), tls_root_certs=open(prod_deployment.env["FEDLAKE_AGENT_CA"], "rb").read())
+    headers = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
+    options = flight.FlightCallOptions(headers=headers, timeout=30)
+    descriptor = flight.FlightDescriptor.for_command(json.dumps({"sql": "SELECT count(*) FROM loans", "purpose": "analytics", "destination": "EU"}))
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        raw.get_flight_info(descriptor, options)
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        list(raw.do_action(flight.Action("list_tables", b"{}"), options))
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        raw.do_get(flight.Ticket(descriptor.command), options).read_all()
+    raw.close()
+    with pytest.raises(Unauthenticated, match="invalid bearer token|no bearer token"):
+        client(prod_deployment, token=token or "x").list_tables()
+
+
+def test_plaintext_against_a_tls_agent_is_refused(prod_deployment):
+    location = prod_deployment.env_location("us_lake").replace("grpc+tls://", "grpc+tcp://")
+    plain = FlightAgentClient("us_lake", location, TOKENS["coordinator"], None, timeout=10)
+    with pytest.raises(FedlakeError):
+        plain.list_tables()
+
+
+def test_a_certificate_from_another_ca_is_refused(prod_deployment, tmp_path):
+    from tests.services import make_tls
+
+    other = make_tls(tmp_path / "other")
+    stranger = FlightAgentClient("sg_lake", prod_deployment.env_location("sg_lake"), TOKENS["coordinator"], other["ca"], timeout=10)
+    with pytest.raises(FedlakeError):
+        stranger.list_tables()
+
+
+def test_flight_info_estimates_before_anything_runs(prod_deployment):
+    c = client(prod_deployment)
+    before = c.egress()
+    info = c.estimate("SELECT loan_id, principal FROM loans", "credit_scoring", "EU")
+    assert info["rows"] >= prod_deployment.report.rows["eu_core"]["loans"] and info["bytes"] > 0
+    assert info["schema"].names == ["loan_id", "principal"]
+    assert c.egress() == before
+
+
+def test_statistics_withhold_min_and_max_of_personal_data(prod_deployment):
+    stats = client(prod_deployment, "us_lake").statistics("customers", "analytics", "EU")
+    by_name = {col["name"]: col for col in stats["columns"]}
+    assert stats["rows"] == prod_deployment.report.rows["us_lake"]["customers"]
+    assert by_name["national_id"]["min"] is None and by_name["email"]["max"] is None
+    assert by_name["home_region"]["min"] in ("EU", "SG", "US")
+    assert by_name["national_id"]["distinct"] == stats["rows"]
+
+
+def test_actions_are_registered_and_unknown_ones_named(prod_deployment):
+    c = client(prod_deployment, "sg_lake")
+    assert set(c.list_tables()) >= {"customers", "accounts", "transactions", "aml_cases"}
+    with pytest.raises(FedlakeError, match="unknown action 'drop_everything'"):
+        c.action("drop_everything")
+
+
+def test_a_dead_agent_is_a_clear_error(prod_deployment, tls, tmp_path):
+    from tests.services import agent_process
+
+    with agent_process("sg_lake", {**prod_deployment.env, "FEDLAKE_HOME": str(prod_deployment.home)}, tls, tmp_path / "a.log") as (location, process):
+        short_lived = FlightAgentClient("sg_lake", location, TOKENS["coordinator"], tls["ca"], timeout=10)
+        assert "customers" in short_lived.list_tables()
+        process.kill()
+        process.wait()
+        with pytest.raises(FedlakeError, match="(?i)unavailable|connect|failed"):
+            short_lived.list_tables()
