@@ -16,7 +16,7 @@ export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test ui dagster-home clean
+.PHONY: install demo test ui dagster-home clean bench-agent
 
 install: $(STAMP)
 
@@ -43,3 +43,7 @@ ui: install dagster-home
 
 clean:
 	rm -rf $(FEDLAKE_HOME)
+
+bench-agent: install
+	mkdir -p bench/results
+	$(PY) bench/agent_throughput.py --scale $(SCALE)

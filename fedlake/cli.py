@@ -67,6 +67,15 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent_certs(args: argparse.Namespace) -> int:
+    from fedlake.agent.tls import make_tls
+
+    paths = make_tls(args.out, tuple(args.host or ("localhost", "127.0.0.1")), days=args.days)
+    print(f"CA certificate (give it to the coordinator as FEDLAKE_AGENT_CA): {paths['ca']}")
+    print(f"agent certificate and key (for --tls-cert / --tls-key): {paths['cert']} {paths['key']}")
+    return 0
+
+
 def _single_silo_sql(sql: str, catalog, silo: str | None) -> tuple[str, str]:
     """`silo.table` names -> the silo and the fragment over its own table names."""
     import sqlglot
@@ -141,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, default=None)
     serve.add_argument("--tls-key", type=Path, default=None)
     serve.set_defaults(run=cmd_agent_serve)
+    certs = agent.add_parser("certs", help="make a CA and an agent certificate (for trials; use your own CA in production)")
+    certs.add_argument("--out", type=Path, required=True)
+    certs.add_argument("--host", action="append", default=None, help="host name or IP the agent is reached at (repeatable)")
+    certs.add_argument("--days", type=int, default=365)
+    certs.set_defaults(run=cmd_agent_certs)
 
     policy = sub.add_parser("policy", help="data-regulation policy").add_subparsers(dest="policy_command", required=True)
     explain = policy.add_parser("explain", help="the decision for every output column of a query")

@@ -15,7 +15,8 @@ import pytest
 
 from fedlake.catalog import Catalog, load_catalog
 from fedlake.synth.seed import SeedReport, seed_demo_bank
-from tests.services import agent_process, create_bucket, make_tls, postgres_server, s3_server
+from fedlake.agent.tls import make_tls
+from tests.services import agent_process, create_bucket, postgres_server, s3_server
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_SCALE = 0.05

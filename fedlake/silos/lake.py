@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -107,17 +108,20 @@ class LakeConnector(Connector):
                 self._db = db
             return self._db
 
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        """A cursor whose views show every table's current version."""
+    def _cursor(self, sql: str) -> duckdb.DuckDBPyConnection:
+        """A cursor whose views show the current version of every table `sql` may name."""
         db = self._connection()
+        words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql))
         with self._db_lock:
             for table in self.list_tables():
+                if table not in words:
+                    continue
                 files = ", ".join("'" + self._file_uri(p).replace("'", "''") + "'" for p in self._data_files(table))
                 db.execute(f"CREATE OR REPLACE VIEW {quote_ident(table)} AS SELECT * FROM read_parquet([{files}])")
         return db.cursor()
 
     def _run(self, sql: str):
-        cursor = self._cursor()
+        cursor = self._cursor(sql)
         try:
             return cursor, cursor.execute(sql)
         except duckdb.Error as exc:

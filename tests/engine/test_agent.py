@@ -42,7 +42,7 @@ def test_plaintext_against_a_tls_agent_is_refused(prod_deployment):
 
 
 def test_a_certificate_from_another_ca_is_refused(prod_deployment, tmp_path):
-    from tests.services import make_tls
+    from fedlake.agent.tls import make_tls
 
     other = make_tls(tmp_path / "other")
     stranger = FlightAgentClient("sg_lake", prod_deployment.env_location("sg_lake"), TOKENS["coordinator"], other["ca"], timeout=10)
