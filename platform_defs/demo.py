@@ -44,6 +44,11 @@ def main() -> int:
             f"  {record.asset_key.to_user_string():<30} {where:<26} {meta.get('dagster/row_count', 0):>10,} "
             f"{meta.get('bytes_in_silo', 0):>14,} {moved:>16}"
         )
+    checks = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    failed = [c for c in checks if not c.passed]
+    print(f"\nasset checks: {len(checks) - len(failed)} passed, {len(failed)} failed")
+    for check in failed:
+        print(f"  FAILED {check.asset_key.to_user_string()} {check.check_name}: {check.description}")
     return 0
 
 
