@@ -112,12 +112,18 @@ _ALL = (*FIELDS, "entry_hash")
 
 class DuckDBLedger(Ledger):
     """The local governed zone's ledger: a DuckDB file, opened per append so that several processes
-    (Dagster steps, agents) can take turns."""
+    (Dagster steps, agents) can take turns. Within a process, every ledger on the same file shares
+    one lock, so that agents appending from several threads chain in one order."""
+
+    _locks: dict[Path, threading.Lock] = {}
+    _locks_guard = threading.Lock()
 
     def __init__(self, path: str | Path):
         super().__init__()
-        self.path = Path(path)
+        self.path = Path(path).resolve()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with DuckDBLedger._locks_guard:
+            self._lock = DuckDBLedger._locks.setdefault(self.path, threading.Lock())
 
     def _connect(self):
         import duckdb

@@ -75,6 +75,7 @@ class SiloAgent:
             "materialize": self._materialize,
             "pii_scan": self._pii_scan,
             "egress": self._egress,
+            "explain": self._explain,
         }.items():
             self.register_action(name, handler)
 
@@ -250,6 +251,16 @@ class SiloAgent:
 
     def _pii_scan(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         return pii_scan(self.connector, self.spec, body["table"])
+
+    def _explain(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        """The gate's decision for a fragment, without running it (nothing leaves, nothing is ledgered)."""
+        self._check_purpose(caller, body["purpose"])
+        schema, derived = self._tables_for(body["sql"])
+        try:
+            plan = self.gate.plan(body["sql"], caller.identity, body["purpose"], body["destination"], schema, derived)
+        except EgressDenied as exc:
+            return {"denied": str(exc), "columns": [c.as_dict() for c in exc.plan.columns] if exc.plan else []}
+        return {"denied": None, "sql": plan.sql, "k": plan.k, "columns": [c.as_dict() for c in plan.columns]}
 
     def _egress(self, caller: Caller, body: dict[str, Any]) -> dict[str, int]:
         rows, nbytes = self.egress.snapshot()

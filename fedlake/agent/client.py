@@ -51,6 +51,10 @@ class AgentClient(ABC):
     def pii_scan(self, table: str) -> dict[str, Any]:
         return self.action("pii_scan", table=table)
 
+    def explain(self, sql: str, purpose: str, destination: str) -> dict[str, Any]:
+        """The gate's decision per output column, and the SQL the silo would run."""
+        return self.action("explain", sql=sql, purpose=purpose, destination=destination)
+
     def egress(self) -> tuple[int, int]:
         """Rows and bytes that have left the silo through its agent so far."""
         counters = self.action("egress")

@@ -74,7 +74,7 @@ def parse_query(sql: str) -> exp.Expression:
 
 def analyse(sql: str, schema: dict[str, dict[str, str]]) -> QueryLineage:
     """Qualify `sql` against `schema` ({table: {column: type}}) and trace every output column."""
-    tree = _name_outputs(parse_query(sql))
+    tree = name_outputs(parse_query(sql))
     try:
         tree = qualify(tree, schema=schema, dialect="duckdb", validate_qualify_columns=True, quote_identifiers=True)
     except (OptimizeError, KeyError) as exc:
@@ -91,7 +91,7 @@ def analyse(sql: str, schema: dict[str, dict[str, str]]) -> QueryLineage:
     return QueryLineage(tree, columns, _is_aggregate(top.expression), tables)
 
 
-def _name_outputs(tree: exp.Expression) -> exp.Expression:
+def name_outputs(tree: exp.Expression) -> exp.Expression:
     """Give every unnamed output expression the name DuckDB would show (its SQL text), so that the
     names the gate decides on are the names that leave, whichever engine runs the fragment."""
     first = tree

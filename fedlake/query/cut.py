@@ -1,0 +1,364 @@
+"""Cutting a federated query into per-silo fragments and the residual query over them.
+
+A query names tables as `silo.table`. Every part of it that touches one silo only and does not
+depend on an outer query (the whole query, a CTE, a derived table, an IN/EXISTS/scalar subquery, a
+UNION branch) is pushed into that silo whole: joins among its own tables, filters, aggregation,
+window functions and all. What mixes silos stays above, in the residual query, which reads each
+remaining table through a fragment that carries only the columns the query uses and the filters that
+touch that table alone (from WHERE, and from join conditions where outer-join semantics allow).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import OptimizeError, ParseError
+from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.scope import Scope, build_scope
+
+from fedlake.agent.lineage import name_outputs
+from fedlake.errors import FedlakeError
+
+
+class PlanningError(FedlakeError):
+    """The query cannot be planned: it does not parse, or names an unknown silo, table or column."""
+
+
+@dataclass
+class Fragment:
+    name: str  # how the residual query refers to its result
+    silo: str
+    sql: str  # DuckDB dialect over the silo's own table names
+    kind: str  # "pushed" (a whole part of the query) or "scan" (one table's columns and local filters)
+    tables: tuple[str, ...]
+    filters: tuple[str, ...] = ()
+
+
+@dataclass
+class Cut:
+    sql: str  # the query as qualified
+    residual: str  # runs above the fragments, in DuckDB, over the fragments' names
+    fragments: list[Fragment] = field(default_factory=list)
+
+
+def qualify_query(sql: str, schema: dict[str, dict[str, dict[str, str]]], silos: set[str]) -> exp.Expression:
+    try:
+        statements = sqlglot.parse(sql, read="duckdb")
+    except ParseError as exc:
+        raise PlanningError(f"cannot parse the query: {exc}") from None
+    if len(statements) != 1 or not isinstance(statements[0], exp.Query):
+        raise PlanningError("a federated query is exactly one SELECT (with CTEs, subqueries and set operations)")
+    tree = name_outputs(statements[0])
+    for table in tree.find_all(exp.Table):
+        if table.catalog:
+            raise PlanningError(f"name tables as silo.table, not {table.sql()}")
+        if table.db and table.db not in silos:
+            raise PlanningError(f"unknown silo '{table.db}' in {table.sql()} (silos: {', '.join(sorted(silos))})")
+        if table.db and table.name not in schema.get(table.db, {}):
+            known = ", ".join(sorted(schema.get(table.db, {}))) or "none that the query names"
+            raise PlanningError(f"unknown table {table.db}.{table.name} (known: {known})")
+    try:
+        used = {silo: tables for silo, tables in schema.items() if tables}
+        return qualify(tree, schema=used, dialect="duckdb", validate_qualify_columns=True, quote_identifiers=True)
+    except OptimizeError as exc:
+        raise PlanningError(f"the query does not fit the silos' tables: {exc}") from None
+
+
+class _Cutter:
+    def __init__(self, tree: exp.Expression, silos: set[str]):
+        self.root = tree  # the residual query; replaced whole when the whole query goes to one silo
+        self.silos = silos
+        self.fragments: list[Fragment] = []
+        self.cte_bodies = {cte.alias_or_name: cte.this.copy() for cte in tree.find_all(exp.CTE)}
+        self.cte_silos: dict[str, set[str]] = {}
+        for cte in tree.find_all(exp.CTE):
+            self.cte_silos[cte.alias_or_name] = self._silos_of(cte.this)
+
+    def _silos_of(self, node: exp.Expression) -> set[str]:
+        found: set[str] = set()
+        for table in node.find_all(exp.Table):
+            if table.db in self.silos:
+                found.add(table.db)
+            elif not table.db and table.name in self.cte_silos:
+                found |= self.cte_silos[table.name]
+        return found
+
+    def _next_name(self) -> str:
+        return f"__f{len(self.fragments)}"
+
+    # -- whole parts of the query ---------------------------------------------------------------
+
+    @staticmethod
+    def _subtree(scope: Scope) -> list[Scope]:
+        return list(scope.traverse())
+
+    def _self_contained(self, scope: Scope) -> bool:
+        names = {name for s in self._subtree(scope) for name in s.sources}
+        return all(c.table in names for s in self._subtree(scope) for c in s.external_columns) and not scope.external_columns
+
+    def _pushable(self, scope: Scope) -> str | None:
+        silos = self._silos_of(scope.expression)
+        if len(silos) == 1 and self._self_contained(scope):
+            return silos.pop()
+        return None
+
+    def _referenced_ctes(self, node: exp.Expression) -> list[str]:
+        """CTEs a part of the query reads but does not define, in definition order, transitively."""
+        defined_inside = {cte.alias_or_name for cte in node.find_all(exp.CTE)}
+        needed: list[str] = []
+
+        def visit(n: exp.Expression) -> None:
+            for table in n.find_all(exp.Table):
+                name = table.name
+                if not table.db and name in self.cte_bodies and name not in defined_inside and name not in needed:
+                    visit(self.cte_bodies[name])
+                    needed.append(name)
+
+        visit(node)
+        order = list(self.cte_bodies)
+        return sorted(needed, key=order.index)
+
+    def _fragment_sql(self, node: exp.Expression) -> str:
+        body = node.copy()
+        ctes = self._referenced_ctes(node)
+        if ctes:
+            with_ = exp.With(expressions=[exp.CTE(this=self.cte_bodies[n].copy(), alias=exp.to_identifier(n, quoted=True)) for n in ctes])
+            body.set("with_", with_)
+        for table in body.find_all(exp.Table):
+            if table.db in self.silos:
+                table.set("db", None)
+        return body.sql("duckdb")
+
+    def _push_whole(self, scope: Scope, silo: str) -> None:
+        node = scope.expression
+        name = self._next_name()
+        tables = tuple(sorted({t.name for t in node.find_all(exp.Table) if t.db == silo}))
+        self.fragments.append(Fragment(name, silo, self._fragment_sql(node), "pushed", tables))
+        replacement = exp.select("*").from_(exp.to_table(name, quoted=True))
+        if node is self.root:
+            self.root = replacement
+        else:
+            node.replace(replacement)
+
+    # -- single tables inside a part that mixes silos ------------------------------------------
+
+    def _null_supplying(self, select: exp.Select) -> set[str]:
+        """Aliases whose rows an outer join may pad with nulls: filters on them cannot move below the join."""
+        aliases = [select.args["from_"].this.alias_or_name] if select.args.get("from_") else []
+        padded: set[str] = set()
+        for join in select.args.get("joins") or []:
+            side = (join.side or "").upper()
+            alias = join.this.alias_or_name
+            if side == "LEFT":
+                padded.add(alias)
+            elif side == "RIGHT":
+                padded.update(aliases)
+            elif side == "FULL":
+                padded.update(aliases)
+                padded.add(alias)
+            aliases.append(alias)
+        return padded
+
+    @staticmethod
+    def _conjuncts(condition: exp.Expression | None) -> list[exp.Expression]:
+        if condition is None:
+            return []
+        return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+
+    def _local_filters(self, select: exp.Select, alias: str) -> list[exp.Expression]:
+        padded = self._null_supplying(select)
+        candidates: list[exp.Expression] = []
+        where = select.args.get("where")
+        if where is not None and alias not in padded:
+            candidates += self._conjuncts(where.this)
+        for join in select.args.get("joins") or []:
+            side = (join.side or "").upper()
+            on = join.args.get("on")
+            if on is None:
+                continue
+            if side == "" and alias not in padded:
+                candidates += self._conjuncts(on)
+            elif side == "LEFT" and join.this.alias_or_name == alias:
+                candidates += self._conjuncts(on)
+
+        def local(condition: exp.Expression) -> bool:
+            columns = list(condition.find_all(exp.Column))
+            return (
+                bool(columns)
+                and all(c.table == alias for c in columns)
+                and not any(isinstance(n, (exp.Subquery, exp.Select)) for n in condition.walk())
+                and not any(isinstance(n, exp.AggFunc) for n in condition.walk())
+            )
+
+        return [c for c in candidates if local(c)]
+
+    def _attached(self, node: exp.Expression) -> bool:
+        """Whether a node is still part of the residual query (filters moved into a silo are not)."""
+        while node.parent is not None:
+            node = node.parent
+        return node is self.root
+
+    def _columns_of(self, scope: Scope, aliases: set[str]) -> list[exp.Column]:
+        """The residual's references to these aliases, in this scope and correlated from inner ones."""
+        external = [c for s in self._subtree(scope) if s is not scope for c in s.external_columns]
+        found = {id(c): c for c in [*scope.columns, *external] if c.table in aliases and self._attached(c)}
+        return list(found.values())
+
+    def _scan(self, scope: Scope, alias: str, table: exp.Table) -> None:
+        select = scope.expression
+        filters = self._local_filters(select, alias) if isinstance(select, exp.Select) else []
+        pushed = [f.copy() for f in filters]
+        for condition in filters:
+            # applied in the silo, to the raw values; the residual may only see pseudonyms of them
+            condition.replace(exp.true())
+        columns = sorted({c.name for c in self._columns_of(scope, {alias})})
+        source = exp.Table(this=exp.to_identifier(table.name, quoted=True), alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)))
+        projection = [exp.alias_(exp.column(c, table=alias, quoted=True), c, quoted=True) for c in columns] or [
+            exp.alias_(exp.Literal.number(1), "__fl_row", quoted=True)
+        ]
+        query = exp.select(*projection).from_(source)
+        for condition in pushed:
+            query = query.where(condition)
+        name = self._next_name()
+        self.fragments.append(
+            Fragment(name, table.db, query.sql("duckdb"), "scan", (table.name,), tuple(f.sql("duckdb") for f in pushed))
+        )
+        table.replace(exp.Table(this=exp.to_identifier(name, quoted=True), alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True))))
+
+    # -- joins among one silo's tables inside a part that mixes silos ---------------------------
+
+    def _join_groups(self, scope: Scope) -> list[list[str]]:
+        """Aliases of one silo joined to each other by conditions of their own, among the FROM table
+        and the inner joins that come before any outer join: such a group runs as one fragment,
+        joined inside its silo, and takes the place of the FROM table in the residual."""
+        select = scope.expression
+        if not isinstance(select, exp.Select) or not select.args.get("from_"):
+            return []
+        prefix = [select.args["from_"].this.alias_or_name]
+        prefix_joins = []
+        for join in select.args.get("joins") or []:
+            if (join.side or "") or (join.kind or "").upper() not in ("", "INNER", "CROSS"):
+                break
+            prefix.append(join.this.alias_or_name)
+            prefix_joins.append(join)
+        tables = {
+            a: t for a, t in scope.sources.items() if a in prefix and isinstance(t, exp.Table) and t.db in self.silos
+        }
+        conditions = self._conjuncts(select.args["where"].this if select.args.get("where") else None)
+        for join in prefix_joins:
+            conditions += self._conjuncts(join.args.get("on"))
+        links: dict[str, set[str]] = {a: set() for a in tables}
+        for condition in conditions:
+            if any(isinstance(n, (exp.Subquery, exp.Select, exp.AggFunc)) for n in condition.walk()):
+                continue
+            aliases = {c.table for c in condition.find_all(exp.Column)}
+            if len(aliases) >= 2 and aliases <= set(tables) and len({tables[a].db for a in aliases}) == 1:
+                for a in aliases:
+                    links[a] |= aliases - {a}
+        groups, seen = [], set()
+        for alias in tables:
+            if alias in seen or not links[alias]:
+                continue
+            component, todo = [], [alias]
+            while todo:
+                a = todo.pop()
+                if a not in seen:
+                    seen.add(a)
+                    component.append(a)
+                    todo.extend(links[a])
+            groups.append(sorted(component, key=list(tables).index))
+        return groups
+
+    def _push_join(self, scope: Scope, group: list[str]) -> None:
+        select = scope.expression
+        tables = {a: scope.sources[a] for a in group}
+        silo = tables[group[0]].db
+        name = self._next_name()
+        members = set(group)
+
+        conditions = self._conjuncts(select.args["where"].this if select.args.get("where") else None)
+        for join in select.args.get("joins") or []:
+            if join.this.alias_or_name in members or not (join.side or ""):
+                conditions += self._conjuncts(join.args.get("on"))
+        inside = [
+            c for c in conditions
+            if {col.table for col in c.find_all(exp.Column)} <= members
+            and c.find(exp.Column) is not None
+            and not any(isinstance(n, (exp.Subquery, exp.Select, exp.AggFunc)) for n in c.walk())
+        ]
+        pushed = [c.copy() for c in inside]
+        for condition in inside:
+            condition.replace(exp.true())
+        columns = self._columns_of(scope, members)
+        needed = sorted({(c.table, c.name) for c in columns})
+        fragment = exp.select(
+            *[exp.alias_(exp.column(col, table=alias, quoted=True), f"{alias}__{col}", quoted=True) for alias, col in needed]
+            or [exp.alias_(exp.Literal.number(1), "__fl_row", quoted=True)]
+        ).from_(exp.Table(this=exp.to_identifier(tables[group[0]].name, quoted=True), alias=exp.TableAlias(this=exp.to_identifier(group[0], quoted=True))))
+        for alias in group[1:]:
+            fragment = fragment.join(exp.Table(this=exp.to_identifier(tables[alias].name, quoted=True), alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True))), join_type="cross")
+        for condition in pushed:
+            fragment = fragment.where(condition)
+        self.fragments.append(
+            Fragment(name, silo, fragment.sql("duckdb"), "join", tuple(tables[a].name for a in group), tuple(c.sql("duckdb") for c in pushed))
+        )
+
+        # the residual: the group's columns are renamed to the fragment's, the ON conditions of the
+        # joins that disappear move to WHERE (all joins are inner), and the group becomes one source.
+        for column in columns:
+            column.set("this", exp.to_identifier(f"{column.table}__{column.name}", quoted=True))
+            column.set("table", exp.to_identifier(name, quoted=True))
+        for join in list(select.args.get("joins") or []):
+            if join.this.alias_or_name in members:
+                on = join.args.get("on")
+                join.pop()
+                if on is not None:
+                    join.set("on", None)
+                    select.where(on, copy=False)
+        group_source = exp.Table(this=exp.to_identifier(name, quoted=True), alias=exp.TableAlias(this=exp.to_identifier(name, quoted=True)))
+        if select.args["from_"].this.alias_or_name in members:
+            select.args["from_"].this.replace(group_source)
+        else:
+            select.join(group_source, join_type="cross", copy=False)
+
+    # -- the walk -------------------------------------------------------------------------------
+
+    def cut(self, scope: Scope) -> None:
+        silo = self._pushable(scope)
+        if silo is not None:
+            self._push_whole(scope, silo)
+            return
+        children = [
+            *scope.cte_scopes,
+            *scope.derived_table_scopes,
+            *scope.subquery_scopes,
+            *scope.set_operation_scopes,
+            *scope.udtf_scopes,
+        ]
+        for child in children:
+            self.cut(child)
+        joined: set[str] = set()
+        for group in self._join_groups(scope):
+            self._push_join(scope, group)
+            joined.update(group)
+        for alias, source in list(scope.sources.items()):
+            if alias not in joined and isinstance(source, exp.Table) and source.db in self.silos:
+                self._scan(scope, alias, source)
+
+
+def cut_query(sql: str, schema: dict[str, dict[str, dict[str, str]]], silos: set[str] | None = None) -> Cut:
+    """Qualify `sql` against {silo: {table: {column: type}}} and cut it into fragments."""
+    silos = set(silos or schema)
+    tree = qualify_query(sql, schema, silos)
+    qualified = tree.sql("duckdb")
+    root = build_scope(tree)
+    if root is None:
+        raise PlanningError("cannot analyse the query's scopes")
+    cutter = _Cutter(tree, silos)
+    cutter.cut(root)
+    leftover = [t.sql() for t in cutter.root.find_all(exp.Table) if t.db in silos]
+    if leftover:
+        raise PlanningError(f"could not place {', '.join(leftover)} in any fragment")
+    return Cut(sql=qualified, residual=cutter.root.sql("duckdb"), fragments=cutter.fragments)

@@ -1,0 +1,40 @@
+"""EXPLAIN and EXPLAIN ANALYZE: the fragments, the SQL each silo runs, their sites, the rows and
+bytes estimated (and, after a run, actual) at every border crossing, and each policy decision."""
+
+from __future__ import annotations
+
+from fedlake.catalog import Catalog
+from fedlake.query.execute import FederatedPlan
+
+
+def _n(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+def render(plan: FederatedPlan, catalog: Catalog, analyze: bool = False) -> str:
+    lines = [f"federated query for {plan.purpose}; results to the governed zone ({plan.destination})"]
+    for run in plan.runs:
+        f = run.fragment
+        spec = catalog.silo(f.silo)
+        what = {"pushed": "pushed whole", "join": "join among its own tables", "scan": "table scan"}[f.kind]
+        if f.filters:
+            what += f", filters in silo: {' AND '.join(f.filters)}"
+        lines.append(f"  fragment {f.name} at silo {f.silo} ({spec.kind}, {spec.region}): {what}; tables {', '.join(f.tables)}")
+        lines.append(f"    SQL in silo: {run.sql_in_silo or f.sql}")
+        crossing = "stays in region" if spec.region == plan.destination else f"crosses {spec.region} -> {plan.destination}"
+        line = f"    border ({crossing}): estimated {_n(run.estimated_rows)} rows, {_n(run.estimated_bytes)} bytes"
+        if analyze:
+            line += f"; actual {_n(run.rows)} rows, {_n(run.bytes)} bytes in {run.seconds or 0:.3f}s"
+        lines.append(line)
+        for d in run.decisions:
+            rules = "; ".join(d.get("rules", []))
+            reason = f" ({d['reason']})" if d.get("reason") else ""
+            lines.append(f"    policy: {d['output']}: {d['action'].upper()} from {', '.join(d['sources']) or 'no column'} [{rules}]{reason}")
+    lines.append(f"  residual at the governed zone ({plan.destination}, DuckDB): {plan.cut.residual}")
+    estimated = sum(r.estimated_bytes or 0 for r in plan.runs)
+    total = f"  bytes crossing into the governed zone: estimated {estimated:,}"
+    if analyze:
+        total += f"; actual {_n(plan.bytes_crossing)}; result {_n(plan.result_rows)} rows, {_n(plan.result_bytes)} bytes"
+        total += f"; {plan.seconds or 0:.3f}s"
+    lines.append(total)
+    return "\n".join(lines)

@@ -1,0 +1,257 @@
+"""Federated SQL over random tables spread across the three silo kinds: every query of the shapes
+analysts write returns exactly what the same SQL returns on co-located copies of the tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+
+from fedlake.agent import local_agent_client
+from fedlake.catalog import load_catalog
+from fedlake.policy.model import load_policy
+from fedlake.query import Federation, PlanningError, render
+from fedlake.silos import open_silo
+
+TABLES = {
+    "eu": {"people": 300, "orders": 1500},
+    "us": {"visits": 2000, "products": 60},
+    "sg": {"payments": 1200, "refunds": 150},
+}
+
+
+def random_tables(seed: int = 11) -> dict[str, dict[str, pa.Table]]:
+    rng = np.random.default_rng(seed)
+
+    def maybe_null(values: list, p: float = 0.05) -> list:
+        return [None if rng.random() < p else v for v in values]
+
+    start = dt.datetime(2025, 1, 1)
+    n = TABLES
+    people = pa.table({
+        "id": pa.array(range(n["eu"]["people"]), pa.int64()),
+        "name": pa.array([f"person {i % 250}" for i in range(n["eu"]["people"])]),
+        "region": pa.array(maybe_null(list(rng.choice(["north", "south", "east", "west"], n["eu"]["people"])))),
+        "born": pa.array([dt.date(1950, 1, 1) + dt.timedelta(days=int(d)) for d in rng.integers(0, 20000, n["eu"]["people"])], pa.date32()),
+        "score": pa.array(maybe_null([round(float(x), 2) for x in rng.normal(50, 15, n["eu"]["people"])])),
+    })
+    orders = pa.table({
+        "order_id": pa.array(range(n["eu"]["orders"]), pa.int64()),
+        "person_id": pa.array(rng.integers(0, n["eu"]["people"] + 20, n["eu"]["orders"]), pa.int64()),
+        "sku": pa.array([f"SKU{int(k):03d}" for k in rng.integers(0, 70, n["eu"]["orders"])]),
+        "amount": pa.array(maybe_null([round(float(x), 2) for x in rng.gamma(2, 40, n["eu"]["orders"])])),
+        "placed_at": pa.array([start + dt.timedelta(minutes=int(m)) for m in rng.integers(0, 525600, n["eu"]["orders"])], pa.timestamp("us")),
+        "status": pa.array(list(rng.choice(["open", "shipped", "cancelled"], n["eu"]["orders"], p=[0.2, 0.7, 0.1]))),
+    })
+    visits = pa.table({
+        "visit_id": pa.array(range(n["us"]["visits"]), pa.int64()),
+        "person_id": pa.array(maybe_null([int(x) for x in rng.integers(0, n["eu"]["people"] + 50, n["us"]["visits"])]), pa.int64()),
+        "ts": pa.array([start + dt.timedelta(seconds=int(s)) for s in rng.integers(0, 31536000, n["us"]["visits"])], pa.timestamp("us")),
+        "duration": pa.array(rng.integers(1, 3600, n["us"]["visits"]), pa.int64()),
+        "channel": pa.array(list(rng.choice(["web", "app", "store"], n["us"]["visits"]))),
+    })
+    products = pa.table({
+        "sku": pa.array([f"SKU{k:03d}" for k in range(n["us"]["products"])]),
+        "category": pa.array(list(rng.choice(["books", "games", "tools", "food"], n["us"]["products"]))),
+        "price": pa.array([round(float(x), 2) for x in rng.uniform(1, 200, n["us"]["products"])]),
+    })
+    payments = pa.table({
+        "payment_id": pa.array(range(n["sg"]["payments"]), pa.int64()),
+        "order_id": pa.array(rng.integers(0, n["eu"]["orders"] + 100, n["sg"]["payments"]), pa.int64()),
+        "amount": pa.array([round(float(x), 2) for x in rng.gamma(2, 40, n["sg"]["payments"])]),
+        "paid_at": pa.array([start + dt.timedelta(hours=int(h)) for h in rng.integers(0, 8760, n["sg"]["payments"])], pa.timestamp("us")),
+        "method": pa.array(maybe_null(list(rng.choice(["card", "bank", "wallet"], n["sg"]["payments"])))),
+    })
+    refunds = pa.table({
+        "refund_id": pa.array(range(n["sg"]["refunds"]), pa.int64()),
+        "payment_id": pa.array(rng.integers(0, n["sg"]["payments"], n["sg"]["refunds"]), pa.int64()),
+        "amount": pa.array([round(float(x), 2) for x in rng.uniform(1, 50, n["sg"]["refunds"])]),
+        "reason": pa.array(list(rng.choice(["damaged", "late", "other"], n["sg"]["refunds"]))),
+    })
+    return {"eu": {"people": people, "orders": orders}, "us": {"visits": visits, "products": products},
+            "sg": {"payments": payments, "refunds": refunds}}
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    home = tmp_path_factory.mktemp("federated")
+    tables = random_tables()
+    kinds = {"eu": ("postgres", "EU", {"embedded": "eu_pg"}), "us": ("s3", "US", {"path": "us_lake"}), "sg": ("parquet", "SG", {"path": "sg_lake"})}
+    silos_yaml = {"governed_zone": {"region": "EU"}, "silos": {
+        name: {"kind": kind, "region": region, "connection": {"local": connection},
+               "tables": {t: {c: "public" for c in table.column_names} for t, table in tables[name].items()}}
+        for name, (kind, region, connection) in kinds.items()
+    }}
+    (home / "silos.yaml").write_text(yaml.safe_dump(silos_yaml))
+    (home / "policies.yaml").write_text(yaml.safe_dump({
+        "purposes": ["analytics"], "clients": {"coordinator": {"token_env": "FEDLAKE_TEST_UNSET_TOKEN", "purposes": ["analytics"]}},
+        "classifications": {"public": [{"action": "allow"}]},
+    }))
+    catalog = load_catalog(home / "silos.yaml")
+    policy = load_policy(home / "policies.yaml", catalog)
+    colocated = duckdb.connect()
+    for silo, silo_tables in tables.items():
+        colocated.execute(f"CREATE SCHEMA {silo}")
+        with open_silo(catalog.silo(silo), "local", home) as connector:
+            for name, table in silo_tables.items():
+                connector.load(name, table.schema, table.to_batches(max_chunksize=500))
+                colocated.register("incoming", table)
+                colocated.execute(f"CREATE TABLE {silo}.{name} AS SELECT * FROM incoming")
+                colocated.unregister("incoming")
+    clients = {s: local_agent_client(catalog, policy, s, home) for s in catalog.silos}
+    yield Federation(catalog, clients), colocated, catalog
+    for c in clients.values():
+        c.close()
+
+
+QUERIES = [
+    # one silo: pushed whole
+    "SELECT count(*) AS n, sum(amount) AS total FROM eu.orders WHERE status = 'shipped'",
+    "SELECT region, count(*) AS n, avg(score) AS s FROM eu.people GROUP BY region HAVING count(*) > 10",
+    "SELECT p.region, o.status, count(*) AS n FROM eu.orders o JOIN eu.people p ON p.id = o.person_id GROUP BY 1, 2",
+    "SELECT category, max(price) AS top FROM us.products GROUP BY category",
+    "SELECT method, count(*) AS n FROM sg.payments GROUP BY method",
+    # many-way joins across silos
+    "SELECT p.id, o.order_id, y.amount FROM eu.people p JOIN eu.orders o ON o.person_id = p.id JOIN sg.payments y ON y.order_id = o.order_id",
+    "SELECT o.order_id, pr.category, y.amount, r.amount AS refunded FROM eu.orders o JOIN us.products pr ON pr.sku = o.sku "
+    "JOIN sg.payments y ON y.order_id = o.order_id LEFT JOIN sg.refunds r ON r.payment_id = y.payment_id",
+    "SELECT pr.category, count(DISTINCT o.person_id) AS buyers, sum(o.amount) AS revenue FROM eu.orders o JOIN us.products pr ON pr.sku = o.sku GROUP BY pr.category",
+    "SELECT p.region, v.channel, count(*) AS visits FROM eu.people p JOIN us.visits v ON v.person_id = p.id GROUP BY ALL",
+    "SELECT p.id FROM eu.people p LEFT JOIN us.visits v ON v.person_id = p.id WHERE v.visit_id IS NULL",
+    "SELECT v.visit_id, p.name FROM us.visits v RIGHT JOIN eu.people p ON p.id = v.person_id AND v.duration > 1800",
+    "SELECT p.id, v.visit_id FROM eu.people p FULL OUTER JOIN us.visits v ON v.person_id = p.id AND v.channel = 'app' WHERE p.score > 60 OR p.id IS NULL",
+    "SELECT o.order_id, y.payment_id FROM eu.orders o, sg.payments y WHERE y.order_id = o.order_id AND o.amount > 100 AND y.method = 'card'",
+    "SELECT o.order_id FROM eu.orders o JOIN sg.payments y ON y.order_id = o.order_id AND y.amount > o.amount",
+    # CTEs
+    "WITH spend AS (SELECT person_id, sum(amount) AS s FROM eu.orders GROUP BY person_id), "
+    "seen AS (SELECT person_id, count(*) AS n FROM us.visits GROUP BY person_id) "
+    "SELECT spend.person_id, spend.s, seen.n FROM spend JOIN seen ON seen.person_id = spend.person_id",
+    "WITH big AS (SELECT * FROM sg.payments WHERE amount > 150) SELECT o.status, count(*) AS n FROM big JOIN eu.orders o ON o.order_id = big.order_id GROUP BY 1",
+    "WITH a AS (SELECT sku FROM eu.orders WHERE status = 'open'), b AS (SELECT sku, price FROM us.products WHERE sku IN (SELECT sku FROM a)) SELECT sum(price) AS p FROM b",
+    # IN / EXISTS / scalar subqueries, correlated too
+    "SELECT id FROM eu.people WHERE id IN (SELECT person_id FROM us.visits WHERE channel = 'store')",
+    "SELECT id FROM eu.people WHERE id NOT IN (SELECT person_id FROM us.visits WHERE person_id IS NOT NULL)",
+    "SELECT order_id FROM eu.orders o WHERE EXISTS (SELECT 1 FROM sg.payments y WHERE y.order_id = o.order_id AND y.amount > 100)",
+    "SELECT order_id FROM eu.orders o WHERE NOT EXISTS (SELECT 1 FROM sg.payments y WHERE y.order_id = o.order_id)",
+    "SELECT p.id, (SELECT count(*) FROM us.visits v WHERE v.person_id = p.id) AS visits FROM eu.people p",
+    "SELECT p.id, (SELECT max(v.duration) FROM us.visits v WHERE v.person_id = p.id AND v.channel = 'web') AS longest FROM eu.people p WHERE p.region = 'north'",
+    "SELECT sku, price FROM us.products WHERE price > (SELECT avg(amount) FROM eu.orders)",
+    "SELECT o.order_id FROM eu.orders o WHERE o.amount > (SELECT avg(y.amount) FROM sg.payments y WHERE y.order_id = o.order_id)",
+    # GROUP BY / HAVING / CASE
+    "SELECT CASE WHEN y.amount > 100 THEN 'big' WHEN y.amount > 30 THEN 'mid' ELSE 'small' END AS size, o.status, count(*) AS n "
+    "FROM sg.payments y JOIN eu.orders o ON o.order_id = y.order_id GROUP BY 1, 2 HAVING count(*) >= 5",
+    "SELECT o.person_id, sum(y.amount) - coalesce(sum(r.amount), 0) AS net FROM eu.orders o JOIN sg.payments y ON y.order_id = o.order_id "
+    "LEFT JOIN sg.refunds r ON r.payment_id = y.payment_id GROUP BY o.person_id HAVING sum(y.amount) > 200",
+    "SELECT sum(CASE WHEN v.channel = 'app' THEN 1 ELSE 0 END) AS app, sum(CASE WHEN p.region IS NULL THEN 1 ELSE 0 END) AS unknown FROM us.visits v JOIN eu.people p ON p.id = v.person_id",
+    # window functions
+    "SELECT o.order_id, y.amount, rank() OVER (PARTITION BY o.person_id ORDER BY y.amount DESC, y.payment_id) AS r FROM eu.orders o JOIN sg.payments y ON y.order_id = o.order_id",
+    "SELECT person_id, placed_at, sum(amount) OVER (PARTITION BY person_id ORDER BY placed_at, order_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running FROM eu.orders",
+    "SELECT p.region, v.ts, lag(v.duration) OVER (PARTITION BY p.region ORDER BY v.ts, v.visit_id) AS prev FROM us.visits v JOIN eu.people p ON p.id = v.person_id",
+    # ORDER BY / LIMIT
+    "SELECT p.name, sum(y.amount) AS paid FROM eu.people p JOIN eu.orders o ON o.person_id = p.id JOIN sg.payments y ON y.order_id = o.order_id GROUP BY p.id, p.name ORDER BY paid DESC, p.id LIMIT 10",
+    "SELECT sku, price FROM us.products ORDER BY price DESC, sku LIMIT 5",
+    "SELECT v.visit_id, v.duration FROM us.visits v JOIN eu.people p ON p.id = v.person_id ORDER BY v.duration DESC, v.visit_id LIMIT 7 OFFSET 3",
+    # date arithmetic
+    "SELECT o.order_id FROM eu.orders o JOIN sg.payments y ON y.order_id = o.order_id WHERE y.paid_at > o.placed_at + INTERVAL 30 DAY",
+    "SELECT date_trunc('month', placed_at) AS month, count(*) AS n FROM eu.orders GROUP BY 1",
+    "SELECT date_diff('day', o.placed_at, y.paid_at) AS days, count(*) AS n FROM eu.orders o JOIN sg.payments y ON y.order_id = o.order_id GROUP BY 1",
+    "SELECT p.id, extract(year FROM p.born) AS y FROM eu.people p JOIN us.visits v ON v.person_id = p.id WHERE v.ts >= DATE '2025-06-01'",
+    "SELECT id, born FROM eu.people WHERE born + INTERVAL 40 YEAR < DATE '2026-01-01' AND region = 'east'",
+    # set operations and DISTINCT
+    "SELECT person_id FROM eu.orders UNION SELECT person_id FROM us.visits",
+    "SELECT person_id FROM eu.orders INTERSECT SELECT person_id FROM us.visits",
+    "SELECT person_id FROM us.visits EXCEPT SELECT id FROM eu.people",
+    "SELECT DISTINCT o.status, pr.category FROM eu.orders o JOIN us.products pr ON pr.sku = o.sku",
+    "SELECT amount FROM eu.orders WHERE amount > 190 UNION ALL SELECT amount FROM sg.payments WHERE amount > 190",
+    # derived tables
+    "SELECT t.category, avg(t.n) AS avg_n FROM (SELECT pr.category, o.person_id, count(*) AS n FROM eu.orders o JOIN us.products pr ON pr.sku = o.sku GROUP BY 1, 2) AS t GROUP BY t.category",
+]
+
+
+def normalized(table: pa.Table) -> list[tuple]:
+    def cell(v):
+        if isinstance(v, float):
+            return round(v, 6)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return round(float(v), 6)
+        if hasattr(v, "total_seconds"):
+            return v.total_seconds()
+        return v
+
+    return sorted((tuple(cell(v) for v in row.values()) for row in table.to_pylist()), key=repr)
+
+
+def test_there_are_at_least_40_query_shapes():
+    assert len(QUERIES) >= 40
+
+
+@pytest.mark.parametrize("sql", QUERIES, ids=[f"q{i:02d}" for i in range(len(QUERIES))])
+def test_federated_result_equals_colocated(federation, sql):
+    fed, colocated, _ = federation
+    expected = colocated.execute(sql).fetch_arrow_table()
+    got, plan = fed.run(sql, "analytics")
+    assert got.column_names == expected.column_names
+    assert got.num_rows == expected.num_rows
+    assert normalized(got) == normalized(expected)
+    assert plan.result_rows == got.num_rows and all(run.rows is not None for run in plan.runs)
+
+
+def test_single_silo_queries_are_pushed_whole(federation):
+    fed, _, _ = federation
+    plan = fed.plan(QUERIES[2], "analytics")
+    [fragment] = plan.cut.fragments
+    assert fragment.kind == "pushed" and fragment.silo == "eu" and set(fragment.tables) == {"orders", "people"}
+    assert "GROUP BY" in fragment.sql and "JOIN" in fragment.sql
+    assert plan.cut.residual == 'SELECT * FROM "__f0"'
+
+
+def test_filters_and_own_joins_go_into_the_silo(federation):
+    fed, _, _ = federation
+    plan = fed.plan(
+        "SELECT p.id, y.amount FROM eu.people p JOIN eu.orders o ON o.person_id = p.id JOIN sg.payments y "
+        "ON y.order_id = o.order_id AND y.method = 'card' WHERE o.status = 'open' AND p.score > 40", "analytics")
+    by_silo = {f.silo: f for f in plan.cut.fragments}
+    assert by_silo["eu"].kind == "join" and set(by_silo["eu"].tables) == {"people", "orders"}
+    assert "'open'" in by_silo["eu"].sql and "40" in by_silo["eu"].sql
+    assert by_silo["sg"].filters == ('"y"."method" = \'card\'',)
+    assert "'card'" not in plan.cut.residual and "'open'" not in plan.cut.residual
+
+
+def test_only_used_columns_cross(federation):
+    fed, _, _ = federation
+    plan = fed.plan("SELECT count(*) AS n FROM eu.orders o JOIN us.products pr ON pr.sku = o.sku WHERE pr.price > 100", "analytics")
+    us = next(f for f in plan.cut.fragments if f.silo == "us")
+    assert '"sku"' in us.sql and '"category"' not in us.sql and '"price" AS' not in us.sql
+
+
+def test_explain_analyze_shows_fragments_sites_and_bytes(federation):
+    fed, _, catalog = federation
+    sql = QUERIES[14]
+    plan = fed.plan(sql, "analytics")
+    text = render(plan, catalog)
+    assert "fragment __f0 at silo eu (postgres, EU): pushed whole" in text
+    assert "fragment __f1 at silo us (s3, US): pushed whole" in text
+    assert "border (crosses US -> EU): estimated" in text and "policy: person_id: ALLOW" in text
+    _, ran = fed.run(sql, "analytics")
+    analyzed = render(ran, catalog, analyze=True)
+    assert "actual" in analyzed and f"{ran.bytes_crossing:,}" in analyzed
+
+
+@pytest.mark.parametrize(
+    "sql, says",
+    [
+        ("SELECT * FROM eu.nope", "unknown table eu.nope"),
+        ("SELECT * FROM mars.people", "unknown silo 'mars'"),
+        ("SELECT no_such_column FROM eu.people", "does not fit"),
+        ("DELETE FROM eu.people", "exactly one SELECT"),
+        ("SELECT FROM WHERE", "cannot parse"),
+    ],
+)
+def test_bad_queries_are_clear_errors(federation, sql, says):
+    fed, _, _ = federation
+    with pytest.raises(PlanningError, match=says):
+        fed.run(sql, "analytics")
