@@ -206,7 +206,7 @@ def test_single_silo_queries_are_pushed_whole(federation):
     [fragment] = plan.cut.fragments
     assert fragment.kind == "pushed" and fragment.silo == "eu" and set(fragment.tables) == {"orders", "people"}
     assert "GROUP BY" in fragment.sql and "JOIN" in fragment.sql
-    assert plan.cut.residual == 'SELECT * FROM "__f0"'
+    assert plan.cut.residual == "SELECT * FROM __f0"
 
 
 def test_filters_and_own_joins_go_into_the_silo(federation):
