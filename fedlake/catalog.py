@@ -27,6 +27,8 @@ CONNECTION_KEYS = {
 }
 # Where the coordinator reaches a silo's agent in a deployment; without one the agent runs in-process.
 AGENT_KEYS = {"location"}
+# The governed zone: a PostgreSQL database (dsn) or a Parquet lake (path).
+GOVERNED_KEYS = {"dsn", "schema", "path"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Catalog:
     silos: dict[str, SiloSpec]
     path: str
     governed_region: str = "EU"  # where the governed zone (and so the coordinator's results) lives
+    governed_connections: dict[str, dict[str, str | EnvRef]] = field(default_factory=dict)
 
     def silo(self, name: str) -> SiloSpec:
         if name not in self.silos:
@@ -117,7 +120,15 @@ def parse_catalog(raw: Any, path: str = "silos.yaml") -> Catalog:
     regions = sorted({s.region for s in silos.values()})
     if not isinstance(governed, dict) or governed.get("region", "EU") not in regions:
         raise ConfigError(path, "governed_zone.region", f"expected one of the silos' regions ({', '.join(regions)})")
-    return Catalog(silos=silos, path=path, governed_region=governed.get("region", "EU"))
+    unknown = set(governed) - {"region", "connection"}
+    if unknown:
+        raise ConfigError(path, f"governed_zone.{sorted(unknown)[0]}", "unknown key (allowed: region, connection)")
+    governed_connections = _parse_connections(
+        path, "governed_zone.connection", governed.get("connection", {}), GOVERNED_KEYS, "the governed zone"
+    )
+    return Catalog(
+        silos=silos, path=path, governed_region=governed.get("region", "EU"), governed_connections=governed_connections
+    )
 
 
 def _parse_silo(path: str, name: str, body: Any) -> SiloSpec:

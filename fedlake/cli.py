@@ -119,6 +119,45 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def agent_clients(catalog, policy, deployment: str, home: Path) -> dict:
+    """The coordinator's clients of every silo's agent: over Flight where the deployment names an
+    agent location, else in-process."""
+    from fedlake.agent import FlightAgentClient, client_token, local_agent_client
+
+    clients = {}
+    for name, spec in catalog.silos.items():
+        agent = spec.agents.get(deployment)
+        if agent:
+            where = f"{catalog.path} (silos.{name}.agent.{deployment})"
+            location = agent["location"].resolve(where) if hasattr(agent["location"], "resolve") else agent["location"]
+            token = client_token(policy, "coordinator", deployment, home)
+            clients[name] = FlightAgentClient(name, location, token, os.environ.get("FEDLAKE_AGENT_CA"))
+        else:
+            clients[name] = local_agent_client(catalog, policy, name, home)
+    return clients
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from fedlake.query import Federation, render
+
+    catalog = load_catalog(args.silos)
+    policy = _policy(args, catalog)
+    federation = Federation(catalog, agent_clients(catalog, policy, _deployment(args), data_dir()))
+    if args.explain:
+        print(render(federation.plan(args.sql, args.purpose), catalog))
+        return 0
+    plan = federation.plan(args.sql, args.purpose, with_estimates=args.explain_analyze)
+    table = federation.stream(plan).read_all()
+    plan.result_rows, plan.result_bytes = table.num_rows, table.nbytes
+    if args.explain_analyze:
+        print(render(plan, catalog, analyze=True))
+        return 0
+    import duckdb
+
+    duckdb.connect().from_arrow(table).show(max_rows=args.max_rows)
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from fedlake.agent import ledger_for
 
@@ -163,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--to", required=True, help="destination region")
     explain.add_argument("--silo", default=None)
     explain.set_defaults(run=cmd_policy_explain)
+
+    query = sub.add_parser("query", help="run federated SQL over silo.table names")
+    query.add_argument("sql")
+    query.add_argument("--purpose", required=True)
+    mode = query.add_mutually_exclusive_group()
+    mode.add_argument("--explain", action="store_true", help="show the plan, run nothing")
+    mode.add_argument("--explain-analyze", action="store_true", help="run, then show the plan with actual rows and bytes")
+    query.add_argument("--max-rows", type=int, default=40)
+    query.set_defaults(run=cmd_query)
 
     audit = sub.add_parser("audit", help="the audit ledger").add_subparsers(dest="audit_command", required=True)
     verify = audit.add_parser("verify", help="check the hash chain; names the first broken entry")

@@ -45,3 +45,13 @@ class Relation:
                 "Cross-silo relations belong in the governed zone and go through the federated planner."
             )
         return silos[0]
+
+
+@dataclass(frozen=True)
+class FederatedRelation:
+    """SQL over `silo.table` names (and governed tables), declared for a purpose: the federated
+    planner runs it through the silos' agents and its result lives in the governed zone."""
+
+    sql: str
+    purpose: str
+    inputs: tuple[RelationHandle, ...]

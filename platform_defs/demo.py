@@ -42,7 +42,7 @@ def main() -> int:
         moved = meta.get("bytes_moved_out", "-")
         print(
             f"  {record.asset_key.to_user_string():<30} {where:<26} {meta.get('dagster/row_count', 0):>10,} "
-            f"{meta.get('bytes_in_silo', 0):>14,} {moved:>16}"
+            f"{meta.get('bytes_in_silo', meta.get('bytes_in_zone', 0)):>14,} {moved:>16}"
         )
     checks = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     failed = [c for c in checks if not c.passed]

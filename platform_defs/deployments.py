@@ -9,6 +9,7 @@ import dagster as dg
 
 from fedlake.catalog import Catalog, EnvRef
 from fedlake.policy.model import Policy
+from resources.governed_zone import GovernedZoneResource
 from resources.ledger import LedgerResource
 from resources.silos import COORDINATOR, ParquetSiloResource, PostgresSiloResource, S3SiloResource, SiloResource
 
@@ -44,6 +45,7 @@ def silo_resources(catalog: Catalog, policy: Policy, deployment: str, home: Path
     resources = {}
     for name, spec in catalog.silos.items():
         common = {
+            "ledger": local_ledger_path(home),
             "silo": name,
             "region": spec.region,
             "home": str(home),
@@ -66,7 +68,20 @@ def silo_resources(catalog: Catalog, policy: Policy, deployment: str, home: Path
     return resources
 
 
+def governed_zone_resource(catalog: Catalog, deployment: str, home: Path) -> GovernedZoneResource:
+    settings = {
+        _FIELD_BY_SETTING.get(setting, setting): _value(value)
+        for setting, value in catalog.governed_connections.get(deployment, {}).items()
+    }
+    return GovernedZoneResource(region=catalog.governed_region, home=str(home), **settings)
+
+
+def local_ledger_path(home: Path) -> str:
+    """The governed zone's ledger in the local deployment, shared by its in-process agents."""
+    return str(home / "governed" / "audit.duckdb")
+
+
 def ledger_resource(deployment: str, home: Path) -> LedgerResource:
     if deployment == "prod":
         return LedgerResource(location=dg.EnvVar(LEDGER_ENV))
-    return LedgerResource(location=str(home / "governed" / "audit.duckdb"))
+    return LedgerResource(location=local_ledger_path(home))

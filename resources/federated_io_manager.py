@@ -1,19 +1,27 @@
-"""The federated IO manager: an asset's output is a table inside a silo; Dagster keeps only its handle.
+"""The federated IO manager: an asset's output is a table; Dagster keeps only its handle.
 
-Locations derive from the asset key: `[silo, table]`. Handing an output over asks the silo's agent
-to materialize the relation inside its silo (atomically) and records where it went, how big it is
-and how many bytes crossed any silo's border meanwhile, read from every agent's egress counters.
+Locations derive from the asset key: `[silo, table]`, or `[governed, table]` for the governed
+zone. A `Relation` is materialized by its silo's agent inside that silo (atomically); a
+`FederatedRelation` is run by the federated planner through every silo's agent and gate, and its
+result streamed into the governed zone (atomically). Either way the metadata records where the
+table is, how big, and how many bytes crossed each silo's border meanwhile, read from every
+agent's egress counters; a federated one also records the plan and the audit entries it wrote.
 Loading an input gives a handle, not data.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
+from fedlake.agent import AgentClient
 from fedlake.catalog import Catalog
 from fedlake.errors import FedlakeError
-from fedlake.relation import Relation, RelationHandle
-from fedlake.agent import AgentClient
+from fedlake.query import Federation, render
+from fedlake.relation import FederatedRelation, Relation, RelationHandle
+from resources.governed_zone import GOVERNED, GovernedZoneResource
+from resources.ledger import LedgerResource
 from resources.silos import SiloResource
 
 
@@ -39,66 +47,109 @@ def column_schema(columns: tuple[tuple[str, str], ...], classifications: dict[st
 
 
 class FederatedIOManager(dg.IOManager):
-    def __init__(self, catalog: Catalog, silos: dict[str, SiloResource]):
+    def __init__(self, catalog: Catalog, silos: dict[str, SiloResource], governed: GovernedZoneResource, ledger: LedgerResource):
         self._catalog = catalog
         self._silos = silos
+        self._governed = governed
+        self._ledger = ledger
 
     def _agent(self, silo: str) -> AgentClient:
         if silo not in self._silos:
             raise FedlakeError(f"no resource for silo '{silo}' in this deployment (have: {', '.join(self._silos)})")
         return self._silos[silo].agent()
 
-    def handle_output(self, context: dg.OutputContext, obj: Relation) -> None:
-        if not isinstance(obj, Relation):
+    def _egress(self) -> dict[str, tuple[int, int]]:
+        return {name: self._agent(name).egress() for name in self._silos}
+
+    def handle_output(self, context: dg.OutputContext, obj: Relation | FederatedRelation) -> None:
+        silo, table = location(context.asset_key)
+        before = self._egress()
+        if isinstance(obj, Relation):
+            metadata = self._in_silo(context, silo, table, obj)
+        elif isinstance(obj, FederatedRelation):
+            metadata = self._governed_zone(silo, table, obj)
+        else:
             raise FedlakeError(
                 f"{context.asset_key.to_user_string()} returned {type(obj).__name__}; assets on the federated "
-                "IO manager return a Relation (SQL over their inputs), never rows"
+                "IO manager return a Relation or a FederatedRelation (SQL over their inputs), never rows"
             )
-        silo, table = location(context.asset_key)
+        after = self._egress()
+        moved_bytes = {name: after[name][1] - before[name][1] for name in self._silos}
+        metadata.update(
+            {
+                "location": f"{silo}.{table}",
+                "rows_moved_out": sum(after[name][0] - before[name][0] for name in self._silos),
+                "bytes_moved_out": sum(moved_bytes.values()),
+                "bytes_moved_out_by_silo": moved_bytes,
+            }
+        )
+        context.add_output_metadata(metadata)
+
+    def _in_silo(self, context: dg.OutputContext, silo: str, table: str, obj: Relation) -> dict[str, Any]:
         home = obj.home_silo()
         if home != silo:
             raise FedlakeError(f"{context.asset_key.to_user_string()} is keyed to silo {silo} but reads from {home}")
         if table in self._catalog.silo(silo).tables:
             raise FedlakeError(f"{silo}.{table} is a source table declared in silos.yaml; a derived asset may not replace it")
-
-        before = {name: self._agent(name).egress() for name in self._silos}
         made = self._agent(silo).materialize(table, obj.sql)
-        after = {name: self._agent(name).egress() for name in self._silos}
-        moved_rows = {name: after[name][0] - before[name][0] for name in self._silos}
-        moved_bytes = {name: after[name][1] - before[name][1] for name in self._silos}
+        return {
+            "silo": silo,
+            "table": table,
+            "dagster/row_count": made["rows"],
+            "dagster/column_schema": column_schema(tuple((n, t) for n, t in made["columns"])),
+            "bytes_in_silo": made["bytes"],
+            "inputs": [h.qualified_name for h in obj.inputs],
+        }
 
-        columns = tuple((name, type_) for name, type_ in made["columns"])
-        context.add_output_metadata(
-            {
-                "silo": silo,
-                "table": table,
-                "location": f"{silo}.{table}",
-                "dagster/row_count": made["rows"],
-                "dagster/column_schema": column_schema(columns),
-                "bytes_in_silo": made["bytes"],
-                "rows_moved_out": sum(moved_rows.values()),
-                "bytes_moved_out": sum(moved_bytes.values()),
-                "bytes_moved_out_by_silo": moved_bytes,
-                "inputs": [h.qualified_name for h in obj.inputs],
-            }
-        )
+    def _governed_zone(self, zone: str, table: str, obj: FederatedRelation) -> dict[str, Any]:
+        if zone != GOVERNED:
+            raise FedlakeError(f"a FederatedRelation lives in the governed zone: key it [{GOVERNED}, {table}], not [{zone}, {table}]")
+        ledger = self._ledger.open()
+        first_entry = len(ledger.entries()) + 1
+        federation = Federation(self._catalog, {name: self._agent(name) for name in self._silos})
+        plan = federation.plan(obj.sql, obj.purpose)
+        denied = [r for r in plan.runs if any(d["action"] == "deny" for d in r.decisions)]
+        if denied:
+            raise FedlakeError(
+                f"the planner found no compliant plan for {GOVERNED}.{table} ({obj.purpose}):\n" + render(plan, self._catalog)
+            )
+        reader = federation.stream(plan)
+        connector = self._governed.connector()
+        rows = connector.load(table, reader.schema, reader)
+        entries = [e["seq"] for e in ledger.entries() if e["seq"] >= first_entry]
+        return {
+            "silo": GOVERNED,
+            "table": table,
+            "dagster/row_count": rows,
+            "dagster/column_schema": column_schema(tuple((f.name, str(f.type)) for f in reader.schema)),
+            "bytes_in_zone": connector.statistics(table).bytes,
+            "purpose": obj.purpose,
+            "bytes_crossing_by_silo": plan.bytes_by_silo(),
+            "plan": dg.MetadataValue.md("```\n" + render(plan, self._catalog, analyze=True) + "\n```"),
+            "audit_entries": entries,
+            "inputs": [h.qualified_name for h in obj.inputs],
+        }
 
     def load_input(self, context: dg.InputContext) -> RelationHandle:
         silo, table = location(context.asset_key)
+        if silo == GOVERNED:
+            zone = self._governed.connector()
+            columns = tuple((f.name, str(f.type)) for f in zone.schema(table))
+            return RelationHandle(silo=silo, table=table, columns=columns, rows=zone.row_count(table))
         agent = self._agent(silo)
         return RelationHandle(silo=silo, table=table, columns=tuple(agent.schema(table)), rows=agent.row_count(table))
 
 
 def federated_io_manager(catalog: Catalog) -> dg.IOManagerDefinition:
     """The IO manager needs every silo's resource, and the silos come from the catalog, so its
-    required resource keys are the catalog's silo names."""
+    required resource keys are the catalog's silo names (with the governed zone and the ledger)."""
 
     def build(init_context: dg.InitResourceContext) -> FederatedIOManager:
         silos = {name: getattr(init_context.resources, name) for name in catalog.silos}
-        return FederatedIOManager(catalog, silos)
+        return FederatedIOManager(catalog, silos, init_context.resources.governed_zone, init_context.resources.ledger)
 
     return dg.IOManagerDefinition(
         resource_fn=build,
-        required_resource_keys=set(catalog.silos),
-        description="Materializes relations inside their silo and hands downstream assets a handle.",
+        required_resource_keys={*catalog.silos, "governed_zone", "ledger"},
+        description="Materializes relations inside their silo, federated relations in the governed zone; hands out handles.",
     )

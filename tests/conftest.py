@@ -85,6 +85,7 @@ def prod_env(postgres_dsn, s3_endpoint, tmp_path_factory, tls) -> dict[str, str]
         "AWS_SECRET_ACCESS_KEY": "fedlake-test-secret",
         "SG_LAKE_ROOT": str(tmp_path_factory.mktemp("sg_lake")),
         "FEDLAKE_LEDGER": postgres_dsn,
+        "FEDLAKE_GOVERNED_DSN": postgres_dsn,
         "FEDLAKE_PSEUDONYM_KEY": PSEUDONYM_KEY,
         "FEDLAKE_TOKEN_COORDINATOR": TOKENS["coordinator"],
         "FEDLAKE_TOKEN_ANALYST": TOKENS["analyst"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fedlake.catalog import EnvRef, SiloSpec
+from fedlake.catalog import Catalog, EnvRef, SiloSpec
 from fedlake.errors import ConfigError
 from fedlake.silos.base import Connector, EgressCounter, MaterializedTable, TableStats
 from fedlake.silos.parquet import ParquetConnector
@@ -20,6 +20,8 @@ __all__ = [
     "ParquetConnector",
     "PostgresConnector",
     "S3Connector",
+    "open_governed_zone",
+    "governed_connector",
     "open_silo",
     "connector_for",
     "data_dir",
@@ -68,6 +70,23 @@ def connector_for(kind: str, name: str, region: str, settings: dict[str, str], h
         # An s3 silo with a path is the local deployment's stand-in: the same lake on local disk.
         return ParquetConnector(name, region, under_home(settings["path"]))
     raise ConfigError("silos.yaml", f"silos.{name}.connection", f"incomplete settings for kind {kind}: {sorted(settings)}")
+
+
+def open_governed_zone(catalog: Catalog, deployment: str, home: Path | None = None) -> Connector:
+    """The governed zone, where compliant joined data lives: a Parquet lake or a PostgreSQL schema."""
+    if deployment not in catalog.governed_connections:
+        raise ConfigError(catalog.path, "governed_zone.connection", f"no connection for deployment '{deployment}'")
+    where = f"{catalog.path} (governed_zone.connection.{deployment})"
+    settings = {k: v.resolve(where) if isinstance(v, EnvRef) else v for k, v in catalog.governed_connections[deployment].items()}
+    return governed_connector(settings, catalog.governed_region, home or data_dir())
+
+
+def governed_connector(settings: dict[str, str], region: str, home: Path) -> Connector:
+    kind = "postgres" if settings.get("dsn") else "parquet"
+    connector = connector_for(kind, "governed", region, settings, home)
+    if isinstance(connector, PostgresConnector):
+        connector.ensure_schema()
+    return connector
 
 
 def open_silo(spec: SiloSpec, deployment: str, home: Path | None = None) -> Connector:

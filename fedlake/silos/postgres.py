@@ -123,6 +123,15 @@ class PostgresConnector(Connector):
         conn.execute(f"SET search_path TO {quote_ident(self._schema)}")
         return conn
 
+    def ensure_schema(self) -> None:
+        """Create the connector's schema if it is missing (the governed zone owns its schema)."""
+        with self._lock:
+            conn = psycopg.connect(self._dsn, autocommit=True)
+            try:
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self._schema)}")
+            finally:
+                conn.close()
+
     def _shared(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = self._connect()

@@ -1,0 +1,186 @@
+"""The compliance-gated join layer: assets in the governed zone, built by the federated planner.
+
+Each silo computes its part where the data lies (per person and month, per account), the gate lets
+out only what the policy allows for the asset's purpose (national ids and account ids as keyed
+pseudonyms, so the parts join across silos), and the join happens in the governed zone.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from fedlake.catalog import Catalog
+from fedlake.relation import FederatedRelation, RelationHandle
+from fedlake.synth.default_model import FX_TO_EUR, REGION_COUNTRIES, WINDOW_END, WINDOW_START
+
+GROUP = "governed"
+CREDIT_PURPOSE = "credit_scoring"
+AML_PURPOSE = "aml"
+
+
+def _eur(amount: str, currency: str) -> str:
+    cases = " ".join(f"WHEN '{c}' THEN {rate}" for c, rate in FX_TO_EUR.items())
+    return f"{amount} * CASE {currency} {cases} END"
+
+
+def _foreign(country: str, region: str) -> str:
+    domestic = ", ".join(f"'{c}'" for c in REGION_COUNTRIES[region])
+    return f"({country} IS NOT NULL AND {country} NOT IN ({domestic}))"
+
+
+def _regional_silos(catalog: Catalog) -> list[tuple[str, str]]:
+    return [
+        (name, spec.region)
+        for name, spec in catalog.silos.items()
+        if {"customers", "accounts", "transactions"} <= set(spec.tables) and spec.region in REGION_COUNTRIES
+    ]
+
+
+def person_month_sql(silo: str, region: str) -> str:
+    """One silo's part: per person (national id) and month, debit spending in EUR, its gambling
+    and cash-advance parts, and transaction counts; computed inside the silo."""
+    debit = "t.direction = 'debit'"
+    eur = _eur("t.amount", "t.currency")
+    return f"""
+    SELECT c.national_id, date_trunc('month', t.ts) AS month,
+           sum(CASE WHEN {debit} THEN {eur} ELSE 0 END) AS debit_eur,
+           sum(CASE WHEN {debit} AND t.merchant_category = 'gambling' THEN {eur} ELSE 0 END) AS gambling_eur,
+           sum(CASE WHEN {debit} AND t.merchant_category = 'cash_advance' THEN {eur} ELSE 0 END) AS cash_advance_eur,
+           count(*) AS transactions,
+           sum(CASE WHEN {_foreign('t.counterparty_country', region)} THEN 1 ELSE 0 END) AS cross_border
+    FROM {silo}.transactions t
+    JOIN {silo}.accounts a ON a.account_id = t.account_id
+    JOIN {silo}.customers c ON c.customer_id = a.customer_id
+    WHERE t.ts >= TIMESTAMP '{WINDOW_START}' AND t.ts < TIMESTAMP '{WINDOW_END}'
+    GROUP BY c.national_id, date_trunc('month', t.ts)"""
+
+
+def _person_features(source: str) -> str:
+    """Behaviour features per person over the 12 months of the window (months without spending count as 0)."""
+    return f"""
+    SELECT national_id,
+           sum(debit_eur) AS debit_eur,
+           CASE WHEN sum(debit_eur) > 0
+                THEN sqrt(greatest(sum(debit_eur * debit_eur) / 12 - (sum(debit_eur) / 12) ^ 2, 0)) / (sum(debit_eur) / 12)
+                ELSE 0 END AS spending_volatility,
+           coalesce(sum(gambling_eur) / nullif(sum(debit_eur), 0), 0) AS gambling_share,
+           coalesce(sum(cash_advance_eur) / nullif(sum(debit_eur), 0), 0) AS cash_advance_share,
+           coalesce(sum(cross_border) / nullif(sum(transactions), 0), 0) AS cross_border_share,
+           sum(transactions) AS transactions
+    FROM (SELECT national_id, month, sum(debit_eur) AS debit_eur, sum(gambling_eur) AS gambling_eur,
+                 sum(cash_advance_eur) AS cash_advance_eur, sum(transactions) AS transactions,
+                 sum(cross_border) AS cross_border
+          FROM {source} GROUP BY national_id, month) AS per_month
+    GROUP BY national_id"""
+
+
+def credit_features_sql(catalog: Catalog, loans_silo: str) -> str:
+    parts = _regional_silos(catalog)
+    ctes = [f"{silo}_months AS ({person_month_sql(silo, region)})" for silo, region in parts]
+    everywhere = " UNION ALL ".join(f"SELECT * FROM {silo}_months" for silo, _ in parts)
+    ctes.append(f"all_months AS ({everywhere})")
+    ctes.append(f"everywhere AS ({_person_features('all_months')})")
+    ctes.append(f"home_only AS ({_person_features(f'{loans_silo}_months')})")
+    features = ("spending_volatility", "gambling_share", "cash_advance_share", "cross_border_share")
+    return f"""
+    WITH {', '.join(ctes)}
+    SELECT l.loan_id, l.principal, l.rate, l.term_months, l.purpose, l.issued_at, l.defaulted,
+           c.income, c.employment_years,
+           12 * l.principal * (l.rate / 12) / (1 - pow(1 + l.rate / 12, -l.term_months)) / c.income AS dti,
+           {', '.join(f'coalesce(e.{f}, 0) AS {f}' for f in features)},
+           coalesce(e.transactions, 0) AS transactions,
+           {', '.join(f'coalesce(h.{f}, 0) AS home_{f}' for f in features)},
+           coalesce(h.transactions, 0) AS home_transactions
+    FROM {loans_silo}.loans l
+    JOIN {loans_silo}.customers c ON c.customer_id = l.customer_id
+    LEFT JOIN everywhere e ON e.national_id = c.national_id
+    LEFT JOIN home_only h ON h.national_id = c.national_id"""
+
+
+def account_signals_sql(catalog: Catalog) -> str:
+    """Per account and silo: volumes, near-threshold cash deposits, cross-border flows, and how many
+    of its counterparties are the bank's own accounts in other silos (matched on pseudonyms)."""
+    parts = _regional_silos(catalog)
+    per_silo = []
+    for silo, region in parts:
+        eur = _eur("t.amount", "t.currency")
+        per_silo.append(f"""
+        SELECT t.account_id, '{region}' AS region, count(*) AS transactions,
+               sum({eur}) AS volume_eur,
+               sum(CASE WHEN t.direction = 'credit' AND t.channel = 'cash' AND t.amount >= 9000 AND t.amount < 10000
+                        THEN 1 ELSE 0 END) AS near_threshold_cash,
+               sum(CASE WHEN {_foreign('t.counterparty_country', region)} THEN 1 ELSE 0 END) AS cross_border,
+               sum(CASE WHEN {_foreign('t.counterparty_country', region)} THEN {eur} ELSE 0 END) AS cross_border_eur,
+               max(CASE WHEN t.direction = 'credit' THEN {eur} ELSE 0 END) AS largest_credit_eur
+        FROM {silo}.transactions t GROUP BY t.account_id""")
+    links = " UNION ALL ".join(
+        f"SELECT DISTINCT t.account_id, t.counterparty_account FROM {silo}.transactions t WHERE t.counterparty_account IS NOT NULL"
+        for silo, _ in parts
+    )
+    return f"""
+    WITH accounts AS ({' UNION ALL '.join(per_silo)}),
+         links AS ({links})
+    SELECT a.account_id, a.region, a.transactions, a.volume_eur, a.near_threshold_cash, a.cross_border,
+           a.cross_border_eur, a.largest_credit_eur,
+           count(DISTINCT CASE WHEN other.region <> a.region THEN other.account_id END) AS linked_accounts_abroad,
+           count(DISTINCT CASE WHEN other.region <> a.region THEN other.region END) AS linked_regions_abroad
+    FROM accounts a
+    LEFT JOIN links l ON l.account_id = a.account_id
+    LEFT JOIN accounts other ON other.account_id = l.counterparty_account
+    GROUP BY ALL"""
+
+
+def _inputs(catalog: Catalog, tables: tuple[str, ...]) -> dict[str, dg.AssetIn]:
+    return {
+        f"{silo}__{table}": dg.AssetIn(key=[silo, table], input_manager_key="federated_io_manager")
+        for silo, _ in _regional_silos(catalog)
+        for table in tables
+    }
+
+
+def customer_credit_features_asset(catalog: Catalog, loans_silo: str = "eu_core") -> dg.AssetsDefinition:
+    sql = credit_features_sql(catalog, loans_silo)
+    ins = _inputs(catalog, ("customers", "accounts", "transactions"))
+    ins[f"{loans_silo}__loans"] = dg.AssetIn(key=[loans_silo, "loans"], input_manager_key="federated_io_manager")
+
+    @dg.asset(
+        key=[GROUP, "customer_credit_features"],
+        ins=ins,
+        io_manager_key="federated_io_manager",
+        group_name=GROUP,
+        kinds={"duckdb"},
+        tags={"purpose": CREDIT_PURPOSE},
+        automation_condition=dg.AutomationCondition.eager(),
+    )
+    def customer_credit_features(**inputs: RelationHandle) -> FederatedRelation:
+        """One row per loan: its EU facts and the borrower's behaviour in every region, joined on pseudonyms."""
+        return FederatedRelation(sql=sql, purpose=CREDIT_PURPOSE, inputs=tuple(inputs.values()))
+
+    return customer_credit_features
+
+
+def aml_account_signals_asset(catalog: Catalog) -> dg.AssetsDefinition:
+    sql = account_signals_sql(catalog)
+
+    @dg.asset(
+        key=[GROUP, "aml_account_signals"],
+        ins=_inputs(catalog, ("transactions",)),
+        io_manager_key="federated_io_manager",
+        group_name=GROUP,
+        kinds={"duckdb"},
+        tags={"purpose": AML_PURPOSE},
+        automation_condition=dg.AutomationCondition.eager(),
+    )
+    def aml_account_signals(**inputs: RelationHandle) -> FederatedRelation:
+        """Per pseudonymized account: volumes, near-threshold cash, cross-border flows and links abroad."""
+        return FederatedRelation(sql=sql, purpose=AML_PURPOSE, inputs=tuple(inputs.values()))
+
+    return aml_account_signals
+
+
+def governed_assets(catalog: Catalog) -> list[dg.AssetsDefinition]:
+    assets = [aml_account_signals_asset(catalog)]
+    loans = [name for name, spec in catalog.silos.items() if "loans" in spec.tables]
+    if loans:
+        assets.insert(0, customer_credit_features_asset(catalog, loans[0]))
+    return assets
