@@ -16,7 +16,7 @@ export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test ui dagster-home clean bench-agent
+.PHONY: install demo test ui dagster-home clean bench-agent bench
 
 install: $(STAMP)
 
@@ -47,3 +47,7 @@ clean:
 bench-agent: install
 	mkdir -p bench/results
 	$(PY) bench/agent_throughput.py --scale $(SCALE)
+
+bench: install
+	mkdir -p bench/results
+	$(PY) bench/credit_features.py --scale $(SCALE)

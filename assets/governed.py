@@ -1,6 +1,6 @@
 """The compliance-gated join layer: assets in the governed zone, built by the federated planner.
 
-Each silo computes its part where the data lies (per person and month, per account), the gate lets
+Each silo computes its part where the data lies (per person, per account), the gate lets
 out only what the policy allows for the asset's purpose (national ids and account ids as keyed
 pseudonyms, so the parts join across silos), and the join happens in the governed zone.
 """
@@ -36,14 +36,22 @@ def _regional_silos(catalog: Catalog) -> list[tuple[str, str]]:
     ]
 
 
-def person_month_sql(silo: str, region: str) -> str:
-    """One silo's part: per person (national id) and month, debit spending in EUR, its gambling
-    and cash-advance parts, and transaction counts; computed inside the silo."""
+MONTHS = tuple(f"d{m:02d}" for m in range(1, 13))
+_PERSON_SUMS = (*MONTHS, "gambling_eur", "cash_advance_eur", "transactions", "cross_border")
+
+
+def person_sql(silo: str, region: str) -> str:
+    """One silo's part, one row per person (national id): debit spending in EUR for each month of
+    the window, its gambling and cash-advance parts, and transaction counts; computed in the silo."""
     debit = "t.direction = 'debit'"
     eur = _eur("t.amount", "t.currency")
+    months = ",\n           ".join(
+        f"sum(CASE WHEN {debit} AND month(t.ts) = {m} THEN {eur} ELSE 0 END) AS {column}"
+        for m, column in enumerate(MONTHS, start=1)
+    )
     return f"""
-    SELECT c.national_id, date_trunc('month', t.ts) AS month,
-           sum(CASE WHEN {debit} THEN {eur} ELSE 0 END) AS debit_eur,
+    SELECT c.national_id,
+           {months},
            sum(CASE WHEN {debit} AND t.merchant_category = 'gambling' THEN {eur} ELSE 0 END) AS gambling_eur,
            sum(CASE WHEN {debit} AND t.merchant_category = 'cash_advance' THEN {eur} ELSE 0 END) AS cash_advance_eur,
            count(*) AS transactions,
@@ -52,35 +60,34 @@ def person_month_sql(silo: str, region: str) -> str:
     JOIN {silo}.accounts a ON a.account_id = t.account_id
     JOIN {silo}.customers c ON c.customer_id = a.customer_id
     WHERE t.ts >= TIMESTAMP '{WINDOW_START}' AND t.ts < TIMESTAMP '{WINDOW_END}'
-    GROUP BY c.national_id, date_trunc('month', t.ts)"""
+    GROUP BY c.national_id"""
 
 
 def _person_features(source: str) -> str:
     """Behaviour features per person over the 12 months of the window (months without spending count as 0)."""
+    total = " + ".join(MONTHS)
+    squares = " + ".join(f"{m} * {m}" for m in MONTHS)
+    sums = ", ".join(f"sum({c}) AS {c}" for c in _PERSON_SUMS)
     return f"""
     SELECT national_id,
-           sum(debit_eur) AS debit_eur,
-           CASE WHEN sum(debit_eur) > 0
-                THEN sqrt(greatest(sum(debit_eur * debit_eur) / 12 - (sum(debit_eur) / 12) ^ 2, 0)) / (sum(debit_eur) / 12)
+           {total} AS debit_eur,
+           CASE WHEN {total} > 0
+                THEN sqrt(greatest(({squares}) / 12 - (({total}) / 12) ^ 2, 0)) / (({total}) / 12)
                 ELSE 0 END AS spending_volatility,
-           coalesce(sum(gambling_eur) / nullif(sum(debit_eur), 0), 0) AS gambling_share,
-           coalesce(sum(cash_advance_eur) / nullif(sum(debit_eur), 0), 0) AS cash_advance_share,
-           coalesce(sum(cross_border) / nullif(sum(transactions), 0), 0) AS cross_border_share,
-           sum(transactions) AS transactions
-    FROM (SELECT national_id, month, sum(debit_eur) AS debit_eur, sum(gambling_eur) AS gambling_eur,
-                 sum(cash_advance_eur) AS cash_advance_eur, sum(transactions) AS transactions,
-                 sum(cross_border) AS cross_border
-          FROM {source} GROUP BY national_id, month) AS per_month
-    GROUP BY national_id"""
+           coalesce(gambling_eur / nullif({total}, 0), 0) AS gambling_share,
+           coalesce(cash_advance_eur / nullif({total}, 0), 0) AS cash_advance_share,
+           coalesce(cross_border / nullif(transactions, 0), 0) AS cross_border_share,
+           transactions
+    FROM (SELECT national_id, {sums} FROM {source} GROUP BY national_id) AS person"""
 
 
 def credit_features_sql(catalog: Catalog, loans_silo: str) -> str:
     parts = _regional_silos(catalog)
-    ctes = [f"{silo}_months AS ({person_month_sql(silo, region)})" for silo, region in parts]
-    everywhere = " UNION ALL ".join(f"SELECT * FROM {silo}_months" for silo, _ in parts)
-    ctes.append(f"all_months AS ({everywhere})")
-    ctes.append(f"everywhere AS ({_person_features('all_months')})")
-    ctes.append(f"home_only AS ({_person_features(f'{loans_silo}_months')})")
+    ctes = [f"{silo}_people AS ({person_sql(silo, region)})" for silo, region in parts]
+    everywhere = " UNION ALL ".join(f"SELECT * FROM {silo}_people" for silo, _ in parts)
+    ctes.append(f"all_people AS ({everywhere})")
+    ctes.append(f"everywhere AS ({_person_features('all_people')})")
+    ctes.append(f"home_only AS ({_person_features(f'{loans_silo}_people')})")
     features = ("spending_volatility", "gambling_share", "cash_advance_share", "cross_border_share")
     return f"""
     WITH {', '.join(ctes)}

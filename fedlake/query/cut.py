@@ -99,8 +99,12 @@ class _Cutter:
         return all(c.table in names for s in self._subtree(scope) for c in s.external_columns) and not scope.external_columns
 
     def _pushable(self, scope: Scope) -> str | None:
+        """The one silo a part of the query can run in whole, if any. A part that reads a silo only
+        through CTEs already placed (no table of its own) stays above, reading their results,
+        rather than computing them again in the silo and sending them twice."""
         silos = self._silos_of(scope.expression)
-        if len(silos) == 1 and self._self_contained(scope):
+        own_tables = any(t.db in self.silos for t in scope.expression.find_all(exp.Table))
+        if len(silos) == 1 and own_tables and self._self_contained(scope):
             return silos.pop()
         return None
 

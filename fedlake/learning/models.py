@@ -1,0 +1,108 @@
+"""The two model families and the spec that rebuilds either one from plain JSON.
+
+Only torch and numpy are imported here, so that a bare machine (bench/gpu_check.sh on a GPU host)
+can load this file on its own. Models are small on purpose: they travel to every silo each round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+AML_DEFAULTS: dict[str, Any] = {"n_numeric": 16, "buckets": 2**14, "text_dim": 16, "hidden": 32}
+CREDIT_DEFAULTS: dict[str, Any] = {"n_features": 11, "hidden": 32}
+
+
+class CreditNet(nn.Module):
+    """A tabular MLP for default probability. The standardization is stored as buffers, so a saved
+    model scores raw feature rows exactly as it did when it was trained."""
+
+    def __init__(self, n_features: int, hidden: int = 32):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("std", torch.ones(n_features))
+        self.net = nn.Sequential(
+            nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
+
+    def set_standardization(self, features: np.ndarray) -> None:
+        """Fit the buffers on training rows; a constant column keeps std 1 rather than dividing by 0."""
+        mean = features.mean(axis=0)
+        std = features.std(axis=0)
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.std.copy_(torch.as_tensor(np.where(std > 1e-9, std, 1.0), dtype=torch.float32))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net((features - self.mean) / self.std).squeeze(-1)
+
+
+class AMLNet(nn.Module):
+    """Scores an account from its numeric behaviour and the bag of hashed character n-grams of its
+    memos. The text encoder is an EmbeddingBag trained from scratch: no pretrained vocabulary has
+    to be shipped into a silo, and its per-sample gradients are supported by Opacus for DP-SGD."""
+
+    def __init__(self, n_numeric: int, buckets: int = 2**14, text_dim: int = 16, hidden: int = 32):
+        super().__init__()
+        self.buckets = buckets
+        self.numeric = nn.Sequential(nn.Linear(n_numeric, hidden), nn.ReLU())
+        self.text = nn.EmbeddingBag(buckets, text_dim, mode="mean")
+        nn.init.normal_(self.text.weight, std=0.1)
+        self.head = nn.Sequential(nn.Linear(hidden + text_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, numeric: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """`ids` are all accounts' n-gram bucket ids concatenated, `offsets` where each account's start;
+        every account has at least one id (an empty text has its own bucket)."""
+        text = self.text(ids, offsets)
+        return self.head(torch.cat([self.numeric(numeric), text], dim=1)).squeeze(-1)
+
+
+_KINDS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {"aml": (AMLNet, AML_DEFAULTS), "credit": (CreditNet, CREDIT_DEFAULTS)}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is, as plain JSON: enough for a silo, a registry or a resumed run to rebuild it."""
+
+    name: str
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"model spec '{self.name}': unknown kind '{self.kind}' (known: {', '.join(sorted(_KINDS))})")
+        _, defaults = _KINDS[self.kind]
+        unknown = set(self.params) - set(defaults)
+        if unknown:
+            raise ValueError(
+                f"model spec '{self.name}': unknown parameter(s) {sorted(unknown)} for kind '{self.kind}' "
+                f"(known: {', '.join(sorted(defaults))})"
+            )
+        object.__setattr__(self, "params", {**defaults, **self.params})
+
+    def build(self, seed: int | None = None) -> nn.Module:
+        """A fresh model; with a seed, the same initial weights on every machine."""
+        cls, _ = _KINDS[self.kind]
+        if seed is None:
+            return cls(**self.params)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(**self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ModelSpec:
+        missing = {"name", "kind"} - set(raw)
+        if missing:
+            raise ValueError(f"a model spec needs {sorted(missing)}; got keys {sorted(raw)}")
+        return cls(name=raw["name"], kind=raw["kind"], params=dict(raw.get("params") or {}))
+
+
+def default_device() -> torch.device:
+    """CUDA where the machine has it: the silo's own accelerator, if any, trains its rounds."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
