@@ -17,6 +17,8 @@ from fedlake.policy.model import POLICIES_ENV, load_policy
 from fedlake.silos import data_dir
 from platform_defs.deployments import current_deployment, governed_zone_resource, ledger_resource, silo_resources
 from resources.federated_io_manager import federated_io_manager
+from sensors.new_data import new_data_sensors
+from sensors.run_failures import run_failure_alerts
 
 EVERYTHING_JOB = "materialize_everything"
 
@@ -46,5 +48,6 @@ def build_definitions(
         assets=[*sources, *in_silo_assets(catalog), *governed_assets(catalog)],
         asset_checks=[*pii_checks(catalog), hash_chain_intact],
         jobs=[everything],
+        sensors=[*new_data_sensors(catalog), run_failure_alerts(home)],
         resources=resources,
     )

@@ -76,6 +76,7 @@ class SiloAgent:
             "pii_scan": self._pii_scan,
             "egress": self._egress,
             "explain": self._explain,
+            "watermark": self._watermark,
         }.items():
             self.register_action(name, handler)
 
@@ -261,6 +262,21 @@ class SiloAgent:
         except EgressDenied as exc:
             return {"denied": str(exc), "columns": [c.as_dict() for c in exc.plan.columns] if exc.plan else []}
         return {"denied": None, "sql": plan.sql, "k": plan.k, "columns": [c.as_dict() for c in plan.columns]}
+
+    def _watermark(self, caller: Caller, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Each declared table's high-water mark: its row count and its latest timestamp, computed in
+        place. Only these two numbers leave; a new-data sensor compares them tick to tick."""
+        marks = {}
+        present = set(self.connector.list_tables())
+        for table in self.spec.tables:
+            if table not in present:
+                continue
+            schema = self.connector.schema(table)
+            stamp = next((f.name for f in schema if pa.types.is_timestamp(f.type)), None)
+            latest = f', CAST(max("{stamp}") AS VARCHAR) AS latest' if stamp else ", NULL AS latest"
+            row = self.connector.execute(f'SELECT count(*) AS n{latest} FROM "{table}"').read_all().to_pylist()[0]
+            marks[table] = {"rows": int(row["n"]), "latest": row["latest"]}
+        return marks
 
     def _egress(self, caller: Caller, body: dict[str, Any]) -> dict[str, int]:
         rows, nbytes = self.egress.snapshot()
