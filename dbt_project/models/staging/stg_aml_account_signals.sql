@@ -9,7 +9,7 @@ SELECT
     CAST(volume_eur AS DOUBLE) AS volume_eur,
     CAST(near_threshold_cash AS BIGINT) AS near_threshold_cash,
     CAST(cross_border AS BIGINT) AS cross_border,
-    CAST(cross_border AS DOUBLE) / NULLIF(CAST(transactions AS DOUBLE), 0) AS cross_border_share,
+    COALESCE(CAST(cross_border AS DOUBLE) / NULLIF(CAST(transactions AS DOUBLE), 0), 0) AS cross_border_share,
     CAST(cross_border_eur AS DOUBLE) AS cross_border_eur,
     CAST(largest_credit_eur AS DOUBLE) AS largest_credit_eur,
     CAST(linked_accounts_abroad AS BIGINT) AS linked_accounts_abroad,
