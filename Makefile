@@ -16,9 +16,12 @@ export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test ui dagster-home clean bench-agent bench
+.PHONY: install browser demo test ui dagster-home clean bench-agent bench
 
-install: $(STAMP)
+DBT_MANIFEST := dbt_project/target/manifest.json
+DBT_SOURCES := $(shell find dbt_project -type f \( -name '*.sql' -o -name '*.yml' -o -name '*.py' \) -not -path 'dbt_project/target/*' -not -path 'dbt_project/logs/*')
+
+install: $(STAMP) $(DBT_MANIFEST)
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -27,15 +30,23 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# dbt's manifest is built at install time (`dbt parse`, offline), never when Dagster loads.
+$(DBT_MANIFEST): $(STAMP) $(DBT_SOURCES) assets/dbt_marts.py
+	$(PY) -m assets.dbt_marts parse
+
+# The browser test drives Debian's chromium with Playwright.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
 dagster-home:
 	mkdir -p $(DAGSTER_HOME)
 	cp deploy/local/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 demo: install dagster-home
 	$(VENV)/bin/fedlake seed --scale $(SCALE) --seed $(SEED)
-	$(PY) -m platform_defs.demo
+	$(PY) -W "ignore::dagster.BetaWarning" -m platform_defs.demo
 
-test: install
+test: install browser
 	$(PY) -m pytest
 
 ui: install dagster-home

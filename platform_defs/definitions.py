@@ -8,12 +8,15 @@ from pathlib import Path
 import dagster as dg
 
 from assets.audit import audit_ledger, hash_chain_intact
+from assets.dbt_marts import DBT_RESOURCE_KEY, dbt_marts_assets, dbt_marts_resource
 from assets.governed import governed_assets
 from assets.in_silo import in_silo_assets
 from assets.pii_checks import pii_checks
+from assets.quality_checks import quality_checks
 from assets.sources import source_assets
 from fedlake.catalog import default_catalog_path, load_catalog
 from fedlake.policy.model import POLICIES_ENV, load_policy
+from fedlake.quality import load_suites
 from fedlake.silos import data_dir
 from platform_defs.deployments import current_deployment, governed_zone_resource, ledger_resource, silo_resources
 from resources.federated_io_manager import federated_io_manager
@@ -38,6 +41,7 @@ def build_definitions(
     resources["federated_io_manager"] = federated_io_manager(catalog)
     resources["ledger"] = ledger_resource(deployment, home)
     resources["governed_zone"] = governed_zone_resource(catalog, deployment, home)
+    resources[DBT_RESOURCE_KEY] = dbt_marts_resource(catalog, deployment, home)
     sources = [*source_assets(catalog), audit_ledger]
     everything = dg.define_asset_job(
         EVERYTHING_JOB,
@@ -45,8 +49,8 @@ def build_definitions(
         description="Observe every silo table and materialize every asset, where each belongs.",
     )
     return dg.Definitions(
-        assets=[*sources, *in_silo_assets(catalog), *governed_assets(catalog)],
-        asset_checks=[*pii_checks(catalog), hash_chain_intact],
+        assets=[*sources, *in_silo_assets(catalog), *governed_assets(catalog), dbt_marts_assets()],
+        asset_checks=[*pii_checks(catalog), *quality_checks(catalog, load_suites(catalog_path, catalog)), hash_chain_intact],
         jobs=[everything],
         sensors=[*new_data_sensors(catalog), run_failure_alerts(home)],
         resources=resources,

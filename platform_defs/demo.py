@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import time
-import warnings
 
 import dagster as dg
 
@@ -12,11 +13,10 @@ from platform_defs.definitions import EVERYTHING_JOB, build_definitions
 
 
 def main() -> int:
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     defs = build_definitions()
     job = defs.resolve_job_def(EVERYTHING_JOB)
     started = time.monotonic()
-    with dg.DagsterInstance.get() as instance:
+    with dg.DagsterInstance.get() as instance, contextlib.redirect_stdout(io.StringIO()):
         result = job.execute_in_process(
             instance=instance,
             raise_on_error=False,

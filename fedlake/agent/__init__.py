@@ -71,7 +71,7 @@ def build_agent(
     """The agent of one silo, as it runs next to that silo; the connector defaults to the one the
     catalog's connection settings open for the deployment."""
     spec = catalog.silo(silo)
-    return SiloAgent(
+    agent = SiloAgent(
         spec,
         connector or open_silo(spec, deployment, home),
         policy,
@@ -79,6 +79,11 @@ def build_agent(
         pseudonym_key(home if deployment == "local" else None),
         agent_tokens(policy, deployment, home),
     )
+    # Plug-in actions import the agent themselves, so they are imported here, not at module load.
+    from fedlake.quality import load_suites, register_quality_actions
+
+    register_quality_actions(agent, load_suites(catalog.path, catalog))
+    return agent
 
 
 def local_agent_client(catalog: Catalog, policy: Policy, silo: str, home: Path, identity: str = "coordinator") -> InProcessAgentClient:

@@ -24,24 +24,29 @@ REPORTING_THRESHOLD = 10_000.0
 FORWARD_WINDOW_HOURS = 72
 HELD_OUT_SHARE = 5  # one account in five is held out, chosen by a hash of its id
 
-AML_FEATURES = (
-    "log_transactions",
-    "credit_share",
-    "log_credit_volume",
-    "log_debit_volume",
-    "log_max_credit",
-    "log_max_debit",
-    "log_near_threshold_cash",
-    "log_cash_credits",
-    "cross_border_share",
-    "cross_border_volume_share",
-    "forwarded_share",
-    "log_large_transactions",
-    "log_counterparties",
-    "log_countries",
-    "in_out_balance",
-    "has_transactions",
-)
+# Each feature and the fixed (center, scale) it is standardized with. Fixed rather than fitted, so
+# that no silo has to publish its statistics and every silo feeds the shared weights numbers on the
+# same scale; the constants are the demo bank's pooled means and deviations, rounded (rare signals
+# get a scale of 0.5 so that one unusual account does not dominate a clipped DP-SGD step).
+AML_SCALING = {
+    "log_transactions": (1.3, 1.0),
+    "credit_share": (0.2, 0.3),
+    "log_credit_volume": (3.7, 4.0),
+    "log_debit_volume": (4.6, 3.0),
+    "log_max_credit": (3.5, 3.8),
+    "log_max_debit": (4.2, 2.8),
+    "log_near_threshold_cash": (0.0, 0.5),
+    "log_cash_credits": (0.06, 0.25),
+    "cross_border_share": (0.17, 0.27),
+    "cross_border_volume_share": (0.16, 0.3),
+    "forwarded_share": (0.0, 0.5),
+    "log_large_transactions": (0.0, 0.5),
+    "log_counterparties": (1.24, 0.9),
+    "log_countries": (0.82, 0.54),
+    "in_out_balance": (0.11, 0.21),
+    "has_transactions": (0.79, 0.41),
+}
+AML_FEATURES = tuple(AML_SCALING)
 MEMO_SEPARATOR = "\n"
 
 
@@ -176,8 +181,8 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 
 def aml_numeric(rows: pa.Table) -> np.ndarray:
-    """AML_FEATURES from the aggregate's raw columns: logs of counts and amounts, shares in [0, 1],
-    so that silos of different sizes and currencies feed the same weights comparable numbers."""
+    """AML_FEATURES from the aggregate's raw columns: logs of counts and amounts and shares in
+    [0, 1], standardized with AML_SCALING, so that every silo feeds the shared weights comparable numbers."""
     c = {name: _column(rows, name) for name in rows.column_names if name not in ("account_id", "memos")}
     n = c["transactions"]
     features = {
@@ -198,7 +203,7 @@ def aml_numeric(rows: pa.Table) -> np.ndarray:
         "in_out_balance": _ratio(np.minimum(c["credit_volume"], c["debit_volume"]), np.maximum(c["credit_volume"], c["debit_volume"])),
         "has_transactions": (n > 0).astype(np.float64),
     }
-    return np.stack([features[name] for name in AML_FEATURES], axis=1).astype(np.float32)
+    return np.stack([(features[name] - AML_SCALING[name][0]) / AML_SCALING[name][1] for name in AML_FEATURES], axis=1).astype(np.float32)
 
 
 def data_fingerprint(connector: Connector, tables: tuple[str, ...] = ("accounts", "transactions", "aml_cases")) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-AML_DEFAULTS: dict[str, Any] = {"n_numeric": 16, "buckets": 2**14, "text_dim": 16, "hidden": 32}
+AML_DEFAULTS: dict[str, Any] = {"n_numeric": 16, "buckets": 2**14, "text_dim": 16, "hidden": 32, "prior": 0.005}
 CREDIT_DEFAULTS: dict[str, Any] = {"n_features": 11, "hidden": 32}
 
 
@@ -45,13 +45,17 @@ class AMLNet(nn.Module):
     memos. The text encoder is an EmbeddingBag trained from scratch: no pretrained vocabulary has
     to be shipped into a silo, and its per-sample gradients are supported by Opacus for DP-SGD."""
 
-    def __init__(self, n_numeric: int, buckets: int = 2**14, text_dim: int = 16, hidden: int = 32):
+    def __init__(self, n_numeric: int, buckets: int = 2**14, text_dim: int = 16, hidden: int = 32, prior: float = 0.005):
         super().__init__()
         self.buckets = buckets
         self.numeric = nn.Sequential(nn.Linear(n_numeric, hidden), nn.ReLU())
         self.text = nn.EmbeddingBag(buckets, text_dim, mode="mean")
         nn.init.normal_(self.text.weight, std=0.1)
         self.head = nn.Sequential(nn.Linear(hidden + text_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        # Start at the base rate of laundering: otherwise the first steps are spent pushing every
+        # score down, and under DP-SGD the clipped, noised gradients of the rare positives never
+        # catch up with that drift.
+        nn.init.constant_(self.head[-1].bias, float(np.log(prior / (1 - prior))))
 
     def forward(self, numeric: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """`ids` are all accounts' n-gram bucket ids concatenated, `offsets` where each account's start;

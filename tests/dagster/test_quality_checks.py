@@ -1,0 +1,127 @@
+"""Data-quality checks in Dagster: each suite is an asset check on its source asset, run by the
+silo's agent in place; a failing blocking check stops what is downstream in the same run."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from assets.quality_checks import BLOCKING_TABLES, CHECK_NAME, quality_checks
+from assets.sources import source_assets
+from fedlake.quality import VALIDATE_ACTION, load_suites, register_quality_actions
+from fedlake.silos import open_silo
+from fedlake.synth.seed import seed_demo_bank
+from platform_defs.definitions import build_definitions
+from tests.conftest import REPO
+
+NEGATIVE_AMOUNTS = 5
+TRANSACTIONS = dg.AssetKey(["sg_lake", "transactions"])
+AML_CASES = dg.AssetKey(["sg_lake", "aml_cases"])
+
+
+@dg.asset(key=["governed", "sg_spending_probe"], deps=[TRANSACTIONS], group_name="governed")
+def downstream_of_transactions() -> dg.MaterializeResult:
+    """Stands in for the join layer: it must not run on transactions that failed their suite."""
+    return dg.MaterializeResult(metadata={"ran": True})
+
+
+@dg.asset(key=["governed", "sg_cases_probe"], deps=[AML_CASES], group_name="governed")
+def downstream_of_aml_cases() -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"ran": True})
+
+
+def with_quality_action(resource, suites):
+    """The silo resource, but its in-process agent also answers `validate` (wiring does this for real)."""
+
+    class WithQuality(type(resource)):
+        def agent(self):
+            client = super().agent()
+            if VALIDATE_ACTION not in client.agent.action_names():
+                register_quality_actions(client.agent, suites)
+            return client
+
+    return WithQuality(**{name: getattr(resource, name) for name in type(resource).model_fields})
+
+
+def quality_definitions(home, catalog):
+    defs = build_definitions(REPO / "silos.yaml", "local", home)
+    suites = load_suites(REPO / "silos.yaml", catalog)
+    resources = dict(defs.resources)
+    for silo in catalog.silos:
+        resources[silo] = with_quality_action(resources[silo], suites)
+    gate = dg.define_asset_job(
+        "quality_gate",
+        selection=dg.AssetSelection.assets(TRANSACTIONS, AML_CASES, downstream_of_transactions, downstream_of_aml_cases),
+    )
+    return dg.Definitions(
+        assets=[*source_assets(catalog), downstream_of_transactions, downstream_of_aml_cases],
+        asset_checks=quality_checks(catalog, suites, BLOCKING_TABLES),
+        jobs=[gate],
+        resources=resources,
+    )
+
+
+def run_gate(home, catalog):
+    defs = quality_definitions(home, catalog)
+    result = defs.resolve_job_def("quality_gate").execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    checks = {
+        (e.event_specific_data.asset_key, e.event_specific_data.check_name): e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+    materialized = {e.event_specific_data.materialization.asset_key for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"}
+    return result, checks, materialized
+
+
+@pytest.fixture
+def small_bank(catalog, tmp_path):
+    seed_demo_bank(catalog, "local", tmp_path, 0.01, 3)
+    return tmp_path
+
+
+def test_every_suite_is_a_check_on_its_source_asset(catalog):
+    suites = load_suites(REPO / "silos.yaml", catalog)
+    specs = {spec.key: spec for checks in quality_checks(catalog, suites, BLOCKING_TABLES) for spec in checks.check_specs}
+    assert len(specs) == sum(len(s.tables) for s in catalog.silos.values()) == 13
+    for silo, spec in catalog.silos.items():
+        for table in spec.tables:
+            check = specs[dg.AssetCheckKey(dg.AssetKey([silo, table]), CHECK_NAME)]
+            assert check.blocking == (table in BLOCKING_TABLES)
+            assert check.metadata["suite_file"].endswith(f"expectations/{table}.json")
+
+
+def test_clean_data_passes_and_downstream_runs(small_bank, catalog):
+    result, checks, materialized = run_gate(small_bank, catalog)
+    assert result.success
+    assert checks[(TRANSACTIONS, CHECK_NAME)].passed and checks[(AML_CASES, CHECK_NAME)].passed
+    assert {downstream_of_transactions.key, downstream_of_aml_cases.key} <= materialized
+
+
+def test_negative_amounts_fail_the_check_in_place_and_block_downstream(small_bank, catalog):
+    with open_silo(catalog.silo("sg_lake"), "local", small_bank) as lake:
+        rows = lake.execute("SELECT * FROM transactions").read_all()
+        index = rows.schema.get_field_index("amount")
+        amount = rows.column(index).combine_chunks()
+        first = pc.less(pa.array(range(rows.num_rows)), NEGATIVE_AMOUNTS)
+        rows = rows.set_column(index, "amount", pc.if_else(first, pc.negate(amount), amount))
+        lake.load("transactions", rows.schema, rows.to_batches())
+
+    result, checks, materialized = run_gate(small_bank, catalog)
+    failed = checks[(TRANSACTIONS, CHECK_NAME)]
+    assert not failed.passed and failed.severity == dg.AssetCheckSeverity.ERROR
+    assert failed.metadata["failed_expectations"].value == ["expect_column_values_to_be_between(amount)"]
+    assert failed.metadata["failed"].value == 1
+    results = {e["label"]: e for e in failed.metadata["expectations"].value}
+    amount_result = results["expect_column_values_to_be_between(amount)"]
+    assert amount_result["success"] is False and amount_result["unexpected_count"] == NEGATIVE_AMOUNTS
+    assert "unexpected_values" not in amount_result and "aggregate" in amount_result["values_withheld"]
+    assert results["expect_column_values_to_be_in_set(direction)"]["success"] is True
+    assert "expect_column_values_to_be_between(amount): 5 unexpected" in failed.description
+    assert "| expect_column_values_to_be_between(amount) | NO | 5 |" in failed.metadata["results"].value
+
+    assert not result.success, "a failed blocking check fails the run"
+    assert downstream_of_transactions.key not in materialized, "the blocking check kept bad data from downstream"
+    assert checks[(AML_CASES, CHECK_NAME)].passed
+    assert downstream_of_aml_cases.key in materialized, "a passing, non-blocking suite gates nothing"
