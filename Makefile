@@ -44,7 +44,7 @@ dagster-home:
 
 demo: install dagster-home
 	$(VENV)/bin/fedlake seed --scale $(SCALE) --seed $(SEED)
-	$(PY) -W "ignore::dagster.BetaWarning" -m platform_defs.demo
+	$(PY) -m platform_defs.demo
 
 test: install browser
 	$(PY) -m pytest
