@@ -7,27 +7,32 @@ from resources.ledger import LedgerResource
 AUDIT_LEDGER = dg.AssetKey(["governed", "audit_ledger"])
 
 
-@dg.multi_observable_source_asset(
-    specs=[
-        dg.AssetSpec(
-            AUDIT_LEDGER,
-            group_name="governed",
-            description="Every egress decision, allowed or denied, hash-chained; lives in the governed zone.",
-            kinds={"duckdb"},
-        )
-    ],
-    name="audit_ledger",
-    required_resource_keys={"ledger"},
-)
-def audit_ledger(context: dg.AssetExecutionContext):
-    entries = context.resources.ledger.open().entries()
-    last = entries[-1]["entry_hash"] if entries else "empty"
-    denied = sum(1 for e in entries if e["decision"] == "denied")
-    yield dg.ObserveResult(
-        asset_key=AUDIT_LEDGER,
-        data_version=dg.DataVersion(last[:16]),
-        metadata={"entries": len(entries), "denied": denied, "bytes_out": sum(e["bytes"] for e in entries)},
+def audit_ledger_asset() -> dg.AssetsDefinition:
+    """The ledger, observed as a source asset of the governed zone (built with the definitions)."""
+
+    @dg.multi_observable_source_asset(
+        specs=[
+            dg.AssetSpec(
+                AUDIT_LEDGER,
+                group_name="governed",
+                description="Every egress decision, allowed or denied, hash-chained; lives in the governed zone.",
+                kinds={"duckdb"},
+            )
+        ],
+        name="audit_ledger",
+        required_resource_keys={"ledger"},
     )
+    def audit_ledger(context: dg.AssetExecutionContext):
+        entries = context.resources.ledger.open().entries()
+        last = entries[-1]["entry_hash"] if entries else "empty"
+        denied = sum(1 for e in entries if e["decision"] == "denied")
+        yield dg.ObserveResult(
+            asset_key=AUDIT_LEDGER,
+            data_version=dg.DataVersion(last[:16]),
+            metadata={"entries": len(entries), "denied": denied, "bytes_out": sum(e["bytes"] for e in entries)},
+        )
+
+    return audit_ledger
 
 
 @dg.asset_check(asset=AUDIT_LEDGER, description="The hash chain verifies from the first entry to the last.")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.audit import audit_ledger, hash_chain_intact
+from assets.audit import audit_ledger_asset, hash_chain_intact
 from assets.dbt_marts import DBT_RESOURCE_KEY, dbt_marts_assets, dbt_marts_resource
 from assets.governed import governed_assets
 from assets.in_silo import in_silo_assets
@@ -42,7 +42,7 @@ def build_definitions(
     resources["ledger"] = ledger_resource(deployment, home)
     resources["governed_zone"] = governed_zone_resource(catalog, deployment, home)
     resources[DBT_RESOURCE_KEY] = dbt_marts_resource(catalog, deployment, home)
-    sources = [*source_assets(catalog), audit_ledger]
+    sources = [*source_assets(catalog), audit_ledger_asset()]
     everything = dg.define_asset_job(
         EVERYTHING_JOB,
         selection=dg.AssetSelection.all() | dg.AssetSelection.assets(*(key for s in sources for key in s.keys)),

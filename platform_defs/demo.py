@@ -11,13 +11,12 @@ import warnings
 
 import dagster as dg
 
-# The demo's output is its summary; Dagster's beta notices (observable sources) would bury it.
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
-
-from platform_defs.definitions import EVERYTHING_JOB, build_definitions  # noqa: E402
+from platform_defs.definitions import EVERYTHING_JOB, build_definitions
 
 
 def main() -> int:
+    # The demo's output is its summary; Dagster's beta notices (observable sources) would bury it.
+    warnings.simplefilter("ignore", dg.BetaWarning)
     defs = build_definitions()
     job = defs.resolve_job_def(EVERYTHING_JOB)
     started = time.monotonic()
