@@ -119,20 +119,16 @@ def aml_sql(domestic_countries: tuple[str, ...] = (), threshold: float = REPORTI
         foreign = "(1 = 0)"
     credit = "t.direction = 'credit'"
     debit = "t.direction = 'debit'"
+    # One pass over the transactions with window functions, then one GROUP BY: no self-join, so a
+    # silo without table statistics (a freshly loaded PostgreSQL) cannot pick a quadratic plan.
     return f"""
-    WITH largest AS (
-        SELECT t.account_id, max(t.amount) AS amount FROM transactions t WHERE {credit} GROUP BY t.account_id
-    ),
-    largest_at AS (
-        SELECT t.account_id, min(t.ts) AS ts, max(l.amount) AS amount
-        FROM transactions t JOIN largest l ON l.account_id = t.account_id AND t.amount = l.amount
-        WHERE {credit} GROUP BY t.account_id
-    ),
-    forwarded AS (
-        SELECT t.account_id, sum(t.amount) AS amount
-        FROM transactions t JOIN largest_at l ON l.account_id = t.account_id
-        WHERE {debit} AND t.ts >= l.ts AND t.ts < l.ts + INTERVAL '{FORWARD_WINDOW_HOURS}' HOUR
-        GROUP BY t.account_id
+    WITH marked AS (
+        SELECT t.account_id, t.ts, t.amount, t.direction, t.channel, t.counterparty_account,
+               t.counterparty_country, t.memo, {foreign} AS is_foreign,
+               max(CASE WHEN {credit} THEN t.amount ELSE 0 END) OVER (PARTITION BY t.account_id) AS largest_credit,
+               first_value(t.ts) OVER (PARTITION BY t.account_id
+                                       ORDER BY CASE WHEN {credit} THEN t.amount ELSE -1 END DESC, t.ts) AS largest_credit_at
+        FROM transactions t
     ),
     per_account AS (
         SELECT t.account_id,
@@ -140,18 +136,21 @@ def aml_sql(domestic_countries: tuple[str, ...] = (), threshold: float = REPORTI
                sum(CASE WHEN {credit} THEN 1 ELSE 0 END) AS credits,
                sum(CASE WHEN {credit} THEN t.amount ELSE 0 END) AS credit_volume,
                sum(CASE WHEN {debit} THEN t.amount ELSE 0 END) AS debit_volume,
-               max(CASE WHEN {credit} THEN t.amount ELSE 0 END) AS max_credit,
+               max(t.largest_credit) AS max_credit,
                max(CASE WHEN {debit} THEN t.amount ELSE 0 END) AS max_debit,
                sum(CASE WHEN {credit} AND t.channel = 'cash' AND t.amount >= {0.9 * threshold} AND t.amount < {threshold}
                         THEN 1 ELSE 0 END) AS near_threshold_cash,
                sum(CASE WHEN {credit} AND t.channel = 'cash' THEN 1 ELSE 0 END) AS cash_credits,
-               sum(CASE WHEN {foreign} THEN 1 ELSE 0 END) AS cross_border,
-               sum(CASE WHEN {foreign} THEN t.amount ELSE 0 END) AS cross_border_volume,
+               sum(CASE WHEN t.is_foreign THEN 1 ELSE 0 END) AS cross_border,
+               sum(CASE WHEN t.is_foreign THEN t.amount ELSE 0 END) AS cross_border_volume,
                sum(CASE WHEN t.amount >= {threshold} THEN 1 ELSE 0 END) AS large_transactions,
                count(DISTINCT t.counterparty_account) AS counterparties,
                count(DISTINCT t.counterparty_country) AS countries,
+               sum(CASE WHEN {debit} AND t.largest_credit > 0 AND t.ts >= t.largest_credit_at
+                             AND t.ts < t.largest_credit_at + INTERVAL '{FORWARD_WINDOW_HOURS}' HOUR
+                        THEN t.amount ELSE 0 END) AS forwarded,
                string_agg(t.memo, chr(10)) AS memos
-        FROM transactions t GROUP BY t.account_id
+        FROM marked t GROUP BY t.account_id
     )
     SELECT a.account_id,
            coalesce(p.transactions, 0) AS transactions, coalesce(p.credits, 0) AS credits,
@@ -161,13 +160,11 @@ def aml_sql(domestic_countries: tuple[str, ...] = (), threshold: float = REPORTI
            coalesce(p.cross_border, 0) AS cross_border, coalesce(p.cross_border_volume, 0) AS cross_border_volume,
            coalesce(p.large_transactions, 0) AS large_transactions,
            coalesce(p.counterparties, 0) AS counterparties, coalesce(p.countries, 0) AS countries,
-           coalesce(f.amount, 0) AS forwarded, coalesce(l.amount, 0) AS largest_credit,
+           coalesce(p.forwarded, 0) AS forwarded, coalesce(p.max_credit, 0) AS largest_credit,
            p.memos,
            CASE WHEN c.account_id IS NULL THEN 0 ELSE 1 END AS label
     FROM accounts a
     LEFT JOIN per_account p ON p.account_id = a.account_id
-    LEFT JOIN largest_at l ON l.account_id = a.account_id
-    LEFT JOIN forwarded f ON f.account_id = a.account_id
     LEFT JOIN (SELECT DISTINCT account_id FROM aml_cases) c ON c.account_id = a.account_id
     ORDER BY a.account_id"""
 
