@@ -40,7 +40,7 @@ from fedlake.learning import weights as wire  # noqa: E402
 from fedlake.learning.agent_actions import register_learning_actions  # noqa: E402
 from fedlake.learning.aggregate import FedAvg, FedProx  # noqa: E402
 from fedlake.learning.coordinator import FederatedTrainer  # noqa: E402
-from fedlake.learning.credit import credit_comparison  # noqa: E402
+from fedlake.learning.credit import DEFAULT_CONFIG, credit_comparison  # noqa: E402
 from fedlake.learning.data import AMLData, aml_examples, held_out_mask  # noqa: E402
 from fedlake.learning.metrics import evaluate  # noqa: E402
 from fedlake.learning.models import ModelSpec  # noqa: E402
@@ -92,13 +92,23 @@ def federated(name, strategy, clients, spec, config, rounds, evaluator, checkpoi
     result = FederatedTrainer(clients, spec, strategy, rounds=rounds, min_silos=len(clients), round_timeout_s=3600,
                               checkpoint_dir=checkpoint, config=config, on_round=on_round).fit()
     wall = time.perf_counter() - started
-    rounds_s = [r["seconds"] for r in result.history]
-    slowest_local = [max(m["train_seconds"] for m in r["metrics"].values()) for r in result.history]
-    sum_local = [sum(m["train_seconds"] for m in r["metrics"].values()) for r in result.history]
-    return {"name": name, "curve": curve, "wall": wall, "round_s": statistics.median(rounds_s),
-            "slowest_local_s": statistics.median(slowest_local), "sum_local_s": statistics.median(sum_local),
-            "bytes_per_round": statistics.median(r["bytes_out"] + sum(r["bytes_in"].values()) for r in result.history),
-            "epsilon": result.epsilon}
+    history = result.history
+    median = statistics.median
+    return {"name": name, "curve": curve, "wall": wall, "epsilon": result.epsilon,
+            "round_s": median(r["seconds"] for r in history),
+            "slowest_call_s": median(max(r["silo_seconds"].values()) for r in history),
+            "slowest_local_s": median(max(m["train_seconds"] for m in r["metrics"].values()) for r in history),
+            "agent_extra_s": median(median(r["silo_seconds"][s] - r["metrics"][s]["train_seconds"] for s in r["participants"]) for r in history),
+            "coordinator_s": median(r["seconds"] - max(r["silo_seconds"].values()) for r in history),
+            "bytes_per_round": median(r["bytes_out"] + sum(r["bytes_in"].values()) for r in history)}
+
+
+def standalone(parts: dict[str, AMLData], spec, config) -> dict[str, float]:
+    """The same local training as one round, silo by silo, outside federation (no agent, no wire)."""
+    seconds = {}
+    for silo, data in parts.items():
+        seconds[silo] = train_local(spec.build(seed=0), data, TrainConfig(**{**config.to_dict(), "dp": None})).seconds
+    return seconds
 
 
 def central(name, parts: list[AMLData], spec, config, epochs, evaluator) -> dict:
@@ -118,6 +128,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--rounds", type=int, default=15, help="federated rounds (and pooled epochs)")
     parser.add_argument("--buckets", type=int, default=2**14, help="hashed n-gram buckets of the text encoder")
+    parser.add_argument("--credit-epochs", type=int, default=DEFAULT_CONFIG.epochs, help="epochs of each credit model")
     parser.add_argument("--dp-rounds", type=int, default=0, help="also run DP-SGD federated training for this many rounds")
     parser.add_argument("--keep", action="store_true", help="keep the seeded deployment under bench/results/")
     args = parser.parse_args()
@@ -167,27 +178,35 @@ def main() -> int:
                   f"{last['pr_auc_unconfirmed']:>14.4f} {converged(run['curve']):>5} {unit}")
         print("  (unconf.: only accounts no investigator confirmed, i.e. finding the launderers nobody labelled;"
               " to converge: first round or epoch within 0.01 PR-AUC of the run's best)")
+        print("  PR-AUC by round / epoch: " + "; ".join(
+            f"{run['name'].split(' (')[0]} " + " ".join(f"{c['pr_auc']:.3f}" for c in run["curve"][:8]) for run in [runs[0], pooled, eu_alone]))
         for run in runs:
             if any(v is not None for v in run["epsilon"].values()):
                 print(f"  {run['name']}: epsilon per silo " + ", ".join(f"{s} {e:.2f}" for s, e in run["epsilon"].items()) + " (delta 1e-5)")
 
         fedavg = runs[0]
-        overhead = fedavg["round_s"] - fedavg["slowest_local_s"]
-        print("\nPer-round cost of federation (median over rounds, FedAvg)")
-        print(f"  round wall time {fedavg['round_s']:.2f}s; slowest silo's local training inside it {fedavg['slowest_local_s']:.2f}s; "
-              f"all three silos' local training {fedavg['sum_local_s']:.2f}s")
-        print(f"  overhead (serialization, agent calls, ledger, aggregation) {overhead:.2f}s = "
-              f"{overhead / fedavg['round_s']:.0%} of the round; {fedavg['bytes_per_round'] / 1e6:.1f} MB of weights moved per round")
-        print(f"  for scale: pooled training takes {pooled['epoch_s']:.2f}s per epoch over the same accounts on one machine")
+        alone = standalone(evaluator.train, spec, config)
+        print(f"\nPer-round cost of federation (median over rounds, FedAvg; the three agents share this machine's {os.cpu_count()} cores)")
+        print(f"  federated round: {fedavg['round_s']:.2f}s wall = the agent calls in parallel (slowest {fedavg['slowest_call_s']:.2f}s, "
+              f"its local training {fedavg['slowest_local_s']:.2f}s) + the coordinator {fedavg['coordinator_s']:.2f}s "
+              "(encode, decode, FedAvg; the checkpoint write comes after)")
+        print(f"  in each agent call besides training: {fedavg['agent_extra_s']:.2f}s (data fingerprint, held-out metrics, "
+              f"encoding, ledger); {fedavg['bytes_per_round'] / 1e6:.1f} MB of weights moved per round")
+        print("  the same local training outside federation, silo by silo: "
+              + ", ".join(f"{s} {t:.2f}s" for s, t in alone.items()) + f" (sum {sum(alone.values()):.2f}s)")
+        print(f"  overhead of federation per round: {fedavg['round_s'] - sum(alone.values()):+.2f}s against running the "
+              f"same local training one silo after another ({fedavg['round_s'] / sum(alone.values()):.2f}x), "
+              f"{fedavg['round_s'] - max(alone.values()):+.2f}s against its slowest silo alone "
+              f"({fedavg['round_s'] / max(alone.values()):.2f}x, the bound with one machine per silo)")
 
         t0 = time.perf_counter()
         table, _ = Federation(catalog, clients).run(credit_features_sql(catalog, "eu_core"), "credit_scoring")
         build_s = time.perf_counter() - t0
         truth = pq.read_table(home / "truth" / "loan_truth.parquet")
         t0 = time.perf_counter()
-        _, comparison = credit_comparison(table, truth)
+        _, comparison = credit_comparison(table, truth, TrainConfig(**{**DEFAULT_CONFIG.to_dict(), "epochs": args.credit_epochs}))
         print(f"\nCredit model, {table.num_rows:,} loans (features built through the planner in {build_s:.1f}s, "
-              f"models trained in {time.perf_counter() - t0:.1f}s), same held-out loans")
+              f"{args.credit_epochs} epochs per model, trained in {time.perf_counter() - t0:.1f}s), same held-out loans")
         print(f"{'model':<34} {'AUC':>7} {'PR-AUC':>7} {'Brier':>7} {'ECE':>7}")
         labels = {"all_regions": "all-region features (federated)", "eu_only": "EU-only features", "oracle": "oracle (true_pd)"}
         for key, m in comparison.items():

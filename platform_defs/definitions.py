@@ -11,6 +11,7 @@ from assets.audit import audit_ledger_asset, hash_chain_intact
 from assets.dbt_marts import DBT_RESOURCE_KEY, dbt_marts_assets, dbt_marts_resource
 from assets.governed import governed_assets
 from assets.in_silo import in_silo_assets
+from assets.models import model_assets, model_checks
 from assets.pii_checks import pii_checks
 from assets.quality_checks import quality_checks
 from assets.sources import source_assets
@@ -18,9 +19,16 @@ from fedlake.catalog import default_catalog_path, load_catalog
 from fedlake.policy.model import POLICIES_ENV, load_policy
 from fedlake.quality import load_suites
 from fedlake.silos import data_dir
-from platform_defs.deployments import current_deployment, governed_zone_resource, ledger_resource, silo_resources
+from platform_defs.deployments import (
+    current_deployment,
+    governed_zone_resource,
+    ledger_resource,
+    model_registry_resource,
+    silo_resources,
+)
 from resources.federated_io_manager import federated_io_manager
 from sensors.new_data import new_data_sensors
+from sensors.retraining import drift_sensor, nightly_retraining, retraining_job
 from sensors.run_failures import run_failure_alerts
 
 EVERYTHING_JOB = "materialize_everything"
@@ -42,16 +50,24 @@ def build_definitions(
     resources["ledger"] = ledger_resource(deployment, home)
     resources["governed_zone"] = governed_zone_resource(catalog, deployment, home)
     resources[DBT_RESOURCE_KEY] = dbt_marts_resource(catalog, deployment, home)
+    resources["model_registry"] = model_registry_resource(home)
     sources = [*source_assets(catalog), audit_ledger_asset()]
     everything = dg.define_asset_job(
         EVERYTHING_JOB,
         selection=dg.AssetSelection.all() | dg.AssetSelection.assets(*(key for s in sources for key in s.keys)),
         description="Observe every silo table and materialize every asset, where each belongs.",
     )
+    retrain = retraining_job()
     return dg.Definitions(
-        assets=[*sources, *in_silo_assets(catalog), *governed_assets(catalog), dbt_marts_assets()],
-        asset_checks=[*pii_checks(catalog), *quality_checks(catalog, load_suites(catalog_path, catalog)), hash_chain_intact],
-        jobs=[everything],
-        sensors=[*new_data_sensors(catalog), run_failure_alerts(home)],
+        assets=[*sources, *in_silo_assets(catalog), *governed_assets(catalog), dbt_marts_assets(), *model_assets(catalog)],
+        asset_checks=[
+            *pii_checks(catalog),
+            *quality_checks(catalog, load_suites(catalog_path, catalog)),
+            hash_chain_intact,
+            *model_checks(),
+        ],
+        jobs=[everything, retrain],
+        schedules=[nightly_retraining(retrain)],
+        sensors=[*new_data_sensors(catalog), run_failure_alerts(home), drift_sensor(retrain)],
         resources=resources,
     )

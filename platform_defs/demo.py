@@ -48,6 +48,16 @@ def main() -> int:
             f"  {record.asset_key.to_user_string():<30} {where:<26} {meta.get('dagster/row_count', 0):>10,} "
             f"{meta.get('bytes_in_silo', meta.get('bytes_in_zone', 0)):>14,} {moved:>16}"
         )
+    models = [
+        e.event_specific_data.materialization
+        for e in result.all_events
+        if e.is_step_materialization and e.event_specific_data.materialization.asset_key.path[0] == "models"
+    ]
+    for model in models:
+        meta = {k: v.value for k, v in model.metadata.items()}
+        extra = ", ".join(f"{k} {meta[k]:.3f}" for k in ("eu_only_auc", "oracle_auc") if meta.get(k) is not None)
+        print(f"  {model.asset_key.to_user_string()} v{meta['version']}: held-out AUC {meta['auc']:.3f}" + (f" ({extra})" if extra else ""))
+
     checks = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     failed = [c for c in checks if not c.passed]
     print(f"\nasset checks: {len(checks) - len(failed)} passed, {len(failed)} failed")

@@ -11,6 +11,7 @@ from fedlake.catalog import Catalog, EnvRef
 from fedlake.policy.model import Policy
 from resources.governed_zone import GovernedZoneResource
 from resources.ledger import LedgerResource
+from resources.model_registry import ModelRegistryResource
 from resources.silos import COORDINATOR, ParquetSiloResource, PostgresSiloResource, S3SiloResource, SiloResource
 
 DEPLOYMENT_ENV = "FEDLAKE_DEPLOYMENT"
@@ -85,3 +86,8 @@ def ledger_resource(deployment: str, home: Path) -> LedgerResource:
     if deployment == "prod":
         return LedgerResource(location=dg.EnvVar(LEDGER_ENV))
     return LedgerResource(location=local_ledger_path(home))
+
+
+def model_registry_resource(home: Path) -> ModelRegistryResource:
+    """Model versions live beside the governed zone; the demo bank's truth (if seeded) scores the oracle."""
+    return ModelRegistryResource(root=str(home / "governed" / "models"), truth_dir=str(home / "truth"))

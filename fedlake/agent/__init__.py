@@ -80,9 +80,11 @@ def build_agent(
         agent_tokens(policy, deployment, home),
     )
     # Plug-in actions import the agent themselves, so they are imported here, not at module load.
+    from fedlake.learning.agent_actions import register_learning_actions
     from fedlake.quality import load_suites, register_quality_actions
 
     register_quality_actions(agent, load_suites(catalog.path, catalog))
+    register_learning_actions(agent)
     return agent
 
 

@@ -154,13 +154,16 @@ def register_learning_actions(
         data, train, test = split.all, split.train, split.held_out
         history = [tuple(h) for h in body.get("dp_history") or []]
         local = train_local(model, train, config, dp_history=history)
-        metrics: dict[str, Any] = {
-            "train_loss": local.loss, "steps": local.steps, "train_seconds": local.seconds,
-            "train_positives": int(train.labels.sum()), "data_fingerprint": data.fingerprint,
-            "held_out": summary(evaluate(predict(model, test), test.labels)) if len(test) else None,
-        }
+        metrics: dict[str, Any] = {"steps": local.steps, "train_seconds": local.seconds, "data_fingerprint": data.fingerprint}
         if local.dp_record:
+            # epsilon covers the weights only: loss and held-out metrics, computed from the same
+            # accounts without noise, would leak outside that guarantee, so they stay here
             metrics["dp"] = {"record": list(local.dp_record), "delta": config.dp.delta, "enforced_by_silo": enforced}
+            metrics["withheld"] = "train_loss and held-out metrics are not released under differential privacy"
+        else:
+            metrics["train_loss"] = local.loss
+            metrics["train_positives"] = int(train.labels.sum())
+            metrics["held_out"] = summary(evaluate(predict(model, test), test.labels)) if len(test) else None
         result = {"weights": wire.encode(wire.to_numpy(local.state)), "n_samples": local.n_samples,
                   "metrics": metrics, "epsilon": local.epsilon}
         return leave(caller, body, "train_round", "model_weights", "allow", TRAIN_RULE, result)

@@ -73,7 +73,9 @@ class FederatedTrainer:
     """Trains `spec` across `clients` (silo name -> agent client) for `rounds` rounds.
 
     `config` holds the local hyper-parameters (epochs, lr, batch size, dp); the strategy adds its
-    own (FedProx's mu). `on_round(round, weights, record)` is called after each completed round.
+    own (FedProx's mu). The first round starts from `initial_weights`, else from the spec built
+    with `seed`; a checkpoint in `checkpoint_dir` takes precedence over both (that is the resume).
+    `on_round(round, weights, record)` is called after each completed round.
     """
 
     def __init__(
@@ -150,7 +152,6 @@ class FederatedTrainer:
         answers: dict[str, Any] = {}
         left_out: dict[str, str] = {}
         seconds: dict[str, float] = {}
-        started = time.perf_counter()
         pool = ThreadPoolExecutor(max_workers=len(bodies), thread_name_prefix=f"fedlake-{action}")
 
         def call(silo: str) -> Any:
@@ -171,8 +172,7 @@ class FederatedTrainer:
                 left_out[silo] = f"failed: {type(exc).__name__}: {exc}"
         for future in late:
             left_out[futures[future]] = f"no answer within the round timeout of {self.round_timeout_s:g}s"
-        seconds["_round"] = time.perf_counter() - started
-        return answers, left_out, seconds
+        return answers, left_out, {silo: seconds[silo] for silo in answers}
 
     def _quorum(self, what: str, answered: int, left_out: dict[str, str]) -> None:
         if answered >= self.min_silos:
@@ -200,6 +200,7 @@ class FederatedTrainer:
         resumed_from = done_rounds
         hyper = self.strategy.configure(self.config.to_dict())
         for round_ in range(done_rounds + 1, self.rounds + 1):
+            started = time.perf_counter()
             payload = wire.encode(weights)
             bodies = {
                 silo: {"spec": self.spec.to_dict(), "weights": payload, "config": hyper, "round": round_,
@@ -235,11 +236,11 @@ class FederatedTrainer:
                     fingerprints[silo] = record["metrics"][silo]["data_fingerprint"]
             self._quorum(f"round {round_}", len(results), left_out)
             weights = self.strategy.aggregate(results)
-            total = sum(n for _, n in results)
-            record["train_loss"] = sum(record["metrics"][s].get("train_loss", 0.0) * n for s, n in record["samples"].items()) / total
-            record["seconds"] = seconds.pop("_round")
+            losses = [(record["metrics"][s]["train_loss"], n) for s, n in record["samples"].items() if "train_loss" in record["metrics"][s]]
+            record["train_loss"] = sum(loss * n for loss, n in losses) / sum(n for _, n in losses) if losses else None
             record["silo_seconds"] = seconds
             record["bytes_out"] = len(payload) * len(self.clients)
+            record["seconds"] = time.perf_counter() - started  # the whole round, checkpoint excepted
             history.append(record)
             self._save_checkpoint(round_, weights, history, dp_history, fingerprints)
             if self.on_round:

@@ -66,15 +66,17 @@ def train_credit(
     hidden: int = 32,
     seed: int = 0,
 ) -> CreditModel:
-    """Train CreditNet on the training loans of `table` and evaluate it on the held-out ones."""
+    """Train CreditNet on the training loans of `table` and evaluate it on the held-out ones.
+    Rows are taken in loan_id order, so the same table gives the same model whatever order a
+    federated query returned it in."""
+    table = table.sort_by("loan_id")
     x, y = credit_examples(table, features)
     held_out = split(table)
     if held_out.all() or not held_out.any() or y[~held_out].min() == y[~held_out].max():
         raise ValueError(f"credit training needs loans of both outcomes in the training split; got {len(y)} loans, "
                          f"{int(y.sum())} defaulted: seed a larger bank")
     spec = ModelSpec(name, "credit", {"n_features": len(features), "hidden": hidden})
-    model = spec.build(seed=seed)
-    assert isinstance(model, CreditNet)
+    model: CreditNet = spec.build(seed=seed)
     model.set_standardization(x[~held_out])
     train = TabularData(x[~held_out], y[~held_out])
     test = TabularData(x[held_out], y[held_out])

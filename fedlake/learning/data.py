@@ -203,15 +203,21 @@ def aml_numeric(rows: pa.Table) -> np.ndarray:
     return np.stack([(features[name] - AML_SCALING[name][0]) / AML_SCALING[name][1] for name in AML_FEATURES], axis=1).astype(np.float32)
 
 
-def data_fingerprint(connector: Connector, tables: tuple[str, ...] = ("accounts", "transactions", "aml_cases")) -> str:
-    """A digest of what the tables hold now (row counts, and for transactions the amount total and
-    time range), computed in the silo: it identifies the data a model saw without revealing rows."""
-    parts = {}
-    for table in tables:
-        parts[table] = connector.execute(f"SELECT count(*) AS n FROM {table}").read_all().column(0)[0].as_py()
-    stats = connector.execute("SELECT sum(amount) AS s, min(ts) AS lo, max(ts) AS hi FROM transactions").read_all()
-    parts["transactions_stats"] = [str(stats.column(i)[0].as_py()) for i in range(stats.num_columns)]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+def data_fingerprint(connector: Connector) -> str:
+    """A digest of what the tables hold now, computed in the silo: it identifies the data a model
+    saw without revealing rows. Only exact aggregates (counts, amounts summed as integer cents,
+    time range): a floating-point sum can differ in its last bits between two runs of a parallel
+    engine, and the fingerprint must not change unless the data did."""
+    sql = """
+    SELECT (SELECT count(*) FROM accounts) AS accounts,
+           (SELECT count(*) FROM aml_cases) AS cases,
+           (SELECT count(DISTINCT account_id) FROM aml_cases) AS case_accounts,
+           count(*) AS transactions,
+           sum(CAST(round(amount * 100) AS BIGINT)) AS cents,
+           min(ts) AS first_ts, max(ts) AS last_ts
+    FROM transactions"""
+    row = connector.execute(sql).read_all().to_pylist()[0]
+    return hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def aml_examples(

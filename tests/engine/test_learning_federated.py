@@ -260,6 +260,8 @@ def test_dp_sgd_reports_a_finite_growing_epsilon_and_the_silo_can_insist_on_it(l
         assert 0 < first < second < float("inf")
         assert result.epsilon[silo] == pytest.approx(second)
         assert result.delta[silo] == 1e-5
+        # under DP only the weights leave: no loss or held-out metric computed without noise
+        assert all("held_out" not in r["metrics"][silo] and "train_loss" not in r["metrics"][silo] for r in result.history)
 
     # the SG silo's policy asks for DP: it applies it even when the coordinator does not
     clients["sg_lake"] = learning_client(local_deployment, policy, "sg_lake", dp_required=DPConfig(noise_multiplier=2.0))

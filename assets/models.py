@@ -1,0 +1,194 @@
+"""Specialised models, trained where the data lies: the credit-scoring network on the governed
+credit features, and the anti-money-laundering model trained federatedly inside every silo (the
+memos never leave their region). Each training is a registered version with its card; a blocking
+check promotes it only where it beats the champion, or a floor, on held-out data."""
+
+
+import hashlib
+import json
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from fedlake.catalog import Catalog
+from fedlake.drift import bin_shares, quantile_edges
+from fedlake.learning.aggregate import FedAvg, FedProx
+from fedlake.learning.coordinator import FederatedTrainer
+from fedlake.learning.credit import ALL_REGION_FEATURES, BEHAVIOUR, credit_comparison
+from fedlake.learning.models import ModelSpec
+from fedlake.learning.train import DPConfig, TrainConfig
+from fedlake.relation import RelationHandle
+
+GROUP = "models"
+CREDIT_MODEL = "credit_scoring_model"
+AML_MODEL = "aml_model"
+DRIFT_FEATURES = ("dti", *BEHAVIOUR[:-1])
+
+
+class CreditTrainingConfig(dg.Config):
+    epochs: int = 40
+    lr: float = 0.003
+    batch_size: int = 256
+    hidden: int = 32
+    seed: int = 0
+
+
+class AMLTrainingConfig(dg.Config):
+    rounds: int = 6
+    local_epochs: int = 2
+    lr: float = 0.01
+    batch_size: int = 128
+    strategy: str = "fedavg"  # or fedprox, for skewed silos
+    mu: float = 0.01
+    min_silos: int = 2
+    round_timeout_s: float = 300.0
+    dp_noise_multiplier: float = 0.0  # > 0: DP-SGD in every silo, epsilon reported
+    seed: int = 0
+
+
+def _card_metadata(version) -> dict:
+    metrics = version.metrics
+    return {
+        "version": version.version,
+        "auc": metrics.get("auc"),
+        "pr_auc": metrics.get("pr_auc"),
+        "ece": metrics.get("ece"),
+        "model_card": dg.MetadataValue.md(version.card(inline_images=True)),
+        "card_path": dg.MetadataValue.path(str(version.card_path)),
+    }
+
+
+def credit_scoring_model_asset() -> dg.AssetsDefinition:
+    @dg.asset(
+        key=[GROUP, CREDIT_MODEL],
+        ins={"features": dg.AssetIn(key=["governed", "customer_credit_features"], input_manager_key="federated_io_manager")},
+        group_name=GROUP,
+        kinds={"pytorch"},
+        required_resource_keys={"governed_zone", "model_registry"},
+    )
+    def credit_scoring_model(context: dg.AssetExecutionContext, config: CreditTrainingConfig, features: RelationHandle):
+        """A credit-scoring network on the compliant cross-silo features, with EU-only and oracle baselines."""
+        zone = context.resources.governed_zone.connector()
+        table = zone.execute(f"SELECT * FROM {features.ref}").read_all()
+        registry_resource = context.resources.model_registry
+        truth_path = registry_resource.truth("loan_truth")
+        train_config = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)
+        model, comparison = credit_comparison(table, pq.read_table(truth_path) if truth_path else None, train_config, config.seed)
+        edges = quantile_edges(zone, features.table, DRIFT_FEATURES)
+        profile = {"table": features.table, "edges": edges, "shares": bin_shares(zone, features.table, edges)}
+        version = registry_resource.registry().register(
+            CREDIT_MODEL,
+            model.spec,
+            model.weights,
+            metrics=model.metrics,
+            hyper_parameters={**config.model_dump(), "features": list(model.features)},
+            fingerprints={f"governed.{features.table}": model.fingerprint},
+            policy_decisions=[{"input": f"governed.{features.table}", "purpose": "credit_scoring",
+                               "note": "compliant features built through the egress gates"}],
+            comparisons=comparison,
+            training={"drift_profile": profile, "n_train": model.n_train},
+            description="Default probability of a loan from its facts and the borrower's behaviour in every region.",
+        )
+        return dg.MaterializeResult(
+            metadata={
+                **_card_metadata(version),
+                "eu_only_auc": comparison["eu_only"].get("auc"),
+                "oracle_auc": comparison.get("oracle", {}).get("auc"),
+            }
+        )
+
+    return credit_scoring_model
+
+
+def aml_model_asset(catalog: Catalog) -> dg.AssetsDefinition:
+    silos = [name for name, spec in catalog.silos.items() if {"transactions", "accounts", "aml_cases"} <= set(spec.tables)]
+    ins = {
+        f"{silo}__{table}": dg.AssetIn(key=[silo, table], input_manager_key="federated_io_manager")
+        for silo in silos
+        for table in ("transactions", "accounts", "aml_cases")
+    }
+
+    @dg.asset(
+        key=[GROUP, AML_MODEL],
+        ins=ins,
+        group_name=GROUP,
+        kinds={"pytorch"},
+        required_resource_keys={*silos, "model_registry"},
+    )
+    def aml_model(context: dg.AssetExecutionContext, config: AMLTrainingConfig, **inputs: RelationHandle):
+        """An AML model over each silo's transactions and memos, trained federatedly: only weights leave a silo."""
+        clients = {silo: getattr(context.resources, silo).agent() for silo in silos}
+        spec = ModelSpec(AML_MODEL, "aml", {})
+        strategy = FedProx(mu=config.mu) if config.strategy == "fedprox" else FedAvg()
+        dp = DPConfig(noise_multiplier=config.dp_noise_multiplier) if config.dp_noise_multiplier > 0 else None
+        train_config = TrainConfig(epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size, dp=dp, seed=config.seed)
+        registry = context.resources.model_registry.registry()
+        # a restarted training of the same data and settings resumes from its last checkpoint
+        key = hashlib.sha256(json.dumps([config.model_dump(), sorted((h.qualified_name, h.rows) for h in inputs.values())]).encode())
+        checkpoints = registry.root / "_checkpoints" / AML_MODEL / key.hexdigest()[:16]
+        trainer = FederatedTrainer(
+            clients, spec, strategy, rounds=config.rounds, min_silos=config.min_silos,
+            round_timeout_s=config.round_timeout_s, checkpoint_dir=checkpoints, config=train_config, seed=config.seed,
+            on_round=lambda r, w, record: context.log.info(f"round {r}: {record.get('participants')}"),
+        )
+        result = trainer.fit()
+        evaluation = trainer.evaluate(result.weights)
+        version = registry.register(
+            AML_MODEL,
+            result.spec,
+            result.weights,
+            metrics=evaluation["pooled"],
+            hyper_parameters={**config.model_dump(), "strategy": strategy.to_dict()},
+            per_region={catalog.silo(s).region: m for s, m in evaluation["per_silo"].items()},
+            fingerprints=result.fingerprints,
+            policy_decisions=[{"silo": s, "output": "model_weights", "action": "allow", "rule": "training: only weights leave"} for s in silos],
+            epsilon=result.epsilon,
+            delta=result.delta,
+            training={"rounds": result.rounds, "resumed_from": result.resumed_from, "history": result.history},
+            description="Scores accounts from behaviour and memo text; labels are each silo's own confirmed cases.",
+        )
+        return dg.MaterializeResult(
+            metadata={
+                **_card_metadata(version),
+                "rounds": result.rounds,
+                "resumed_from_round": result.resumed_from,
+                "epsilon": {s: e for s, e in result.epsilon.items()},
+                "left_out": evaluation["left_out"],
+            }
+        )
+
+    return aml_model
+
+
+def promotion_check(model: str, floor: float) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=dg.AssetKey([GROUP, model]),
+        name="promote_if_better",
+        blocking=True,
+        required_resource_keys={"model_registry"},
+        description=f"Promote the new version only where its held-out AUC beats the champion's, or {floor} without one.",
+    )
+    def promote(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        registry = context.resources.model_registry.registry()
+        latest = registry.latest(model)
+        if latest is None:
+            return dg.AssetCheckResult(passed=False, description=f"no version of {model} is registered")
+        decision = registry.promote(model, latest.version, floor=floor)
+        champion = registry.champion(model)
+        under_floor = (decision.challenger or 0) < floor
+        return dg.AssetCheckResult(
+            passed=decision.promoted,
+            severity=dg.AssetCheckSeverity.ERROR if under_floor else dg.AssetCheckSeverity.WARN,
+            description=decision.reason,
+            metadata={"challenger": latest.version, "champion": champion.version if champion else 0},
+        )
+
+    return promote
+
+
+def model_assets(catalog: Catalog) -> list[dg.AssetsDefinition]:
+    return [credit_scoring_model_asset(), aml_model_asset(catalog)]
+
+
+def model_checks() -> list[dg.AssetChecksDefinition]:
+    return [promotion_check(CREDIT_MODEL, floor=0.6), promotion_check(AML_MODEL, floor=0.55)]
