@@ -1,0 +1,105 @@
+"""Models in Dagster: each training is a registered version with its card, promoted by a blocking
+check only where it beats the champion or the floor; drift of the credit features asks for
+retraining."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pyarrow.compute as pc
+import pytest
+
+from fedlake.learning.registry import ModelRegistry
+from fedlake.silos import open_governed_zone
+from fedlake.synth.seed import seed_demo_bank
+from platform_defs.definitions import EVERYTHING_JOB, build_definitions
+from tests.conftest import REPO
+
+CREDIT = dg.AssetKey(["models", "credit_scoring_model"])
+AML = dg.AssetKey(["models", "aml_model"])
+
+
+@pytest.fixture(scope="module")
+def bank(catalog, tmp_path_factory):
+    home = tmp_path_factory.mktemp("model_bank")
+    seed_demo_bank(catalog, "local", home, 0.3, 11)
+    defs = build_definitions(REPO / "silos.yaml", "local", home)
+    governed = [dg.AssetKey(["governed", "customer_credit_features"])]
+    assert defs.resolve_job_def(EVERYTHING_JOB).execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), asset_selection=governed
+    ).success
+    return home, defs
+
+
+def train(defs, key, run_config=None):
+    return defs.resolve_job_def(EVERYTHING_JOB).execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), asset_selection=[key], run_config=run_config or {}, raise_on_error=False
+    )
+
+
+def checks_of(result):
+    return {e.event_specific_data.check_name: e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+
+
+def test_credit_model_is_registered_with_card_and_baselines_and_promoted(bank):
+    home, defs = bank
+    result = train(defs, CREDIT)
+    assert result.success
+    [m] = result.asset_materializations_for_node("models__credit_scoring_model")
+    meta = {k: v.value for k, v in m.metadata.items()}
+    assert meta["auc"] > meta["eu_only_auc"], "cross-silo features must beat what the EU silo alone sees"
+    assert meta["oracle_auc"] >= meta["auc"] - 0.05
+    assert "![" in meta["model_card"] and "data:image/png;base64," in meta["model_card"]
+    registry = ModelRegistry(home / "governed" / "models")
+    version = registry.latest("credit_scoring_model")
+    assert version.card_path.exists() and len(list(version.path.glob("*.png"))) >= 2, "the card has its ROC and calibration plots"
+    assert version.record["training"]["drift_profile"]["edges"]["dti"]
+    assert checks_of(result)["promote_if_better"].passed and registry.champion("credit_scoring_model").version == version.version
+
+
+def test_a_worse_challenger_is_not_promoted(bank):
+    home, defs = bank
+    assert train(defs, CREDIT).success
+    registry = ModelRegistry(home / "governed" / "models")
+    champion = registry.champion("credit_scoring_model")
+    weak = {"ops": {"models__credit_scoring_model": {"config": {"epochs": 1, "lr": 0.00001, "batch_size": 4096, "hidden": 2, "seed": 5}}}}
+    result = train(defs, CREDIT, weak)
+    check = checks_of(result)["promote_if_better"]
+    assert not check.passed and "not promoted" in check.description
+    assert registry.champion("credit_scoring_model").version == champion.version
+
+
+def test_aml_model_trains_federatedly_and_only_weights_leave(bank):
+    home, defs = bank
+    from fedlake.audit import open_ledger
+
+    ledger = open_ledger(str(home / "governed" / "audit.duckdb"))
+    before = len(ledger.entries())
+    config = {"ops": {"models__aml_model": {"config": {"rounds": 2, "local_epochs": 1}}}}
+    result = train(defs, AML, config)
+    assert result.success
+    [m] = result.asset_materializations_for_node("models__aml_model")
+    assert m.metadata["rounds"].value == 2
+    entries = ledger.entries()[before:]
+    training = [e for e in entries if e["operation"] in ("train_round", "evaluate_round")]
+    assert {e["silo"] for e in training} == {"eu_core", "us_lake", "sg_lake"}
+    assert all(e["rows"] == 0 for e in training), "no row leaves a silo during training"
+    assert not [e for e in entries if e["operation"] == "query"], "training sends no query fragments"
+
+
+def test_drift_in_the_credit_features_requests_retraining(bank, catalog):
+    home, defs = bank
+    assert train(defs, CREDIT).success
+    sensor = defs.resolve_sensor_def("credit_scoring_model_drift")
+    instance = dg.DagsterInstance.ephemeral()
+    with dg.build_sensor_context(instance=instance, resources=defs.resources, definitions=defs) as context:
+        quiet = sensor.evaluate_tick(context)
+    assert quiet.run_requests == [] and "no drift" in quiet.skip_message
+
+    with open_governed_zone(catalog, "local", home) as zone:
+        table = zone.execute("SELECT * FROM customer_credit_features").read_all()
+        shifted = table.set_column(table.schema.get_field_index("dti"), "dti", pc.multiply(table.column("dti"), 3.0))
+        zone.load("customer_credit_features", shifted.schema, shifted.to_batches())
+    with dg.build_sensor_context(instance=instance, resources=defs.resources, definitions=defs) as context:
+        drifted = sensor.evaluate_tick(context)
+    [request] = drifted.run_requests
+    assert "dti" in request.tags["reason"]
