@@ -82,11 +82,18 @@ def converged(curve: list[dict[str, float]], metric: str = "pr_auc", within: flo
     return next(i for i, c in enumerate(curve, start=1) if c[metric] >= best - within)
 
 
-def federated(name, strategy, clients, spec, config, rounds, evaluator, checkpoint: Path) -> dict:
+def federated(name, strategy, clients, spec, config, rounds, evaluator, checkpoint: Path, alone: dict | None = None) -> dict:
+    """A federated run, scored after every round. With `alone` (silo -> training accounts), each
+    round is followed by the same local training run silo by silo outside federation, so that
+    both are timed under the same load."""
     curve: list[dict[str, float]] = []
+    standalone: dict[str, list[float]] = {}
 
     def on_round(round_, weights, record):
         curve.append(evaluator(wire.load_into(spec.build(), weights)))
+        for silo, data in (alone or {}).items():
+            local = train_local(wire.load_into(spec.build(), weights), data, TrainConfig(**{**config.to_dict(), "dp": None}))
+            standalone.setdefault(silo, []).append(local.seconds)
 
     started = time.perf_counter()
     result = FederatedTrainer(clients, spec, strategy, rounds=rounds, min_silos=len(clients), round_timeout_s=3600,
@@ -95,20 +102,13 @@ def federated(name, strategy, clients, spec, config, rounds, evaluator, checkpoi
     history = result.history
     median = statistics.median
     return {"name": name, "curve": curve, "wall": wall, "epsilon": result.epsilon,
+            "standalone_s": {silo: median(t) for silo, t in standalone.items()},
             "round_s": median(r["seconds"] for r in history),
             "slowest_call_s": median(max(r["silo_seconds"].values()) for r in history),
             "slowest_local_s": median(max(m["train_seconds"] for m in r["metrics"].values()) for r in history),
             "agent_extra_s": median(median(r["silo_seconds"][s] - r["metrics"][s]["train_seconds"] for s in r["participants"]) for r in history),
             "coordinator_s": median(r["seconds"] - max(r["silo_seconds"].values()) for r in history),
             "bytes_per_round": median(r["bytes_out"] + sum(r["bytes_in"].values()) for r in history)}
-
-
-def standalone(parts: dict[str, AMLData], spec, config) -> dict[str, float]:
-    """The same local training as one round, silo by silo, outside federation (no agent, no wire)."""
-    seconds = {}
-    for silo, data in parts.items():
-        seconds[silo] = train_local(spec.build(seed=0), data, TrainConfig(**{**config.to_dict(), "dp": None})).seconds
-    return seconds
 
 
 def central(name, parts: list[AMLData], spec, config, epochs, evaluator) -> dict:
@@ -158,7 +158,7 @@ def main() -> int:
             clients[silo] = client
 
         runs = [
-            federated("federated FedAvg", FedAvg(), clients, spec, config, args.rounds, evaluator, home / "ckpt-fedavg"),
+            federated("federated FedAvg", FedAvg(), clients, spec, config, args.rounds, evaluator, home / "ckpt-fedavg", evaluator.train),
             federated("federated FedProx mu=0.01", FedProx(mu=0.01), clients, spec, config, args.rounds, evaluator, home / "ckpt-fedprox"),
         ]
         if args.dp_rounds:
@@ -185,14 +185,14 @@ def main() -> int:
                 print(f"  {run['name']}: epsilon per silo " + ", ".join(f"{s} {e:.2f}" for s, e in run["epsilon"].items()) + " (delta 1e-5)")
 
         fedavg = runs[0]
-        alone = standalone(evaluator.train, spec, config)
+        alone = fedavg["standalone_s"]
         print(f"\nPer-round cost of federation (median over rounds, FedAvg; the three agents share this machine's {os.cpu_count()} cores)")
         print(f"  federated round: {fedavg['round_s']:.2f}s wall = the agent calls in parallel (slowest {fedavg['slowest_call_s']:.2f}s, "
               f"its local training {fedavg['slowest_local_s']:.2f}s) + the coordinator {fedavg['coordinator_s']:.2f}s "
               "(encode, decode, FedAvg; the checkpoint write comes after)")
         print(f"  in each agent call besides training: {fedavg['agent_extra_s']:.2f}s (data fingerprint, held-out metrics, "
               f"encoding, ledger); {fedavg['bytes_per_round'] / 1e6:.1f} MB of weights moved per round")
-        print("  the same local training outside federation, silo by silo: "
+        print("  the same local training outside federation, silo by silo, after each round: "
               + ", ".join(f"{s} {t:.2f}s" for s, t in alone.items()) + f" (sum {sum(alone.values()):.2f}s)")
         print(f"  overhead of federation per round: {fedavg['round_s'] - sum(alone.values()):+.2f}s against running the "
               f"same local training one silo after another ({fedavg['round_s'] / sum(alone.values()):.2f}x), "

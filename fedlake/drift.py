@@ -14,11 +14,11 @@ EPSILON = 1e-4  # an empty bin counts as a tiny share, so that PSI stays finite
 
 
 def quantile_edges(connector: Connector, table: str, columns: Sequence[str], bins: int = BINS) -> dict[str, list[float]]:
-    """Inner bin edges per column (the deciles of the training data), computed in place."""
-    probabilities = ", ".join(str(i / bins) for i in range(1, bins))
-    parts = ", ".join(f'quantile_cont("{c}", [{probabilities}]) AS "{c}"' for c in columns)
+    """Inner bin edges per column (the deciles of the training data), computed in place; one scalar
+    quantile per column and edge, which DuckDB and PostgreSQL (PERCENTILE_CONT) both compute."""
+    parts = ", ".join(f'quantile_cont("{c}", {i / bins}) AS "{c}:{i}"' for c in columns for i in range(1, bins))
     row = connector.execute(f'SELECT {parts} FROM "{table}"').read_all().to_pylist()[0]
-    return {c: sorted(set(float(v) for v in row[c] if v is not None)) for c in columns}
+    return {c: sorted({float(row[f"{c}:{i}"]) for i in range(1, bins) if row[f"{c}:{i}"] is not None}) for c in columns}
 
 
 def bin_shares(connector: Connector, table: str, edges: dict[str, list[float]]) -> dict[str, list[float]]:

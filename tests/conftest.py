@@ -113,3 +113,15 @@ def prod_deployment(tmp_path_factory, catalog, prod_env, tls) -> Deployment:
 @pytest.fixture(params=["local", "prod"])
 def deployment(request) -> Deployment:
     return request.getfixturevalue(f"{request.param}_deployment")
+
+
+def materialize_groups(defs, groups: set[str], **kwargs):
+    """Run the everything job over the assets of these groups only (what a test needs, no more)."""
+    import dagster as dg
+
+    from platform_defs.definitions import EVERYTHING_JOB
+
+    keys = [spec.key for spec in defs.resolve_all_asset_specs() if spec.group_name in groups]
+    return defs.resolve_job_def(EVERYTHING_JOB).execute_in_process(
+        instance=kwargs.pop("instance", None) or dg.DagsterInstance.ephemeral(), asset_selection=keys, **kwargs
+    )

@@ -8,8 +8,11 @@ epsilon is accounted with Opacus's RDP accountant over every round this silo too
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -56,10 +59,13 @@ class TrainConfig:
     dp: DPConfig | None = None
     seed: int = 0
     device: str | None = None  # None: CUDA where available, else CPU
+    cpu_threads: int | None = 1  # torch intra-op threads on CPU; None leaves torch's setting
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.mu < 0 or self.pos_weight <= 0:
-            raise ValueError(f"train config needs epochs >= 1, batch_size >= 1, lr > 0, mu >= 0, pos_weight > 0; got {self.to_dict()}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.mu < 0 or self.pos_weight <= 0 or (self.cpu_threads or 1) < 1:
+            raise ValueError(
+                f"train config needs epochs >= 1, batch_size >= 1, lr > 0, mu >= 0, pos_weight > 0, cpu_threads >= 1; got {self.to_dict()}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +92,39 @@ class LocalResult:
     epsilon: float | None = None
     dp_record: DPRecord | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _CPUThreads:
+    """torch's intra-op thread count is process-wide: the first of several concurrent trainings
+    sets it, the last one restores it. These models are too small for parallel kernels to pay;
+    with several silos training side by side in one process (the local deployment), or on a busy
+    machine, spinning kernel threads make an epoch many times slower than one thread does."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved = 0
+
+    @contextmanager
+    def limit(self, threads: int | None) -> Iterator[None]:
+        if threads is None:
+            yield
+            return
+        with self._lock:
+            if self._users == 0:
+                self._saved = torch.get_num_threads()
+                torch.set_num_threads(threads)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    torch.set_num_threads(self._saved)
+
+
+_cpu_threads = _CPUThreads()
 
 
 def _device(config: TrainConfig) -> torch.device:
@@ -121,6 +160,12 @@ def train_local(model: nn.Module, data: Examples, config: TrainConfig, dp_histor
     if n == 0:
         raise ValueError("no training examples: the silo has no rows to train on")
     device = _device(config)
+    with _cpu_threads.limit(config.cpu_threads if device.type == "cpu" else None):
+        return _train(model, data, config, device, dp_history)
+
+
+def _train(model: nn.Module, data: Examples, config: TrainConfig, device: torch.device, dp_history: list[DPRecord] | None) -> LocalResult:
+    n = len(data)
     model.to(device).train()
     anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -196,12 +241,13 @@ def _train_dp(model, data, config, optimizer, loss_fn, anchor, device, rng, dp_h
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Examples, batch_size: int = 8192, device: str | None = None) -> np.ndarray:
+def predict(model: nn.Module, data: Examples, batch_size: int = 8192, device: str | None = None, threads: int | None = 1) -> np.ndarray:
     """Probabilities for every example, in order."""
     target = torch.device(device) if device else default_device()
     model.to(target).eval()
     out = []
-    for start in range(0, len(data), batch_size):
-        index = np.arange(start, min(start + batch_size, len(data)))
-        out.append(torch.sigmoid(model(*_tensors(data.inputs(index), target))).cpu().numpy())
+    with _cpu_threads.limit(threads if target.type == "cpu" else None):
+        for start in range(0, len(data), batch_size):
+            index = np.arange(start, min(start + batch_size, len(data)))
+            out.append(torch.sigmoid(model(*_tensors(data.inputs(index), target))).cpu().numpy())
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)

@@ -28,7 +28,7 @@ from assets.dbt_marts import (
 from fedlake.policy.transforms import pseudonym_key
 from fedlake.silos import open_governed_zone
 from platform_defs.definitions import EVERYTHING_JOB, build_definitions
-from tests.conftest import PSEUDONYM_KEY, REPO
+from tests.conftest import PSEUDONYM_KEY, REPO, materialize_groups
 
 MARTS = ("customer_risk_profile", "aml_account_alerts", "aml_alert_summary")
 VARS = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
@@ -55,7 +55,7 @@ def built(request, dbt_marts, monkeypatch_module):
     # dbt must follow the home Dagster was given, not whatever FEDLAKE_HOME says
     monkeypatch_module.setenv("FEDLAKE_HOME", str(deployment.home / "not-this-one"))
     defs = build_definitions(REPO / "silos.yaml", deployment.name, deployment.home)
-    governed = defs.resolve_job_def(EVERYTHING_JOB).execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    governed = materialize_groups(defs, {"governed"})
     assert governed.success
     result = build_marts(deployment, dbt_marts)
     assert result.success

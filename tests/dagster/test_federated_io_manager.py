@@ -10,7 +10,7 @@ from assets.sources import source_assets
 from fedlake.relation import Relation, RelationHandle
 from fedlake.silos import open_silo
 from platform_defs.definitions import build_definitions
-from tests.conftest import REPO
+from tests.conftest import REPO, materialize_groups
 
 SILOS = ("eu_core", "us_lake", "sg_lake")
 
@@ -27,7 +27,7 @@ def in_silo(deployment, silo: str, sql: str) -> list[tuple]:
 
 def test_everything_materializes_in_place_and_moves_no_rows(deployment):
     defs = definitions(deployment)
-    result = defs.resolve_job_def("materialize_everything").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    result = materialize_groups(defs, set(SILOS))
     assert result.success
 
     observed = {

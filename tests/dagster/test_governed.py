@@ -17,14 +17,14 @@ from fedlake.audit import open_ledger
 from fedlake.policy.transforms import pseudonym_key
 from fedlake.silos import open_governed_zone
 from platform_defs.definitions import EVERYTHING_JOB, build_definitions
-from tests.conftest import PSEUDONYM_KEY, REPO
+from tests.conftest import PSEUDONYM_KEY, REPO, materialize_groups
 
 
 @pytest.fixture(scope="module", params=["local", "prod"])
 def materialized(request):
     deployment = request.getfixturevalue(f"{request.param}_deployment")
     defs = build_definitions(REPO / "silos.yaml", deployment.name, deployment.home)
-    result = defs.resolve_job_def(EVERYTHING_JOB).execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    result = materialize_groups(defs, {"governed"})
     assert result.success
     return deployment, result
 

@@ -15,8 +15,8 @@ import dagster as dg
 import pytest
 from playwright.sync_api import sync_playwright
 
-from platform_defs.definitions import EVERYTHING_JOB, build_definitions
-from tests.conftest import REPO
+from platform_defs.definitions import build_definitions
+from tests.conftest import REPO, materialize_groups
 from tests.services import free_port, wait_for_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -35,8 +35,9 @@ def webserver(local_deployment, tmp_path_factory):
     for name in ("FEDLAKE_LEDGER", "FEDLAKE_GOVERNED_DSN"):
         env.pop(name, None)
     defs = build_definitions(REPO / "silos.yaml", "local", local_deployment.home)
+    groups = {spec.group_name for spec in defs.resolve_all_asset_specs()} - {"models"}  # training is tested elsewhere
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-        assert defs.resolve_job_def(EVERYTHING_JOB).execute_in_process(instance=instance).success
+        assert materialize_groups(defs, groups, instance=instance).success
     port = free_port()
     log = open(dagster_home / "webserver.log", "w")
     # `dagster dev`, as `make ui` runs it: the webserver and the daemon that launches queued runs
