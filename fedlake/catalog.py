@@ -92,19 +92,23 @@ class Catalog:
         return spec.tables[table]
 
 
-def load_catalog(path: str | os.PathLike) -> Catalog:
-    """Parse and validate silos.yaml; every problem is a ConfigError naming the file and the key."""
-    path = str(path)
+def read_yaml(path: str) -> Any:
+    """A declarative file's content; a missing file or bad YAML is a ConfigError naming the line."""
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(path, "<file>", "file not found") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "<file>"
         raise ConfigError(path, where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_catalog(raw, path)
+
+
+def load_catalog(path: str | os.PathLike) -> Catalog:
+    """Parse and validate silos.yaml; every problem is a ConfigError naming the file and the key."""
+    path = str(path)
+    return parse_catalog(read_yaml(path), path)
 
 
 def parse_catalog(raw: Any, path: str = "silos.yaml") -> Catalog:

@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fedlake.catalog import CLASSIFICATIONS, Catalog
+from fedlake.catalog import CLASSIFICATIONS, Catalog, read_yaml
 from fedlake.errors import ConfigError
 
 ACTIONS = ("allow", "pseudonymize", "generalize", "aggregate", "deny")
@@ -105,15 +103,7 @@ class Policy:
 
 def load_policy(path: str | os.PathLike, catalog: Catalog) -> Policy:
     path = str(path)
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(path, "<file>", "file not found") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(path, f"line {mark.line + 1}" if mark else "<file>", f"not valid YAML: {exc}") from None
-    return parse_policy(raw, catalog, path)
+    return parse_policy(read_yaml(path), catalog, path)
 
 
 def _regions(catalog: Catalog) -> set[str]:
