@@ -90,7 +90,7 @@ class SiloAgent:
             raise Unauthenticated(f"agent {self.spec.name}: invalid bearer token")
         return Caller(identity, self.policy.client_purposes(identity))
 
-    def _check_purpose(self, caller: Caller, purpose: str) -> None:
+    def check_purpose(self, caller: Caller, purpose: str) -> None:
         if purpose not in caller.purposes:
             raise Forbidden(
                 f"agent {self.spec.name}: client '{caller.identity}' may not declare purpose '{purpose}' "
@@ -136,7 +136,7 @@ class SiloAgent:
 
     def plan(self, caller: Caller, sql: str, purpose: str, destination: str) -> EgressPlan:
         """Decide a fragment; a refusal is ledgered before it is raised."""
-        self._check_purpose(caller, purpose)
+        self.check_purpose(caller, purpose)
         try:
             schema, derived = self._tables_for(sql)
             return self.gate.plan(sql, caller.identity, purpose, destination, schema, derived)
@@ -215,7 +215,7 @@ class SiloAgent:
         """Statistics computed in place; a column's min and max leave only where the policy lets
         its values leave as they are."""
         purpose, destination = body["purpose"], body["destination"]
-        self._check_purpose(caller, purpose)
+        self.check_purpose(caller, purpose)
         table = body["table"]
         stats = self.connector.statistics(table)
         columns = []
@@ -255,7 +255,7 @@ class SiloAgent:
 
     def _explain(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         """The gate's decision for a fragment, without running it (nothing leaves, nothing is ledgered)."""
-        self._check_purpose(caller, body["purpose"])
+        self.check_purpose(caller, body["purpose"])
         schema, derived = self._tables_for(body["sql"])
         try:
             plan = self.gate.plan(body["sql"], caller.identity, body["purpose"], body["destination"], schema, derived)

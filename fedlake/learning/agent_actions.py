@@ -39,13 +39,6 @@ class TrainingRefused(FedlakeError):
     """The silo will not train or evaluate as asked (wrong model kind, unreadable weights...)."""
 
 
-def _count_egress(agent: SiloAgent, nbytes: int) -> None:
-    """Add bytes without rows to the agent's counter (its add() takes Arrow batches)."""
-    counter = agent.egress
-    with counter._lock:
-        counter.bytes += nbytes
-
-
 @dataclass
 class _Split:
     all: AMLData
@@ -137,11 +130,11 @@ def register_learning_actions(
             columns=[{"output": output, "action": action, "sources": [], "rules": [rule]}],
             decision="allowed", rows=0, nbytes=len(payload),
         )
-        _count_egress(agent, len(payload))
+        agent.egress.add_bytes(len(payload))
         return result
 
     def train_round(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-        agent._check_purpose(caller, body.get("purpose", DEFAULT_PURPOSE))
+        agent.check_purpose(caller, body.get("purpose", DEFAULT_PURPOSE))
         spec = _spec(body, silo)
         try:
             config = TrainConfig.from_dict(dict(body.get("config") or {}))
@@ -169,7 +162,7 @@ def register_learning_actions(
         return leave(caller, body, "train_round", "model_weights", "allow", TRAIN_RULE, result)
 
     def evaluate_round(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-        agent._check_purpose(caller, body.get("purpose", DEFAULT_PURPOSE))
+        agent.check_purpose(caller, body.get("purpose", DEFAULT_PURPOSE))
         spec = _spec(body, silo)
         model = _model(spec, body, silo)
         which = body.get("split", "held_out")

@@ -238,7 +238,7 @@ class FederatedTrainer:
             weights = self.strategy.aggregate(results)
             losses = [(record["metrics"][s]["train_loss"], n) for s, n in record["samples"].items() if "train_loss" in record["metrics"][s]]
             record["train_loss"] = sum(loss * n for loss, n in losses) / sum(n for _, n in losses) if losses else None
-            record["silo_seconds"] = seconds
+            record["silo_seconds"] = {silo: seconds[silo] for silo in record["participants"]}
             record["bytes_out"] = len(payload) * len(self.clients)
             record["seconds"] = time.perf_counter() - started  # the whole round, checkpoint excepted
             history.append(record)

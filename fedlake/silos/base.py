@@ -30,6 +30,11 @@ class EgressCounter:
             self.rows += batch.num_rows
             self.bytes += batch.nbytes
 
+    def add_bytes(self, nbytes: int) -> None:
+        """Bytes that left without rows (model weights, validation results)."""
+        with self._lock:
+            self.bytes += nbytes
+
     def snapshot(self) -> tuple[int, int]:
         with self._lock:
             return self.rows, self.bytes

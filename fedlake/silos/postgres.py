@@ -252,6 +252,8 @@ class PostgresConnector(Connector):
                         copy.write(buffer.getvalue())
                         rows += batch.num_rows
                 self._replace(conn, staging, table)
+            # fresh statistics, so that the planner of the fragments to come does not guess
+            conn.execute(f"ANALYZE {quote_ident(table)}")
         except psycopg.Error as exc:
             raise SiloError(f"silo {self.name}: loading {table} failed: {exc}") from exc
         finally:
