@@ -76,20 +76,24 @@ def decode(payload: str) -> Weights:
     return from_bytes(raw)
 
 
-def save(path: Path, weights: Weights) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write atomically: a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(to_bytes(weights))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save(path: Path, weights: Weights) -> None:
+    write_atomic(path, to_bytes(weights))
 
 
 def load(path: Path) -> Weights:
