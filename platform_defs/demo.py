@@ -6,7 +6,6 @@ import contextlib
 import io
 import sys
 import time
-
 import warnings
 
 import dagster as dg
@@ -20,6 +19,7 @@ def main() -> int:
     defs = build_definitions()
     job = defs.resolve_job_def(EVERYTHING_JOB)
     started = time.monotonic()
+    # dbt streams its own log to stdout; the summary below says what matters
     with dg.DagsterInstance.get() as instance, contextlib.redirect_stdout(io.StringIO()):
         result = job.execute_in_process(
             instance=instance,
