@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from fedlake.catalog import default_catalog_path, load_catalog
+from fedlake.catalog import EnvRef, default_catalog_path, load_catalog
 from fedlake.errors import FedlakeError
 from fedlake.silos import data_dir, open_silo
 
@@ -129,7 +129,7 @@ def agent_clients(catalog, policy, deployment: str, home: Path) -> dict:
         agent = spec.agents.get(deployment)
         if agent:
             where = f"{catalog.path} (silos.{name}.agent.{deployment})"
-            location = agent["location"].resolve(where) if hasattr(agent["location"], "resolve") else agent["location"]
+            location = agent["location"].resolve(where) if isinstance(agent["location"], EnvRef) else agent["location"]
             token = client_token(policy, "coordinator", deployment, home)
             clients[name] = FlightAgentClient(name, location, token, os.environ.get("FEDLAKE_AGENT_CA"))
         else:

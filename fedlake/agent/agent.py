@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 from sqlglot import exp
 
-from fedlake.agent.gate import DerivedColumn, EgressDenied, EgressGate, EgressPlan
+from fedlake.agent.gate import SUBJECTS_COLUMN, DerivedColumn, EgressDenied, EgressGate, EgressPlan
 from fedlake.agent.lineage import LineageError, SourceUse, analyse, parse_query
 from fedlake.agent.pii import pii_scan
 from fedlake.audit import Ledger
@@ -188,8 +188,6 @@ class SiloAgent:
         return schema, counted()
 
     def _refuse_small_groups(self, caller: Caller, plan: EgressPlan) -> None:
-        from fedlake.agent.gate import SUBJECTS_COLUMN
-
         smallest = self.connector.execute(f'SELECT min("{SUBJECTS_COLUMN}") AS m FROM ({plan.sql}) AS q').read_all()
         value = smallest.column(0)[0].as_py()
         if value is not None and value < plan.k:

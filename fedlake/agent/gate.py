@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
-from fedlake.agent.lineage import AGGREGATED, COUNTED, DERIVED, DIRECT, SourceUse, analyse
+from fedlake.agent.lineage import AGGREGATED, COUNTED, DIRECT, SourceUse, analyse, combine
 from fedlake.catalog import SiloSpec
 from fedlake.errors import FedlakeError
 from fedlake.policy.model import Policy
@@ -148,7 +148,7 @@ class EgressGate:
                 base.append(use)
             elif use.table in derived and use.column in derived[use.table]:
                 for inner in derived[use.table][use.column].uses:
-                    mode = use.mode if inner.mode == DIRECT else _outer(inner.mode, use.mode)
+                    mode = combine(inner.mode, use.mode)
                     base.append(SourceUse(inner.table, inner.column, mode))
             else:
                 base.append(SourceUse(use.table, use.column, "unknown"))
@@ -238,10 +238,3 @@ class EgressGate:
                 yield pa.RecordBatch.from_arrays(arrays, schema=out_schema)
 
         return out_schema, rewrite()
-
-
-def _outer(inner: str, outer: str) -> str:
-    """A value aggregated when its table was made is, read back row by row, a derived value."""
-    if outer in (COUNTED, AGGREGATED):
-        return outer
-    return DERIVED

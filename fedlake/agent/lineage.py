@@ -196,13 +196,13 @@ def _resolve(scope: Scope, column: exp.Column, mode: str) -> list[SourceUse]:
         if column.name not in names:
             raise LineageError(f"column {column.sql()} not found in its derived table")
         inner = _trace_output(source, names.index(column.name), top=False)
-        return [SourceUse(u.table, u.column, _combine(u.mode, mode)) for u in inner]
+        return [SourceUse(u.table, u.column, combine(u.mode, mode)) for u in inner]
     if scope.parent is not None:  # a correlated reference to an outer query
         return _resolve(scope.parent, column, _worst(mode, DERIVED))
     raise LineageError(f"cannot trace column {column.sql()}")
 
 
-def _combine(inner: str, outer: str) -> str:
+def combine(inner: str, outer: str) -> str:
     """A value that was already transformed inside stays transformed; an outer COUNT or SUM still
     reduces it to an aggregate over the outer group."""
     if outer in (COUNTED, AGGREGATED):

@@ -215,18 +215,18 @@ def test_gate(setup, secrets, policy, case):
     elif case.expect == K:
         assert "__fl_subjects" not in arrived.column_names
         assert arrived.num_rows <= direct.num_rows
-        assert_every_group_has_k_subjects(silo, case, arrived, policy.k)
+        assert_every_group_has_k_subjects(silo, case, arrived, policy)
 
 
-def assert_every_group_has_k_subjects(silo, case, arrived, k):
+def assert_every_group_has_k_subjects(silo, case, arrived, policy):
     """Recompute, directly in the silo, how many distinct subjects each group has: exactly the
     groups with at least k arrive, with the values the silo computes for them."""
     query = sqlglot.parse_one(case.sql, read="duckdb")
     [table] = {t.name for t in query.find_all(exp.Table)}
-    subject = {"customers": "customer_id", "transactions": "account_id", "loans": "customer_id"}[table]
+    subject = policy.subjects[table]
     groups = silo.execute(query.select(f"count(DISTINCT {subject}) AS subjects").sql("duckdb")).read_all().to_pylist()
-    big = [{c: row[c] for c in arrived.column_names} for row in groups if row["subjects"] >= k]
-    assert arrived.num_rows == len(big), f"{len(groups) - len(big)} groups under k={k} must be suppressed"
+    big = [{c: row[c] for c in arrived.column_names} for row in groups if row["subjects"] >= policy.k]
+    assert arrived.num_rows == len(big), f"{len(groups) - len(big)} groups under k={policy.k} must be suppressed"
     if any(pa.types.is_string(arrived.schema.field(c).type) and c in case.pseudonymized for c in arrived.column_names):
         return
     assert normalized(arrived) == normalized(pa.Table.from_pylist(big, schema=arrived.schema))
