@@ -21,7 +21,7 @@ DEPLOYMENTS = ("local", "prod")
 
 # Which connection keys each kind accepts per deployment; anything else is a typo worth reporting.
 CONNECTION_KEYS = {
-    "postgres": {"dsn", "embedded", "schema"},
+    "postgres": {"dsn", "embedded", "schema", "engine"},
     "s3": {"bucket", "prefix", "endpoint_url", "region", "access_key_id", "secret_access_key", "path"},
     "parquet": {"path"},
 }
@@ -29,6 +29,8 @@ CONNECTION_KEYS = {
 AGENT_KEYS = {"location"}
 # The governed zone: a PostgreSQL database (dsn) or a Parquet lake (path).
 GOVERNED_KEYS = {"dsn", "schema", "path"}
+# Settings whose value is one of a few words.
+SETTING_VALUES = {"engine": ("duckdb", "postgres")}
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,8 @@ def _parse_connections(path: str, key: str, raw: Any, allowed: set[str], what: s
                     raise ConfigError(path, skey, "expected a plain value or {env: VARIABLE_NAME}")
                 parsed[setting] = EnvRef(value["env"])
             elif isinstance(value, (str, int, bool)):
+                if setting in SETTING_VALUES and str(value) not in SETTING_VALUES[setting]:
+                    raise ConfigError(path, skey, f"expected one of {', '.join(SETTING_VALUES[setting])}, not '{value}'")
                 parsed[setting] = str(value)
             else:
                 raise ConfigError(path, skey, "expected a plain value or {env: VARIABLE_NAME}")

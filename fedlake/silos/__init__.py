@@ -54,7 +54,9 @@ def connector_for(kind: str, name: str, region: str, settings: dict[str, str], h
             dsn = embedded_dsn(under_home(settings["embedded"]))
         else:
             raise ConfigError("silos.yaml", f"silos.{name}.connection", "a postgres silo needs dsn or embedded")
-        return PostgresConnector(name, region, dsn, schema=settings.get("schema") or "public")
+        return PostgresConnector(
+            name, region, dsn, schema=settings.get("schema") or "public", engine=settings.get("engine") or "duckdb"
+        )
     if kind == "s3" and settings.get("bucket"):
         return S3Connector(
             name,

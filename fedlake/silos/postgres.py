@@ -1,8 +1,12 @@
-"""PostgreSQL silo: fragments run in PostgreSQL itself; results stream out through a server-side cursor.
+"""PostgreSQL silo: fragments run next to the database; materialization runs inside it.
 
-Fragments arrive in DuckDB's dialect and are transpiled with sqlglot, so callers write one dialect
-whatever the silo. Materialization is one transaction (create a staging table, drop the old one,
-rename), which PostgreSQL makes atomic: a failure leaves the previous table or nothing.
+Fragments arrive in DuckDB's dialect. By default (`engine: duckdb`) the agent's embedded DuckDB
+attaches the database read-only through its postgres extension and runs them there: filters go down
+to PostgreSQL, rows come up by binary COPY on parallel connections, and the joins and aggregations
+of analytical fragments run vectorised in the silo's own site, several times faster than PostgreSQL's
+executor and a Python row cursor. `engine: postgres` transpiles each fragment with sqlglot and runs
+it in PostgreSQL itself through a server-side cursor. Materialization is one PostgreSQL transaction
+(create a staging table, drop the old one, rename): a failure leaves the previous table or nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import duckdb
+import duckdb_extensions
 import psycopg
 from psycopg import sql as sql_lib
 import pyarrow as pa
@@ -54,6 +60,14 @@ _ARROW_BY_OID = {
     1114: pa.timestamp("us"),
     1184: pa.timestamp("us", tz="UTC"),
 }
+
+
+def _plain(t: pa.DataType) -> pa.DataType:
+    """The Arrow type the silo reports for a value, whichever engine computed it: PostgreSQL's
+    numerics arrive as doubles, as they do from the row cursor."""
+    if pa.types.is_decimal(t):
+        return pa.float64()
+    return t
 
 
 def _pg_type(t: pa.DataType) -> str:
@@ -107,12 +121,17 @@ def embedded_dsn(pgdata: str | Path) -> str:
 class PostgresConnector(Connector):
     kind = "postgres"
 
-    def __init__(self, name: str, region: str, dsn: str, schema: str = "public"):
+    def __init__(self, name: str, region: str, dsn: str, schema: str = "public", engine: str = "duckdb"):
         super().__init__(name, region)
+        if engine not in ("duckdb", "postgres"):
+            raise SiloError(f"silo {name}: unknown engine '{engine}' (duckdb or postgres)")
         self._dsn = dsn
         self._schema = schema
+        self.engine = engine
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()
+        self._analytics: duckdb.DuckDBPyConnection | None = None
+        self._analytics_lock = threading.Lock()
 
     def _connect(self) -> psycopg.Connection:
         try:
@@ -177,7 +196,29 @@ class PostgresConnector(Connector):
         row = self._query(stats_sql(quote_ident(table), schema, quote_ident))[0]
         return stats_from_row(table, schema, row, self._table_bytes(table))
 
+    def _attached(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of the agent's DuckDB with the silo's database attached read-only as its default schema."""
+        with self._analytics_lock:
+            if self._analytics is None:
+                db = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+                duckdb_extensions.import_extension("postgres", con=db)
+                db.execute("LOAD postgres")
+                # tables fedlake creates in the silo become visible to the next fragment
+                db.execute("SET pg_staleness_query_enabled = true")
+                dsn = self._dsn.replace("'", "''")
+                try:
+                    db.execute(f"ATTACH '{dsn}' AS silo (TYPE postgres, READ_ONLY)")
+                except duckdb.Error as exc:
+                    db.close()
+                    raise SiloError(f"silo {self.name}: cannot attach PostgreSQL: {exc}") from exc
+                self._analytics = db
+            cursor = self._analytics.cursor()
+        cursor.execute(f"USE silo.{quote_ident(self._schema)}")
+        return cursor
+
     def _stream(self, sql: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        if self.engine == "duckdb":
+            return self._stream_duckdb(sql, batch_rows)
         conn = self._connect()
         conn.autocommit = False
         cursor = conn.cursor(name=f"fl_{uuid.uuid4().hex[:12]}")
@@ -201,6 +242,24 @@ class PostgresConnector(Connector):
                     rows = cursor.fetchmany(batch_rows)
             finally:
                 conn.close()
+
+        return schema, batches()
+
+    def _stream_duckdb(self, sql: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        cursor = self._attached()
+        try:
+            reader = cursor.execute(sql).fetch_record_batch(batch_rows)
+        except duckdb.Error as exc:
+            cursor.close()
+            raise SiloError(f"silo {self.name}: {exc}") from exc
+        schema = pa.schema([f.with_type(_plain(f.type)) for f in reader.schema])
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                for batch in reader:
+                    yield batch if batch.schema.equals(schema) else batch.cast(schema)
+            finally:
+                cursor.close()
 
         return schema, batches()
 
@@ -270,3 +329,7 @@ class PostgresConnector(Connector):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        with self._analytics_lock:
+            if self._analytics is not None:
+                self._analytics.close()
+                self._analytics = None

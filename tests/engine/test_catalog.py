@@ -59,6 +59,11 @@ def test_shipped_catalog_describes_three_silos_in_three_regions():
             "unknown setting for kind postgres",
         ),
         (
+            lambda r: r["silos"]["eu_core"]["connection"]["prod"].update(engine="spark"),
+            "silos.eu_core.connection.prod.engine",
+            "expected one of duckdb, postgres, not 'spark'",
+        ),
+        (
             lambda r: r["silos"]["eu_core"]["connection"].update(staging={"dsn": "x"}),
             "silos.eu_core.connection.staging",
             "unknown deployment",

@@ -25,7 +25,7 @@ PAYMENTS = pa.table(
 )
 
 
-@pytest.fixture(params=["parquet", "s3", "postgres"])
+@pytest.fixture(params=["parquet", "s3", "postgres", "postgres-executor"])
 def connector(request, tmp_path):
     if request.param == "parquet":
         c = ParquetConnector("sg_test", "SG", tmp_path / "lake")
@@ -41,7 +41,9 @@ def connector(request, tmp_path):
 
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {schema}")
-        c = PostgresConnector("eu_test", "EU", dsn, schema=schema)
+        # by default DuckDB runs fragments over the attached database; the other engine is PostgreSQL's own
+        engine = "postgres" if request.param == "postgres-executor" else "duckdb"
+        c = PostgresConnector("eu_test", "EU", dsn, schema=schema, engine=engine)
     c.load("payments", PAYMENTS.schema, PAYMENTS.to_batches(max_chunksize=2))
     yield c
     c.close()
