@@ -18,9 +18,11 @@ from fedlake.agent.gate import SUBJECTS_COLUMN, DerivedColumn, EgressDenied, Egr
 from fedlake.agent.lineage import LineageError, SourceUse, analyse, parse_query
 from fedlake.agent.pii import pii_scan
 from fedlake.audit import Ledger
+from fedlake.bloom import BloomFilter, key_family
 from fedlake.catalog import SiloSpec
 from fedlake.errors import FedlakeError
 from fedlake.policy.model import Policy
+from fedlake.policy.transforms import TOKEN_HEX_CHARS
 from fedlake.silos.base import Connector, EgressCounter, check_table_name
 
 
@@ -50,6 +52,19 @@ def sql_type(t: pa.DataType) -> str:
     if pa.types.is_timestamp(t):
         return "TIMESTAMP"
     return "VARCHAR"
+
+
+def _width(t: pa.DataType) -> int:
+    """Arrow bytes per value, about: fixed widths as they are; text as its offset and a typical
+    length (a pseudonym is TOKEN_HEX_CHARS characters)."""
+    if pa.types.is_boolean(t):
+        return 1
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return 4 + TOKEN_HEX_CHARS
+    try:
+        return max(1, t.bit_width // 8)
+    except ValueError:
+        return 16
 
 
 ActionHandler = Callable[[Caller, dict[str, Any]], Any]
@@ -154,21 +169,36 @@ class SiloAgent:
         schema, _ = self.gate.apply(plan, empty.schema, iter(()))
         return schema
 
-    def estimate(self, plan: EgressPlan) -> tuple[int, int]:
-        """Rows and bytes the plan may send at most, from the silo's own sizes of the tables it reads."""
-        tables = {t.name for t in parse_query(plan.sql).find_all(exp.Table)} & set(self.connector.list_tables())
-        rows = max((self.connector.row_count(t) for t in tables), default=1)
-        width = max(1, 16 * len(plan.columns))
-        return rows, rows * width
+    def estimate(self, plan: EgressPlan, schema: pa.Schema | None = None) -> tuple[int, int]:
+        """Rows and bytes the plan would send: rows from the silo engine's own planner (its
+        statistics), else the largest table it reads; bytes from the width of what leaves."""
+        rows = self.connector.estimate_rows(plan.sql)
+        if rows is None:
+            tables = {t.name for t in parse_query(plan.sql).find_all(exp.Table)} & set(self.connector.list_tables())
+            rows = max((self.connector.row_count(t) for t in tables), default=1)
+        schema = schema if schema is not None else self.planned_schema(plan)
+        return rows, rows * sum(_width(f.type) for f in schema)
 
-    def stream(self, caller: Caller, sql: str, purpose: str, destination: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        """Plan, run inside the silo, rewrite through the gate, count and ledger what leaves."""
+    def stream(
+        self, caller: Caller, sql: str, purpose: str, destination: str, keep: dict[str, Any] | None = None
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """Plan, run inside the silo, rewrite through the gate, count and ledger what leaves.
+
+        `keep` is a semi-join: {"column": output column, "filter": a Bloom filter of join keys}; rows
+        whose key (as it would leave, pseudonymized or not) cannot be a key are not sent."""
         plan = self.plan(caller, sql, purpose, destination)
         if plan.k and plan.small_groups == "refuse":
             self._refuse_small_groups(caller, plan)
+        semijoin = self._semijoin(keep, plan) if keep else None
         reader = self.connector.execute(plan.sql)
         schema, batches = self.gate.apply(plan, reader.schema, iter(reader))
         decision = "rewritten" if any(c.action != "allow" for c in plan.columns) else "allowed"
+        fragment = sql
+        if semijoin is not None:
+            column, bloom = semijoin
+            fragment += f"\n-- semi-join: only rows whose {column} may be one of {bloom.keys} keys (Bloom filter, {bloom.nbytes} bytes)"
+            if key_family(schema.field(column).type) == bloom.family:
+                batches = (batch.filter(bloom.may_contain(batch.column(column))) for batch in batches)
 
         def counted() -> Iterator[pa.RecordBatch]:
             rows = nbytes = 0
@@ -181,11 +211,17 @@ class SiloAgent:
             finally:
                 self.ledger.record(
                     requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=destination,
-                    operation="query", fragment=sql, columns=[c.as_dict() for c in plan.columns],
+                    operation="query", fragment=fragment, columns=[c.as_dict() for c in plan.columns],
                     decision=decision, rows=rows, nbytes=nbytes,
                 )
 
         return schema, counted()
+
+    def _semijoin(self, keep: dict[str, Any], plan: EgressPlan) -> tuple[str, BloomFilter]:
+        column = keep.get("column")
+        if column not in {c.output for c in plan.columns}:
+            raise FedlakeError(f"agent {self.spec.name}: a semi-join names column '{column}', which the fragment does not return")
+        return column, BloomFilter.from_dict(keep.get("filter") or {})
 
     def _refuse_small_groups(self, caller: Caller, plan: EgressPlan) -> None:
         smallest = self.connector.execute(f'SELECT min("{SUBJECTS_COLUMN}") AS m FROM ({plan.sql}) AS q').read_all()

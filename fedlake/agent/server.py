@@ -68,14 +68,16 @@ class AgentFlightServer(flight.FlightServerBase):
         for key in ("sql", "purpose", "destination"):
             if not isinstance(request.get(key), str):
                 raise flight.FlightServerError(f"a query request needs '{key}'")
+        if not isinstance(request.get("keep") or {}, dict):
+            raise flight.FlightServerError("a query request's 'keep' is a semi-join: {column, filter}")
         return request
 
     def get_flight_info(self, context, descriptor):
         request = self._request(descriptor.command)
         try:
             plan = self.agent.plan(self._caller(context), request["sql"], request["purpose"], request["destination"])
-            rows, nbytes = self.agent.estimate(plan)
             schema = self.agent.planned_schema(plan)
+            rows, nbytes = self.agent.estimate(plan, schema)
         except FedlakeError as exc:
             raise _as_flight_error(exc) from None
         endpoint = flight.FlightEndpoint(flight.Ticket(descriptor.command), [])
@@ -84,7 +86,9 @@ class AgentFlightServer(flight.FlightServerBase):
     def do_get(self, context, ticket):
         request = self._request(ticket.ticket)
         try:
-            schema, batches = self.agent.stream(self._caller(context), request["sql"], request["purpose"], request["destination"])
+            schema, batches = self.agent.stream(
+                self._caller(context), request["sql"], request["purpose"], request["destination"], request.get("keep")
+            )
         except FedlakeError as exc:
             raise _as_flight_error(exc) from None
         return flight.GeneratorStream(schema, batches)

@@ -11,16 +11,21 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import sqlglot
+from sqlglot import exp
 
 from fedlake.agent.client import AgentClient
+from fedlake.bloom import MAX_FILTER_BYTES, BloomFilter, key_family
 from fedlake.catalog import Catalog
 from fedlake.query.cut import Cut, Fragment, PlanningError, cut_query
+from fedlake.errors import FedlakeError
+from fedlake.query.semijoin import SemiJoin, choose_semijoins, find_semijoins
 
 _SQL_TYPES = {"string": "VARCHAR", "large_string": "VARCHAR", "bool": "BOOLEAN", "double": "DOUBLE", "float": "FLOAT",
               "date32[day]": "DATE"}
@@ -45,6 +50,10 @@ class FragmentRun:
     estimated_bytes: int | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
     sql_in_silo: str = ""
+    semijoin: SemiJoin | None = None  # keys this fragment waits for, to send only rows that can join
+    semijoin_note: str = ""  # why a semi-join found for it is not used, or what it sent
+    filter_keys: int | None = None
+    filter_bytes: int = 0  # the Bloom filter sent into the silo: it crosses a border too
     rows: int | None = None
     bytes: int | None = None
     seconds: float | None = None
@@ -63,9 +72,10 @@ class FederatedPlan:
 
     @property
     def bytes_crossing(self) -> int | None:
+        """Every byte that crossed a silo border: the fragments' results and the semi-join filters."""
         if any(r.bytes is None for r in self.runs):
             return None
-        return sum(r.bytes for r in self.runs)
+        return sum(r.bytes + r.filter_bytes for r in self.runs)
 
     def bytes_by_silo(self) -> dict[str, int]:
         moved: dict[str, int] = {}
@@ -77,16 +87,16 @@ class FederatedPlan:
 class Federation:
     """One query over every silo, through their agents, with the results in the governed zone."""
 
-    def __init__(self, catalog: Catalog, clients: dict[str, AgentClient], memory_limit: str = "2GB"):
+    def __init__(
+        self, catalog: Catalog, clients: dict[str, AgentClient], memory_limit: str = "2GB", semijoins: bool = True
+    ):
         self.catalog = catalog
         self.clients = clients
         self.memory_limit = memory_limit
+        self.semijoins = semijoins
 
     def _schema(self, sql: str) -> dict[str, dict[str, dict[str, str]]]:
         """{silo: {table: {column: type}}} for the tables the query names, asked of their agents."""
-        import sqlglot
-        from sqlglot import exp
-
         try:
             tree = sqlglot.parse_one(sql, read="duckdb")
         except sqlglot.errors.ParseError as exc:
@@ -114,9 +124,54 @@ class Federation:
                 if explained["denied"]:
                     continue
                 run.sql_in_silo = explained["sql"]
-                estimate = client.estimate(run.fragment.sql, purpose, destination)
-                run.estimated_rows, run.estimated_bytes = estimate["rows"], estimate["bytes"]
+                self._estimate(run, purpose, destination)
+        if self.semijoins and len(runs) > 1:
+            self._place_semijoins(runs, cut, purpose, destination)
         return FederatedPlan(sql, purpose, destination, cut, runs)
+
+    def _estimate(self, run: FragmentRun, purpose: str, destination: str) -> tuple[int, int] | None:
+        """The agent's estimate of the rows and bytes a fragment sends (from its silo engine's
+        planner); None if the gate refuses it."""
+        if run.estimated_rows is None:
+            try:
+                estimate = self.clients[run.fragment.silo].estimate(run.fragment.sql, purpose, destination)
+            except FedlakeError:
+                return None
+            run.estimated_rows, run.estimated_bytes = estimate["rows"], estimate["bytes"]
+        return run.estimated_rows, run.estimated_bytes
+
+    def _place_semijoins(self, runs: list[FragmentRun], cut: Cut, purpose: str, destination: str) -> None:
+        """Attach each semi-join the query allows to its probe fragment, if policy lets the keys go
+        where it runs: the keys were released for the governed zone's region, and may travel to the
+        probe silo's region only if the policy treats them the same way for that region."""
+        by_name = {r.fragment.name: r for r in runs}
+        verdicts: dict[tuple[str, str], dict[str, str]] = {}
+
+        def actions(fragment: Fragment, region: str) -> dict[str, str]:
+            if (fragment.name, region) not in verdicts:
+                explained = self.clients[fragment.silo].explain(fragment.sql, purpose, region)
+                verdicts[(fragment.name, region)] = (
+                    {} if explained["denied"] else {c["output"]: c["action"] for c in explained["columns"]}
+                )
+            return verdicts[(fragment.name, region)]
+
+        outputs = {name: sqlglot.parse_one(r.fragment.sql, read="duckdb").named_selects for name, r in by_name.items()}
+        candidates = find_semijoins(cut.residual, outputs)
+        involved = {c.probe.fragment for c in candidates} | {k.fragment for c in candidates for k in c.build}
+        estimates = {name: self._estimate(by_name[name], purpose, destination) for name in involved}
+        for semijoin in choose_semijoins(candidates, estimates):
+            run = by_name[semijoin.probe.fragment]
+            region = self.catalog.silo(run.fragment.silo).region
+            blocked = []
+            for key in semijoin.build:
+                source = by_name[key.fragment].fragment
+                there, here = actions(source, region).get(key.name), actions(source, destination).get(key.name)
+                if region != destination and (there is None or there == "deny" or there != here):
+                    blocked.append(f"{source.silo} may not send {key.name} to {region} as it sends it to {destination}")
+            if blocked:
+                run.semijoin_note = "semi-join on " + semijoin.condition + " not used: " + "; ".join(blocked)
+            else:
+                run.semijoin = semijoin
 
     def run(self, sql: str, purpose: str) -> tuple[pa.Table, FederatedPlan]:
         plan = self.plan(sql, purpose, with_estimates=False)
@@ -132,10 +187,12 @@ class Federation:
         db = duckdb.connect(config={"memory_limit": self.memory_limit, "temp_directory": spill.name,
                                     "autoinstall_known_extensions": False, "preserve_insertion_order": True})
         lock = threading.Lock()
+        loaded: dict[str, Future] = {}
 
         def fetch(run: FragmentRun) -> None:
+            keep = self._keys_for(run, db, loaded) if run.semijoin else None
             t0 = time.perf_counter()
-            reader = self.clients[run.fragment.silo].query(run.fragment.sql, plan.purpose, plan.destination)
+            reader = self.clients[run.fragment.silo].query(run.fragment.sql, plan.purpose, plan.destination, keep)
             counted = _Counted(reader)
             cursor = db.cursor()
             try:
@@ -147,8 +204,13 @@ class Federation:
                 run.rows, run.bytes, run.seconds = counted.rows, counted.bytes, time.perf_counter() - t0
 
         try:
-            with ThreadPoolExecutor(max_workers=max(1, min(8, len(plan.runs)))) as pool:
-                list(pool.map(fetch, plan.runs))
+            # fragments that wait for keys start last; every fragment has its own thread, so none starves
+            ordered = sorted(plan.runs, key=lambda r: r.semijoin is not None)
+            with ThreadPoolExecutor(max_workers=max(1, len(plan.runs))) as pool:
+                for run in ordered:
+                    loaded[run.fragment.name] = pool.submit(fetch, run)
+                for future in loaded.values():
+                    future.result()
             result = db.execute(plan.cut.residual).fetch_record_batch(65_536)
         except BaseException:
             db.close()
@@ -169,6 +231,30 @@ class Federation:
                 spill.cleanup()
 
         return pa.RecordBatchReader.from_batches(result.schema, batches())
+
+
+    @staticmethod
+    def _keys_for(run: FragmentRun, db: duckdb.DuckDBPyConnection, loaded: dict[str, Future]) -> dict[str, Any] | None:
+        """The Bloom filter of the keys the probe fragment's rows must match, once their fragments are in."""
+        semijoin = run.semijoin
+        for key in semijoin.build:
+            loaded[key.fragment].result()
+        cursor = db.cursor()
+        try:
+            union = " UNION ".join(f'SELECT DISTINCT "{k.name}" AS k FROM "{k.fragment}"' for k in semijoin.build)
+            keys = cursor.execute(union).to_arrow_table().column("k")
+        finally:
+            cursor.close()
+        family = key_family(keys.type)
+        if family is None:
+            run.semijoin_note = f"semi-join on {semijoin.condition} not used: keys of type {keys.type}"
+            return None
+        bloom = BloomFilter.of(keys, family)
+        if bloom.nbytes > MAX_FILTER_BYTES:
+            run.semijoin_note = f"semi-join on {semijoin.condition} not used: {bloom.keys:,} keys make a {bloom.nbytes:,}-byte filter"
+            return None
+        run.filter_keys, run.filter_bytes = bloom.keys, bloom.nbytes
+        return {"column": semijoin.probe.name, "filter": bloom.to_dict()}
 
 
 class _Counted:

@@ -7,6 +7,8 @@ left the silo" is a measured fact rather than an absence of errors.
 
 from __future__ import annotations
 
+import json
+
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -114,6 +116,10 @@ class Connector(ABC):
     def close(self) -> None:
         """Release connections; the silo itself keeps running."""
 
+    def estimate_rows(self, sql: str) -> int | None:
+        """The silo engine's own estimate of the rows `sql` returns, from its statistics; None if it has none."""
+        return None
+
     def execute(self, sql: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
         """Run `sql` inside the silo and stream the result out, counting what leaves."""
         schema, batches = self._stream(sql, batch_rows)
@@ -130,6 +136,24 @@ class Connector(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def duckdb_estimate(plan_json: str) -> int | None:
+    """The estimated cardinality at the top of a DuckDB `EXPLAIN (FORMAT JSON)` plan."""
+    def first(node: dict) -> int | None:
+        info = node.get("extra_info") or {}
+        if "Estimated Cardinality" in info:
+            return int(info["Estimated Cardinality"])
+        for child in node.get("children") or []:
+            found = first(child)
+            if found is not None:
+                return found
+        return None
+
+    try:
+        return first(json.loads(plan_json)[0])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def check_table_name(name: str) -> str:

@@ -27,6 +27,7 @@ from fedlake.silos.base import (
     MaterializedTable,
     TableStats,
     check_table_name,
+    duckdb_estimate,
     stats_from_row,
     stats_sql,
 )
@@ -150,6 +151,16 @@ class LakeConnector(Connector):
         finally:
             cursor.close()
         return stats_from_row(table, schema, row, self._size(files))
+
+    def estimate_rows(self, sql: str) -> int | None:
+        try:
+            cursor, result = self._run(f"EXPLAIN (FORMAT JSON) {sql}")
+        except SiloError:
+            return None
+        try:
+            return duckdb_estimate(result.fetchone()[1])
+        finally:
+            cursor.close()
 
     def _stream(self, sql: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         cursor, result = self._run(sql)

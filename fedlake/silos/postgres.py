@@ -216,6 +216,14 @@ class PostgresConnector(Connector):
         cursor.execute(f"USE silo.{quote_ident(self._schema)}")
         return cursor
 
+    def estimate_rows(self, sql: str) -> int | None:
+        """PostgreSQL's planner estimate from its statistics (DuckDB's scanner of it has none)."""
+        try:
+            plan = self._query(f"EXPLAIN (FORMAT JSON) {to_postgres_sql(sql)}")[0][0]
+            return int(plan[0]["Plan"]["Plan Rows"])
+        except (SiloError, KeyError, IndexError, TypeError, ValueError):
+            return None
+
     def _stream(self, sql: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         if self.engine == "duckdb":
             return self._stream_duckdb(sql, batch_rows)

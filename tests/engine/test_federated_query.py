@@ -77,7 +77,8 @@ def random_tables(seed: int = 11) -> dict[str, dict[str, pa.Table]]:
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory):
+def silos(tmp_path_factory):
+    """The random tables loaded into three silos of three kinds, and co-located in one DuckDB."""
     home = tmp_path_factory.mktemp("federated")
     tables = random_tables()
     kinds = {"eu": ("postgres", "EU", {"embedded": "eu_pg"}), "us": ("s3", "US", {"path": "us_lake"}), "sg": ("parquet", "SG", {"path": "sg_lake"})}
@@ -87,12 +88,7 @@ def federation(tmp_path_factory):
         for name, (kind, region, connection) in kinds.items()
     }}
     (home / "silos.yaml").write_text(yaml.safe_dump(silos_yaml))
-    (home / "policies.yaml").write_text(yaml.safe_dump({
-        "purposes": ["analytics"], "clients": {"coordinator": {"token_env": "FEDLAKE_TEST_UNSET_TOKEN", "purposes": ["analytics"]}},
-        "classifications": {"public": [{"action": "allow"}]},
-    }))
     catalog = load_catalog(home / "silos.yaml")
-    policy = load_policy(home / "policies.yaml", catalog)
     colocated = duckdb.connect()
     for silo, silo_tables in tables.items():
         colocated.execute(f"CREATE SCHEMA {silo}")
@@ -102,9 +98,28 @@ def federation(tmp_path_factory):
                 colocated.register("incoming", table)
                 colocated.execute(f"CREATE TABLE {silo}.{name} AS SELECT * FROM incoming")
                 colocated.unregister("incoming")
-    clients = {s: local_agent_client(catalog, policy, s, home) for s in catalog.silos}
-    yield Federation(catalog, clients), colocated, catalog
-    for c in clients.values():
+    return home, catalog, colocated
+
+
+def federation_under(silos, policy: dict, **options) -> tuple[Federation, list]:
+    home, catalog, _ = silos
+    path = home / f"policies-{len(list(home.glob('policies*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump({
+        "purposes": ["analytics"], "clients": {"coordinator": {"token_env": "FEDLAKE_TEST_UNSET_TOKEN", "purposes": ["analytics"]}},
+        **policy,
+    }))
+    clients = {s: local_agent_client(catalog, load_policy(path, catalog), s, home) for s in catalog.silos}
+    return Federation(catalog, clients, **options), list(clients.values())
+
+
+ALLOW_ALL = {"classifications": {"public": [{"action": "allow"}]}}
+
+
+@pytest.fixture(scope="module")
+def federation(silos):
+    fed, clients = federation_under(silos, ALLOW_ALL)
+    yield fed, silos[2], silos[1]
+    for c in clients:
         c.close()
 
 
@@ -167,6 +182,18 @@ QUERIES = [
     "SELECT person_id FROM us.visits EXCEPT SELECT id FROM eu.people",
     "SELECT DISTINCT o.status, pr.category FROM eu.orders o JOIN us.products pr ON pr.sku = o.sku",
     "SELECT amount FROM eu.orders WHERE amount > 190 UNION ALL SELECT amount FROM sg.payments WHERE amount > 190",
+    # semi-joins: where the keys of a small side may and may not reduce the other
+    "SELECT p.id, v.visit_id, v.duration FROM eu.people p JOIN us.visits v ON v.person_id = p.id WHERE p.region = 'north'",
+    "WITH seen AS (SELECT person_id, count(*) AS n FROM us.visits GROUP BY person_id) "
+    "SELECT p.id, seen.n, (SELECT max(n) FROM seen) AS most FROM eu.people p JOIN seen ON seen.person_id = p.id WHERE p.region = 'west'",
+    "SELECT p.id, t.person_id FROM eu.people p JOIN (SELECT v.person_id FROM us.visits v JOIN sg.payments y ON y.payment_id = v.visit_id "
+    "ORDER BY v.visit_id LIMIT 50) t ON t.person_id = p.id WHERE p.region = 'east'",
+    "SELECT p.id, w.r FROM eu.people p JOIN (SELECT v.person_id, row_number() OVER (ORDER BY v.visit_id) AS r FROM us.visits v "
+    "JOIN sg.payments y ON y.payment_id = v.visit_id) w ON w.person_id = p.id WHERE p.region = 'north'",
+    "SELECT p.id, u.amount FROM eu.people p JOIN (SELECT person_id, amount FROM eu.orders UNION ALL "
+    "SELECT person_id, duration AS amount FROM us.visits) u ON u.person_id = p.id WHERE p.region = 'south'",
+    "SELECT o.order_id, s.paid FROM eu.orders o LEFT JOIN (SELECT order_id, sum(amount) AS paid FROM sg.payments GROUP BY order_id) s "
+    "ON s.order_id = o.order_id WHERE o.status = 'cancelled'",
     # derived tables
     "SELECT t.category, avg(t.n) AS avg_n FROM (SELECT pr.category, o.person_id, count(*) AS n FROM eu.orders o JOIN us.products pr ON pr.sku = o.sku GROUP BY 1, 2) AS t GROUP BY t.category",
 ]
@@ -239,6 +266,53 @@ def test_explain_analyze_shows_fragments_sites_and_bytes(federation):
     _, ran = fed.run(sql, "analytics")
     analyzed = render(ran, catalog, analyze=True)
     assert "actual" in analyzed and f"{ran.bytes_crossing:,}" in analyzed
+
+
+SEMIJOIN = QUERIES[QUERIES.index(next(q for q in QUERIES if q.startswith("SELECT p.id, v.visit_id, v.duration")))]
+
+
+def test_semijoin_sends_only_rows_that_can_join(federation):
+    """A small side's keys go, as a Bloom filter, into the other silo: fewer rows and bytes cross, same result."""
+    fed, colocated, catalog = federation
+    reduced_table, reduced = fed.run(SEMIJOIN, "analytics")
+    plain_table, plain = Federation(fed.catalog, fed.clients, semijoins=False).run(SEMIJOIN, "analytics")
+    assert normalized(reduced_table) == normalized(plain_table) == normalized(colocated.execute(SEMIJOIN).fetch_arrow_table())
+    visits = next(r for r in reduced.runs if r.fragment.silo == "us")
+    unreduced = next(r for r in plain.runs if r.fragment.silo == "us")
+    north = colocated.execute("SELECT count(*) FROM eu.people WHERE region = 'north'").fetchone()[0]
+    assert visits.filter_keys == north and 0 < visits.filter_bytes < 8 * north
+    assert unreduced.rows == TABLES["us"]["visits"] and visits.rows < unreduced.rows / 2
+    assert reduced.bytes_crossing < plain.bytes_crossing
+    assert "semi-join" in render(reduced, catalog, analyze=True)
+
+
+def test_semijoin_keeps_to_what_the_reduced_rows_feed(federation):
+    """Rows the people's keys would drop that another part of the query still reads (a CTE used
+    twice, LIMIT or a window above the join) keep the fragment whole."""
+    fed, _, _ = federation
+    for sql in (QUERIES[QUERIES.index(SEMIJOIN) + i] for i in (1, 2, 3)):
+        plan = fed.plan(sql, "analytics", with_estimates=False)
+        silo_of = {r.fragment.name: r.fragment.silo for r in plan.runs}
+        by_people = [r for r in plan.runs if r.semijoin and any(silo_of[k.fragment] == "eu" for k in r.semijoin.build)]
+        assert by_people == [], sql
+    union = fed.plan(QUERIES[QUERIES.index(SEMIJOIN) + 4], "analytics", with_estimates=False)
+    assert sorted(r.fragment.silo for r in union.runs if r.semijoin) == ["eu", "us"]
+
+
+def test_semijoin_keys_only_go_where_the_policy_lets_them(silos):
+    """If the build side's key may not travel to the probe silo's region, the keys stay home."""
+    policy = {"classifications": {"public": [{"action": "allow"}]},
+              "overrides": {"eu.people.id": [{"to": ["EU"], "action": "allow"}, {"action": "deny"}]}}
+    fed, clients = federation_under(silos, policy)
+    try:
+        table, plan = fed.run(SEMIJOIN, "analytics")
+    finally:
+        for c in clients:
+            c.close()
+    visits = next(r for r in plan.runs if r.fragment.silo == "us")
+    assert visits.semijoin is None and visits.rows == TABLES["us"]["visits"]
+    assert "eu may not send id to US" in visits.semijoin_note
+    assert normalized(table) == normalized(silos[2].execute(SEMIJOIN).fetch_arrow_table())
 
 
 @pytest.mark.parametrize(
