@@ -10,6 +10,7 @@ touch that table alone (from WHERE, and from join conditions where outer-join se
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import sqlglot
@@ -31,9 +32,10 @@ class Fragment:
     name: str  # how the residual query refers to its result
     silo: str
     sql: str  # DuckDB dialect over the silo's own table names
-    kind: str  # "pushed" (a whole part of the query) or "scan" (one table's columns and local filters)
+    kind: str  # "pushed" (a whole part of the query), "join" (its own tables joined) or "scan" (one table)
     tables: tuple[str, ...]
     filters: tuple[str, ...] = ()
+    partial: str = ""  # the partial aggregation computed in the silo, if any: "SUM, COUNT(*) per k1, k2"
 
 
 @dataclass
@@ -67,9 +69,10 @@ def qualify_query(sql: str, schema: dict[str, dict[str, dict[str, str]]], silos:
 
 
 class _Cutter:
-    def __init__(self, tree: exp.Expression, silos: set[str]):
+    def __init__(self, tree: exp.Expression, silos: set[str], raw: set[str]):
         self.root = tree  # the residual query; replaced whole when the whole query goes to one silo
         self.silos = silos
+        self.raw = raw  # fragments that send rows, not partial aggregates
         self.fragments: list[Fragment] = []
         self.cte_bodies = {cte.alias_or_name: cte.this.copy() for cte in tree.find_all(exp.CTE)}
         self.cte_silos: dict[str, set[str]] = {}
@@ -327,6 +330,113 @@ class _Cutter:
         else:
             select.join(group_source, join_type="cross", copy=False)
 
+    # -- partial aggregation through a cross-silo join ------------------------------------------
+
+    @staticmethod
+    def _local(select: exp.Select) -> Iterator[exp.Expression]:
+        """The nodes of a SELECT itself, not of the queries nested in it."""
+        todo = list(select.iter_expressions())
+        while todo:
+            node = todo.pop()
+            if isinstance(node, (exp.Subquery, exp.Query)):
+                continue
+            yield node
+            todo.extend(node.iter_expressions())
+
+    def _pre_aggregate(self, scope: Scope, created: list[tuple[Fragment, str]]) -> None:
+        """Eager aggregation: when one fragment's columns are all that the aggregates of an inner-join
+        GROUP BY read, the fragment groups its rows by the columns the rest of the query uses
+        (join keys, grouping columns) and sends one partial row per group; the residual combines the
+        partials (SUM of sums and counts, MIN of minima, AVG as a sum over a count)."""
+        select = scope.expression
+        if not isinstance(select, exp.Select) or not created:
+            return
+        group = select.args.get("group")
+        if group is not None and group.args.get("all"):
+            return
+        if any((j.side or "") or (j.kind or "").upper() not in ("", "INNER", "CROSS") for j in select.args.get("joins") or []):
+            return
+        distinct = select.args.get("distinct")
+        if distinct is not None and distinct.args.get("on"):
+            return
+        local = list(self._local(select))
+        if any(isinstance(n, exp.Window) for n in local):
+            return
+        aggregates = [n for n in local if isinstance(n, exp.AggFunc)]
+        if not aggregates or any(isinstance(a.parent, exp.Filter) or a.find(exp.Distinct, exp.Subquery) for a in aggregates):
+            return
+        aliases = {alias for _, alias in created}
+        readers = {c.table for a in aggregates for c in a.find_all(exp.Column)} & aliases
+        if len(readers) != 1:
+            return
+        alias = readers.pop()
+        fragment = next(f for f, a in created if a == alias)
+        if fragment.name in self.raw:
+            return
+        mine, others = [], []
+        for a in aggregates:
+            tables = {c.table for c in a.find_all(exp.Column)}
+            (mine if alias in tables else others).append(a)
+        if any({c.table for c in a.find_all(exp.Column)} != {alias} or not isinstance(a, (exp.Sum, exp.Count, exp.Min, exp.Max, exp.Avg)) for a in mine):
+            return
+        if any(not (isinstance(a, (exp.Min, exp.Max)) or (isinstance(a, exp.Count) and isinstance(a.this, exp.Star))) for a in others):
+            return
+        inside = {id(c) for a in mine for c in a.find_all(exp.Column)}
+        keys = sorted({c.name for c in self._columns_of(scope, {alias}) if id(c) not in inside})
+        if not keys:
+            return
+
+        # the fragment as it stands selects `expression AS name` from its tables: aggregate those
+        # expressions over the same FROM, joins and filters, so the gate still sees the tables read
+        query = sqlglot.parse_one(fragment.sql, read="duckdb")
+        source_of = {p.alias_or_name: p.unalias() for p in query.expressions}
+
+        def at_source(expression: exp.Expression) -> exp.Expression:
+            moved = expression.copy()
+            for column in list(moved.find_all(exp.Column)):
+                column.replace(source_of[column.name].copy())
+            return moved
+
+        outputs: list[exp.Expression] = [exp.alias_(source_of[k].copy(), k, quoted=True) for k in keys]
+        outputs.append(exp.alias_(exp.Count(this=exp.Star()), "__n", quoted=True))
+        made: dict[str, str] = {}
+        kinds = []
+
+        def partial(expression: exp.Expression) -> exp.Column:
+            moved = at_source(expression)
+            text = moved.sql("duckdb")
+            if text not in made:
+                made[text] = f"__p{len(made)}"
+                outputs.append(exp.alias_(moved, made[text], quoted=True))
+            return exp.column(made[text], table=alias, quoted=True)
+
+        def total(column: exp.Expression) -> exp.Expression:
+            return exp.Coalesce(this=exp.Cast(this=exp.Sum(this=column), to=exp.DataType.build("BIGINT")), expressions=[exp.Literal.number(0)])
+
+        own = {id(a) for a in mine}
+        for a in aggregates:
+            if isinstance(a, exp.Count) and isinstance(a.this, exp.Star):
+                a.replace(total(exp.column("__n", table=alias, quoted=True)))
+                kinds.append("COUNT(*)")
+            elif id(a) not in own:
+                continue
+            elif isinstance(a, exp.Count):
+                a.replace(total(partial(exp.Count(this=a.this.copy()))))
+                kinds.append("COUNT")
+            elif isinstance(a, exp.Avg):
+                sums = partial(exp.Sum(this=a.this.copy()))
+                counts = partial(exp.Count(this=a.this.copy()))
+                a.replace(exp.Div(this=exp.Cast(this=exp.Sum(this=sums), to=exp.DataType.build("DOUBLE")),
+                                  expression=exp.Nullif(this=exp.Sum(this=counts), expression=exp.Literal.number(0))))
+                kinds.append("AVG as SUM and COUNT")
+            else:
+                a.replace(type(a)(this=partial(type(a)(this=a.this.copy()))))
+                kinds.append(type(a).__name__.upper())
+        query.set("expressions", outputs)
+        query.set("group", exp.Group(expressions=[source_of[k].copy() for k in keys]))
+        fragment.sql = query.sql("duckdb")
+        fragment.partial = f"{', '.join(dict.fromkeys(kinds))} per {', '.join(keys)}"
+
     # -- the walk -------------------------------------------------------------------------------
 
     def cut(self, scope: Scope) -> None:
@@ -344,23 +454,30 @@ class _Cutter:
         for child in children:
             self.cut(child)
         joined: set[str] = set()
+        created: list[tuple[Fragment, str]] = []
         for group in self._join_groups(scope):
             self._push_join(scope, group)
             joined.update(group)
+            created.append((self.fragments[-1], self.fragments[-1].name))
         for alias, source in list(scope.sources.items()):
             if alias not in joined and isinstance(source, exp.Table) and source.db in self.silos:
                 self._scan(scope, alias, source)
+                created.append((self.fragments[-1], alias))
+        self._pre_aggregate(scope, created)
 
 
-def cut_query(sql: str, schema: dict[str, dict[str, dict[str, str]]], silos: set[str] | None = None) -> Cut:
-    """Qualify `sql` against {silo: {table: {column: type}}} and cut it into fragments."""
+def cut_query(
+    sql: str, schema: dict[str, dict[str, dict[str, str]]], silos: set[str] | None = None, raw: set[str] = frozenset()
+) -> Cut:
+    """Qualify `sql` against {silo: {table: {column: type}}} and cut it into fragments (those named
+    in `raw` send their rows, not partial aggregates: fragment names are the same from cut to cut)."""
     silos = set(silos or schema)
     tree = qualify_query(sql, schema, silos)
     qualified = tree.sql("duckdb")
     root = build_scope(tree)
     if root is None:
         raise PlanningError("cannot analyse the query's scopes")
-    cutter = _Cutter(tree, silos)
+    cutter = _Cutter(tree, silos, set(raw))
     cutter.cut(root)
     leftover = [t.sql() for t in cutter.root.find_all(exp.Table) if t.db in silos]
     if leftover:

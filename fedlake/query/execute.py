@@ -51,7 +51,7 @@ class FragmentRun:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     sql_in_silo: str = ""
     semijoin: SemiJoin | None = None  # keys this fragment waits for, to send only rows that can join
-    semijoin_note: str = ""  # why a semi-join found for it is not used, or what it sent
+    notes: list[str] = field(default_factory=list)  # what the planner chose not to do here, and why
     filter_keys: int | None = None
     filter_bytes: int = 0  # the Bloom filter sent into the silo: it crosses a border too
     rows: int | None = None
@@ -114,8 +114,13 @@ class Federation:
 
     def plan(self, sql: str, purpose: str, with_estimates: bool = True) -> FederatedPlan:
         destination = self.catalog.governed_region
-        cut = cut_query(sql, self._schema(sql), set(self.catalog.silos))
-        runs = [FragmentRun(f) for f in cut.fragments]
+        schema, silos = self._schema(sql), set(self.catalog.silos)
+        cut = cut_query(sql, schema, silos)
+        raw = {f.name: self._partial_refused(f, purpose, destination) for f in cut.fragments if f.partial}
+        raw = {name: why for name, why in raw.items() if why}
+        if raw:
+            cut = cut_query(sql, schema, silos, raw=set(raw))
+        runs = [FragmentRun(f, notes=[raw[f.name]] if f.name in raw else []) for f in cut.fragments]
         if with_estimates:
             for run in runs:
                 client = self.clients[run.fragment.silo]
@@ -128,6 +133,17 @@ class Federation:
         if self.semijoins and len(runs) > 1:
             self._place_semijoins(runs, cut, purpose, destination)
         return FederatedPlan(sql, purpose, destination, cut, runs)
+
+    def _partial_refused(self, fragment: Fragment, purpose: str, destination: str) -> str:
+        """Why a fragment must send its rows rather than partial aggregates, if it must: a partial
+        aggregate the gate would hold back for small groups would make the combined result wrong."""
+        explained = self.clients[fragment.silo].explain(fragment.sql, purpose, destination)
+        if explained["denied"]:
+            return f"partial aggregation ({fragment.partial}) not used: {explained['denied']}"
+        if explained.get("k"):
+            return (f"partial aggregation ({fragment.partial}) not used: the policy would hold back groups of fewer "
+                    f"than {explained['k']} subjects, and the combined aggregates would be wrong")
+        return ""
 
     def _estimate(self, run: FragmentRun, purpose: str, destination: str) -> tuple[int, int] | None:
         """The agent's estimate of the rows and bytes a fragment sends (from its silo engine's
@@ -169,7 +185,7 @@ class Federation:
                 if region != destination and (there is None or there == "deny" or there != here):
                     blocked.append(f"{source.silo} may not send {key.name} to {region} as it sends it to {destination}")
             if blocked:
-                run.semijoin_note = "semi-join on " + semijoin.condition + " not used: " + "; ".join(blocked)
+                run.notes.append("semi-join on " + semijoin.condition + " not used: " + "; ".join(blocked))
             else:
                 run.semijoin = semijoin
 
@@ -247,11 +263,11 @@ class Federation:
             cursor.close()
         family = key_family(keys.type)
         if family is None:
-            run.semijoin_note = f"semi-join on {semijoin.condition} not used: keys of type {keys.type}"
+            run.notes.append(f"semi-join on {semijoin.condition} not used: keys of type {keys.type}")
             return None
         bloom = BloomFilter.of(keys, family)
         if bloom.nbytes > MAX_FILTER_BYTES:
-            run.semijoin_note = f"semi-join on {semijoin.condition} not used: {bloom.keys:,} keys make a {bloom.nbytes:,}-byte filter"
+            run.notes.append(f"semi-join on {semijoin.condition} not used: {bloom.keys:,} keys make a {bloom.nbytes:,}-byte filter")
             return None
         run.filter_keys, run.filter_bytes = bloom.keys, bloom.nbytes
         return {"column": semijoin.probe.name, "filter": bloom.to_dict()}

@@ -17,6 +17,8 @@ def render(plan: FederatedPlan, catalog: Catalog, analyze: bool = False) -> str:
         f = run.fragment
         spec = catalog.silo(f.silo)
         what = {"pushed": "pushed whole", "join": "join among its own tables", "scan": "table scan"}[f.kind]
+        if f.partial:
+            what += f", partial aggregation in silo: {f.partial}"
         if f.filters:
             what += f", filters in silo: {' AND '.join(f.filters)}"
         lines.append(f"  fragment {f.name} at silo {f.silo} ({spec.kind}, {spec.region}): {what}; tables {', '.join(f.tables)}")
@@ -28,8 +30,7 @@ def render(plan: FederatedPlan, catalog: Catalog, analyze: bool = False) -> str:
             if analyze and run.filter_keys is not None:
                 line += f"; actual {run.filter_keys:,} keys in {run.filter_bytes:,} bytes"
             lines.append(line)
-        if run.semijoin_note:
-            lines.append(f"    {run.semijoin_note}")
+        lines += [f"    {note}" for note in run.notes]
         crossing = "stays in region" if spec.region == plan.destination else f"crosses {spec.region} -> {plan.destination}"
         line = f"    border ({crossing}): estimated {_n(run.estimated_rows)} rows, {_n(run.estimated_bytes)} bytes"
         if analyze:

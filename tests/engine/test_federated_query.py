@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from fedlake.agent import local_agent_client
+from fedlake.agent.gate import EgressDenied
 from fedlake.catalog import load_catalog
 from fedlake.policy.model import load_policy
 from fedlake.query import Federation, PlanningError, render
@@ -194,6 +195,14 @@ QUERIES = [
     "SELECT person_id, duration AS amount FROM us.visits) u ON u.person_id = p.id WHERE p.region = 'south'",
     "SELECT o.order_id, s.paid FROM eu.orders o LEFT JOIN (SELECT order_id, sum(amount) AS paid FROM sg.payments GROUP BY order_id) s "
     "ON s.order_id = o.order_id WHERE o.status = 'cancelled'",
+    # partial aggregation through a cross-silo join
+    "SELECT p.region, sum(v.duration) AS total, count(*) AS n, avg(v.duration) AS mean, min(v.ts) AS first, "
+    "max(v.duration) AS longest, count(v.person_id) AS c FROM eu.people p JOIN us.visits v ON v.person_id = p.id GROUP BY p.region",
+    "SELECT o.status, count(*) AS n, sum(y.amount) AS paid FROM eu.orders o JOIN sg.payments y ON y.order_id = o.order_id "
+    "WHERE y.method = 'card' GROUP BY o.status HAVING sum(y.amount) > 100 ORDER BY paid DESC",
+    "SELECT sum(y.amount) AS paid, count(*) AS n, min(o.placed_at) AS first FROM eu.orders o JOIN sg.payments y ON y.order_id = o.order_id WHERE o.status = 'open'",
+    "SELECT pr.category, min(o.placed_at) AS first, sum(o.amount) AS revenue, avg(o.amount) AS mean FROM eu.orders o "
+    "JOIN us.products pr ON pr.sku = o.sku GROUP BY pr.category",
     # derived tables
     "SELECT t.category, avg(t.n) AS avg_n FROM (SELECT pr.category, o.person_id, count(*) AS n FROM eu.orders o JOIN us.products pr ON pr.sku = o.sku GROUP BY 1, 2) AS t GROUP BY t.category",
 ]
@@ -311,8 +320,43 @@ def test_semijoin_keys_only_go_where_the_policy_lets_them(silos):
             c.close()
     visits = next(r for r in plan.runs if r.fragment.silo == "us")
     assert visits.semijoin is None and visits.rows == TABLES["us"]["visits"]
-    assert "eu may not send id to US" in visits.semijoin_note
+    assert any("eu may not send id to US" in note for note in visits.notes)
     assert normalized(table) == normalized(silos[2].execute(SEMIJOIN).fetch_arrow_table())
+
+
+PARTIAL = next(q for q in QUERIES if q.startswith("SELECT p.region, sum(v.duration)"))
+
+
+def test_partial_aggregation_goes_through_the_join_into_the_silo(federation):
+    """The visits' silo sends one partial row per person (sums, counts, minima) instead of every visit."""
+    fed, colocated, catalog = federation
+    table, plan = fed.run(PARTIAL, "analytics")
+    assert normalized(table) == normalized(colocated.execute(PARTIAL).fetch_arrow_table())
+    visits = next(r for r in plan.runs if r.fragment.silo == "us")
+    assert visits.fragment.partial.endswith("per person_id") and "GROUP BY" in visits.fragment.sql
+    people = colocated.execute("SELECT count(DISTINCT person_id) FROM us.visits").fetchone()[0]
+    assert visits.rows <= people + 1 < TABLES["us"]["visits"]
+    assert "partial aggregation in silo: " in render(plan, catalog, analyze=True)
+
+
+def test_no_partial_aggregation_that_the_policy_would_thin_out(silos):
+    """Where the gate would suppress small groups of the partial aggregates, the planner does not
+    aggregate before the border; where rows may not leave either, the error names column and rule."""
+    policy = {"classifications": {"public": [{"action": "allow"}]}, "subjects": {"visits": "person_id"},
+              "aggregate": {"k": 5, "small_groups": "suppress"},
+              "overrides": {"us.visits.duration": [{"action": "aggregate"}]}}
+    sql = "SELECT p.region, sum(v.duration) AS total, count(*) AS n FROM eu.people p JOIN us.visits v ON v.person_id = p.id GROUP BY p.region"
+    fed, clients = federation_under(silos, policy)
+    try:
+        with pytest.raises(EgressDenied) as denied:
+            fed.run(sql, "analytics")
+        plan = fed.plan(sql, "analytics", with_estimates=False)
+    finally:
+        for c in clients:
+            c.close()
+    assert "us.visits.duration may leave only aggregated" in str(denied.value) and "overrides.us.visits.duration[0]" in str(denied.value)
+    visits = next(r for r in plan.runs if r.fragment.silo == "us")
+    assert not visits.fragment.partial and any("groups of fewer than 5 subjects" in n for n in visits.notes)
 
 
 @pytest.mark.parametrize(
