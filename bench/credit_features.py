@@ -3,7 +3,8 @@
   (a) naive ETL: copy every needed table raw into the governed zone, then join there;
   (b) co-located: the same SQL in one DuckDB over all tables, no borders (the compute floor);
   (c) DuckDB's own federation: its postgres extension on eu_core plus the Parquet lakes, one query, no policy;
-  (d) fedlake, agents in-process;   (e) fedlake, agents as processes over Flight with TLS on loopback.
+  (d) fedlake, agents in-process;   (e) fedlake, agents as processes over Flight with TLS on loopback;
+  (f) as (d) without semi-join reduction, to show what it saves.
 
     make bench SCALE=5        # 1M transactions
 
@@ -37,6 +38,7 @@ VARIANTS = {
     "c": "DuckDB federation (postgres ext + Parquet)",
     "d": "fedlake, in-process agents",
     "e": "fedlake, agents over Flight+TLS",
+    "f": "fedlake in-process, no semi-join reduction",
 }
 RAW_TABLES = ("customers", "accounts", "transactions")
 
@@ -100,12 +102,12 @@ def run_variant(variant: str, home: Path, tls_dir: Path | None, locations: dict[
         from fedlake.agent import FlightAgentClient, client_token, local_agent_client
         from fedlake.query import Federation
 
-        if variant == "d":
+        if variant in ("d", "f"):
             clients = {s: local_agent_client(catalog, policy, s, home) for s in catalog.silos}
         else:
             token = client_token(policy, "coordinator", "local", home)
             clients = {s: FlightAgentClient(s, locations[s], token, tls_dir / "ca.pem") for s in catalog.silos}
-        federation = Federation(catalog, clients)
+        federation = Federation(catalog, clients, semijoins=variant != "f")
         federation.run(sql, "credit_scoring")
         start = time.perf_counter()
         table, plan = federation.run(sql, "credit_scoring")

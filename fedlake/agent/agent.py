@@ -7,6 +7,8 @@ what that identity may declare, plan every request through the gate, and ledger 
 
 from __future__ import annotations
 
+import itertools
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +69,40 @@ def _width(t: pa.DataType) -> int:
         return 16
 
 
+SEMIJOIN_WAIT_SECONDS = 600.0
+
+
+class _Mailbox:
+    """Semi-join keys by id: they may arrive before or after the fragment that waits for them starts."""
+
+    def __init__(self, capacity: int = 1024):
+        self._lock = threading.Lock()
+        self._slots: dict[str, tuple[threading.Event, list]] = {}
+        self._capacity = capacity
+
+    def _slot(self, key: str) -> tuple[threading.Event, list]:
+        with self._lock:
+            if key not in self._slots and len(self._slots) >= self._capacity:
+                self._slots.pop(next(iter(self._slots)))  # keys nobody came for
+            return self._slots.setdefault(key, (threading.Event(), []))
+
+    def arrived(self, key: str) -> bool:
+        return self._slot(key)[0].is_set()
+
+    def put(self, key: str, value: Any) -> None:
+        event, box = self._slot(key)
+        box.append(value)
+        event.set()
+
+    def take(self, key: str, timeout: float, silo: str) -> Any:
+        event, box = self._slot(key)
+        if not event.wait(timeout):
+            raise FedlakeError(f"agent {silo}: the semi-join keys '{key}' did not arrive within {timeout:.0f} s")
+        with self._lock:
+            self._slots.pop(key, None)
+        return box[0]
+
+
 ActionHandler = Callable[[Caller, dict[str, Any]], Any]
 
 
@@ -81,6 +117,7 @@ class SiloAgent:
         self.ledger = ledger
         self.gate = EgressGate(spec, policy, key)
         self.egress = EgressCounter()  # what left through this agent, after the gate
+        self.semijoin_keys = _Mailbox()
         self._actions: dict[str, ActionHandler] = {}
         for name, handler in {
             "list_tables": self._list_tables,
@@ -92,6 +129,7 @@ class SiloAgent:
             "egress": self._egress,
             "explain": self._explain,
             "watermark": self._watermark,
+            "semijoin_keys": self._semijoin_keys,
         }.items():
             self.register_action(name, handler)
 
@@ -184,21 +222,23 @@ class SiloAgent:
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Plan, run inside the silo, rewrite through the gate, count and ledger what leaves.
 
-        `keep` is a semi-join: {"column": output column, "filter": a Bloom filter of join keys}; rows
-        whose key (as it would leave, pseudonymized or not) cannot be a key are not sent."""
+        `keep` is a semi-join, {"column": an output column, "keys": an id}: the fragment runs at once
+        and its gated batches wait here until a Bloom filter of join keys arrives under that id (the
+        `semijoin_keys` action); then only rows whose key, as it leaves (pseudonymized or not), may
+        be among the keys are sent."""
         plan = self.plan(caller, sql, purpose, destination)
         if plan.k and plan.small_groups == "refuse":
             self._refuse_small_groups(caller, plan)
-        semijoin = self._semijoin(keep, plan) if keep else None
+        if keep is not None and keep.get("column") not in {c.output for c in plan.columns}:
+            raise FedlakeError(
+                f"agent {self.spec.name}: a semi-join names column '{keep.get('column')}', which the fragment does not return"
+            )
         reader = self.connector.execute(plan.sql)
         schema, batches = self.gate.apply(plan, reader.schema, iter(reader))
         decision = "rewritten" if any(c.action != "allow" for c in plan.columns) else "allowed"
-        fragment = sql
-        if semijoin is not None:
-            column, bloom = semijoin
-            fragment += f"\n-- semi-join: only rows whose {column} may be one of {bloom.keys} keys (Bloom filter, {bloom.nbytes} bytes)"
-            if key_family(schema.field(column).type) == bloom.family:
-                batches = (batch.filter(bloom.may_contain(batch.column(column))) for batch in batches)
+        fragment = [sql]
+        if keep is not None:
+            batches = self._semijoined(batches, schema, keep["column"], str(keep.get("keys")), fragment)
 
         def counted() -> Iterator[pa.RecordBatch]:
             rows = nbytes = 0
@@ -211,17 +251,38 @@ class SiloAgent:
             finally:
                 self.ledger.record(
                     requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=destination,
-                    operation="query", fragment=fragment, columns=[c.as_dict() for c in plan.columns],
+                    operation="query", fragment="\n".join(fragment), columns=[c.as_dict() for c in plan.columns],
                     decision=decision, rows=rows, nbytes=nbytes,
                 )
 
         return schema, counted()
 
-    def _semijoin(self, keep: dict[str, Any], plan: EgressPlan) -> tuple[str, BloomFilter]:
-        column = keep.get("column")
-        if column not in {c.output for c in plan.columns}:
-            raise FedlakeError(f"agent {self.spec.name}: a semi-join names column '{column}', which the fragment does not return")
-        return column, BloomFilter.from_dict(keep.get("filter") or {})
+    def _semijoined(
+        self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, column: str, keys: str, fragment: list[str]
+    ) -> Iterator[pa.RecordBatch]:
+        """Compute and gate while the keys are on their way; then send only the rows that may join."""
+        buffered = []
+        for batch in batches:
+            buffered.append(batch)
+            if self.semijoin_keys.arrived(keys):
+                break
+        raw = self.semijoin_keys.take(keys, SEMIJOIN_WAIT_SECONDS, self.spec.name)
+        bloom = BloomFilter.from_dict(raw) if raw is not None else None
+        if bloom is not None and key_family(schema.field(column).type) != bloom.family:
+            bloom = None
+        if bloom is not None:
+            fragment.append(f"-- semi-join: only rows whose {column} may be one of {bloom.keys} keys "
+                            f"(Bloom filter, {bloom.nbytes} bytes)")
+        for batch in itertools.chain(buffered, batches):
+            yield batch if bloom is None else batch.filter(bloom.may_contain(batch.column(column)))
+
+    def _semijoin_keys(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        """The keys a running fragment waits for, or None: send it all."""
+        raw = body.get("filter")
+        if raw is not None:
+            BloomFilter.from_dict(raw)
+        self.semijoin_keys.put(str(body["id"]), raw)
+        return {"id": body["id"]}
 
     def _refuse_small_groups(self, caller: Caller, plan: EgressPlan) -> None:
         smallest = self.connector.execute(f'SELECT min("{SUBJECTS_COLUMN}") AS m FROM ({plan.sql}) AS q').read_all()

@@ -69,7 +69,7 @@ class AgentFlightServer(flight.FlightServerBase):
             if not isinstance(request.get(key), str):
                 raise flight.FlightServerError(f"a query request needs '{key}'")
         if not isinstance(request.get("keep") or {}, dict):
-            raise flight.FlightServerError("a query request's 'keep' is a semi-join: {column, filter}")
+            raise flight.FlightServerError("a query request's 'keep' is a semi-join: {column, keys}")
         return request
 
     def get_flight_info(self, context, descriptor):

@@ -8,7 +8,6 @@ work, while the key itself never leaves.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import hmac
 import os
 import secrets
@@ -58,8 +57,9 @@ def pseudonymize(values: pa.Array | pa.ChunkedArray, key: bytes) -> pa.Array:
         values = values.combine_chunks()
     text = values if pa.types.is_string(values.type) else pc.cast(values, pa.string())
     unique = pc.unique(text)
+    digest = hmac.digest  # the one-shot C path: a third faster than hmac.new per value
     tokens = [
-        None if v is None else hmac.new(key, v.strip().lower().encode(), hashlib.sha256).hexdigest()[:TOKEN_HEX_CHARS]
+        None if v is None else digest(key, v.strip().lower().encode(), "sha256").hex()[:TOKEN_HEX_CHARS]
         for v in unique.to_pylist()
     ]
     return pc.take(pa.array(tokens, pa.string()), pc.index_in(text, unique))

@@ -10,7 +10,8 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,20 +117,21 @@ class Federation:
         destination = self.catalog.governed_region
         schema, silos = self._schema(sql), set(self.catalog.silos)
         cut = cut_query(sql, schema, silos)
-        raw = {f.name: self._partial_refused(f, purpose, destination) for f in cut.fragments if f.partial}
-        raw = {name: why for name, why in raw.items() if why}
+        partial = [f for f in cut.fragments if f.partial]
+        refused = _each(lambda f: self._partial_refused(f, purpose, destination), partial)
+        raw = {f.name: why for f, why in zip(partial, refused) if why}
         if raw:
             cut = cut_query(sql, schema, silos, raw=set(raw))
         runs = [FragmentRun(f, notes=[raw[f.name]] if f.name in raw else []) for f in cut.fragments]
         if with_estimates:
-            for run in runs:
-                client = self.clients[run.fragment.silo]
-                explained = client.explain(run.fragment.sql, purpose, destination)
+            def explain(run: FragmentRun) -> None:
+                explained = self.clients[run.fragment.silo].explain(run.fragment.sql, purpose, destination)
                 run.decisions = explained["columns"]
-                if explained["denied"]:
-                    continue
-                run.sql_in_silo = explained["sql"]
-                self._estimate(run, purpose, destination)
+                if not explained["denied"]:
+                    run.sql_in_silo = explained["sql"]
+                    self._estimate(run, purpose, destination)
+
+            _each(explain, runs)
         if self.semijoins and len(runs) > 1:
             self._place_semijoins(runs, cut, purpose, destination)
         return FederatedPlan(sql, purpose, destination, cut, runs)
@@ -174,7 +176,7 @@ class Federation:
         outputs = {name: sqlglot.parse_one(r.fragment.sql, read="duckdb").named_selects for name, r in by_name.items()}
         candidates = find_semijoins(cut.residual, outputs)
         involved = {c.probe.fragment for c in candidates} | {k.fragment for c in candidates for k in c.build}
-        estimates = {name: self._estimate(by_name[name], purpose, destination) for name in involved}
+        estimates = dict(zip(involved, _each(lambda name: self._estimate(by_name[name], purpose, destination), list(involved))))
         for semijoin in choose_semijoins(candidates, estimates):
             run = by_name[semijoin.probe.fragment]
             region = self.catalog.silo(run.fragment.silo).region
@@ -204,9 +206,11 @@ class Federation:
                                     "autoinstall_known_extensions": False, "preserve_insertion_order": True})
         lock = threading.Lock()
         loaded: dict[str, Future] = {}
+        keys = {r.fragment.name: uuid.uuid4().hex for r in plan.runs if r.semijoin}
 
         def fetch(run: FragmentRun) -> None:
-            keep = self._keys_for(run, db, loaded) if run.semijoin else None
+            # a probe starts at once; its keys follow as soon as the fragments they come from are in
+            keep = {"column": run.semijoin.probe.name, "keys": keys[run.fragment.name]} if run.semijoin else None
             t0 = time.perf_counter()
             reader = self.clients[run.fragment.silo].query(run.fragment.sql, plan.purpose, plan.destination, keep)
             counted = _Counted(reader)
@@ -220,12 +224,12 @@ class Federation:
                 run.rows, run.bytes, run.seconds = counted.rows, counted.bytes, time.perf_counter() - t0
 
         try:
-            # fragments that wait for keys start last; every fragment has its own thread, so none starves
-            ordered = sorted(plan.runs, key=lambda r: r.semijoin is not None)
-            with ThreadPoolExecutor(max_workers=max(1, len(plan.runs))) as pool:
-                for run in ordered:
+            # every fragment and every sending of keys has its own thread, so none waits for a thread
+            with ThreadPoolExecutor(max_workers=max(1, 2 * len(plan.runs))) as pool:
+                for run in plan.runs:
                     loaded[run.fragment.name] = pool.submit(fetch, run)
-                for future in loaded.values():
+                sent = [pool.submit(self._send_keys, r, keys[r.fragment.name], db, loaded) for r in plan.runs if r.semijoin]
+                for future in [*loaded.values(), *sent]:
                     future.result()
             result = db.execute(plan.cut.residual).fetch_record_batch(65_536)
         except BaseException:
@@ -249,28 +253,42 @@ class Federation:
         return pa.RecordBatchReader.from_batches(result.schema, batches())
 
 
-    @staticmethod
-    def _keys_for(run: FragmentRun, db: duckdb.DuckDBPyConnection, loaded: dict[str, Future]) -> dict[str, Any] | None:
-        """The Bloom filter of the keys the probe fragment's rows must match, once their fragments are in."""
+    def _send_keys(self, run: FragmentRun, keys_id: str, db: duckdb.DuckDBPyConnection, loaded: dict[str, Future]) -> None:
+        """Send the probe fragment's agent a Bloom filter of the keys its rows must match (or None,
+        to send all, when the filter would not pay), once the fragments the keys come from are in."""
         semijoin = run.semijoin
-        for key in semijoin.build:
-            loaded[key.fragment].result()
-        cursor = db.cursor()
+        bloom = None
         try:
-            union = " UNION ".join(f'SELECT DISTINCT "{k.name}" AS k FROM "{k.fragment}"' for k in semijoin.build)
-            keys = cursor.execute(union).to_arrow_table().column("k")
+            for key in semijoin.build:
+                loaded[key.fragment].result()
+            cursor = db.cursor()
+            try:
+                union = " UNION ".join(f'SELECT DISTINCT "{k.name}" AS k FROM "{k.fragment}"' for k in semijoin.build)
+                keys = cursor.execute(union).to_arrow_table().column("k")
+            finally:
+                cursor.close()
+            family = key_family(keys.type)
+            if family is None:
+                run.notes.append(f"semi-join on {semijoin.condition} not used: keys of type {keys.type}")
+            else:
+                bloom = BloomFilter.of(keys, family)
+                if bloom.nbytes > MAX_FILTER_BYTES:
+                    run.notes.append(f"semi-join on {semijoin.condition} not used: {bloom.keys:,} keys make a "
+                                     f"{bloom.nbytes:,}-byte filter")
+                    bloom = None
         finally:
-            cursor.close()
-        family = key_family(keys.type)
-        if family is None:
-            run.notes.append(f"semi-join on {semijoin.condition} not used: keys of type {keys.type}")
-            return None
-        bloom = BloomFilter.of(keys, family)
-        if bloom.nbytes > MAX_FILTER_BYTES:
-            run.notes.append(f"semi-join on {semijoin.condition} not used: {bloom.keys:,} keys make a {bloom.nbytes:,}-byte filter")
-            return None
-        run.filter_keys, run.filter_bytes = bloom.keys, bloom.nbytes
-        return {"column": semijoin.probe.name, "filter": bloom.to_dict()}
+            # the probe waits for this message whatever happened to its keys
+            self.clients[run.fragment.silo].action("semijoin_keys", id=keys_id, filter=bloom.to_dict() if bloom else None)
+        if bloom is not None:
+            run.filter_keys, run.filter_bytes = bloom.keys, bloom.nbytes
+
+
+def _each(call: Callable[[Any], Any], items: list) -> list:
+    """`call` on every item, concurrently: the agents answer planning calls independently."""
+    if len(items) <= 1:
+        return [call(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
+        return list(pool.map(call, items))
 
 
 class _Counted:
