@@ -85,3 +85,40 @@ def test_a_dead_agent_is_a_clear_error(prod_deployment, tls, tmp_path):
         process.wait()
         with pytest.raises(FedlakeError, match="(?i)unavailable|connect|failed"):
             short_lived.list_tables()
+
+
+def test_semijoin_keys_reach_a_running_fragment_over_flight(prod_deployment):
+    """A fragment waits at its agent for its semi-join keys, whether they come before or after it
+    starts, and then sends only rows whose (pseudonymized) key may be among them."""
+    import threading
+    import uuid
+
+    import pyarrow as pa
+
+    from fedlake.bloom import BloomFilter
+
+    c = client(prod_deployment)
+    sql = "SELECT customer_id, income FROM customers"
+    everyone = c.query(sql, "credit_scoring", "EU").read_all()
+    chosen = everyone.column("customer_id").slice(0, 25)
+    bloom = BloomFilter.of(chosen, "text").to_dict()
+
+    early = uuid.uuid4().hex
+    c.action("semijoin_keys", id=early, filter=bloom)
+    kept = c.query(sql, "credit_scoring", "EU", {"column": "customer_id", "keys": early}).read_all()
+    assert set(chosen.to_pylist()) <= set(kept.column("customer_id").to_pylist())
+    assert kept.num_rows < everyone.num_rows / 2
+
+    late, got = uuid.uuid4().hex, {}
+    reader = threading.Thread(target=lambda: got.update(t=c.query(sql, "credit_scoring", "EU", {"column": "customer_id", "keys": late}).read_all()))
+    reader.start()
+    reader.join(1.0)
+    assert reader.is_alive(), "the fragment waits for its keys"
+    c.action("semijoin_keys", id=late, filter=None)  # no filter after all: everything goes
+    reader.join(30)
+    assert got["t"].num_rows == everyone.num_rows and isinstance(got["t"], pa.Table)
+
+    with pytest.raises(FedlakeError, match="semi-join names column 'nope'"):
+        c.query(sql, "credit_scoring", "EU", {"column": "nope", "keys": uuid.uuid4().hex}).read_all()
+    with pytest.raises(FedlakeError, match="malformed semi-join filter"):
+        c.action("semijoin_keys", id="x", filter={"family": "text"})
