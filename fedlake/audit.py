@@ -86,7 +86,12 @@ class Ledger(ABC):
         """Atomically: read the last entry's hash, chain the new entry to it, insert it."""
 
     @abstractmethod
-    def entries(self) -> list[dict[str, Any]]: ...
+    def entries(self, after: int = 0) -> list[dict[str, Any]]:
+        """The entries with a sequence number above `after`, in order."""
+
+    @abstractmethod
+    def last_seq(self) -> int:
+        """The sequence number of the last entry (0 when empty)."""
 
     def verify(self) -> Verification:
         previous = GENESIS
@@ -153,13 +158,20 @@ class DuckDBLedger(Ledger):
         finally:
             db.close()
 
-    def entries(self) -> list[dict[str, Any]]:
+    def entries(self, after: int = 0) -> list[dict[str, Any]]:
         db = self._connect()
         try:
-            rows = db.execute(f"SELECT {', '.join(_ALL)} FROM audit_ledger ORDER BY seq").fetchall()
+            rows = db.execute(f"SELECT {', '.join(_ALL)} FROM audit_ledger WHERE seq > ? ORDER BY seq", [after]).fetchall()
         finally:
             db.close()
         return [dict(zip(_ALL, row)) for row in rows]
+
+    def last_seq(self) -> int:
+        db = self._connect()
+        try:
+            return int(db.execute("SELECT coalesce(max(seq), 0) FROM audit_ledger").fetchone()[0])
+        finally:
+            db.close()
 
 
 class PostgresLedger(Ledger):
@@ -192,10 +204,16 @@ class PostgresLedger(Ledger):
             )
             return entry["seq"]
 
-    def entries(self) -> list[dict[str, Any]]:
+    def entries(self, after: int = 0) -> list[dict[str, Any]]:
         with self._connect() as conn:
-            rows = conn.execute(f'SELECT {", ".join(_ALL)} FROM "{self.schema}".audit_ledger ORDER BY seq').fetchall()
+            rows = conn.execute(
+                f'SELECT {", ".join(_ALL)} FROM "{self.schema}".audit_ledger WHERE seq > %s ORDER BY seq', [after]
+            ).fetchall()
         return [dict(zip(_ALL, row)) for row in rows]
+
+    def last_seq(self) -> int:
+        with self._connect() as conn:
+            return int(conn.execute(f'SELECT coalesce(max(seq), 0) FROM "{self.schema}".audit_ledger').fetchone()[0])
 
 
 def open_ledger(location: str) -> Ledger:

@@ -105,7 +105,7 @@ class FederatedIOManager(dg.IOManager):
         if zone != GOVERNED:
             raise FedlakeError(f"a FederatedRelation lives in the governed zone: key it [{GOVERNED}, {table}], not [{zone}, {table}]")
         ledger = self._ledger.open()
-        first_entry = len(ledger.entries()) + 1
+        before = ledger.last_seq()
         federation = Federation(self._catalog, {name: self._agent(name) for name in self._silos})
         plan = federation.plan(obj.sql, obj.purpose)
         denied = [r for r in plan.runs if any(d["action"] == "deny" for d in r.decisions)]
@@ -116,7 +116,7 @@ class FederatedIOManager(dg.IOManager):
         reader = federation.stream(plan)
         connector = self._governed.connector()
         rows = connector.load(table, reader.schema, reader)
-        entries = [e["seq"] for e in ledger.entries() if e["seq"] >= first_entry]
+        entries = [e["seq"] for e in ledger.entries(after=before)]
         return {
             "silo": GOVERNED,
             "table": table,

@@ -301,7 +301,8 @@ class SiloAgent:
         return self.connector.list_tables()
 
     def _schema(self, caller: Caller, body: dict[str, Any]) -> list[list[str]]:
-        return [[f.name, str(f.type)] for f in self.connector.schema(body["table"])]
+        """[name, Arrow type, the SQL type the planner qualifies the column as] per column."""
+        return [[f.name, str(f.type), sql_type(f.type)] for f in self.connector.schema(body["table"])]
 
     def _row_count(self, caller: Caller, body: dict[str, Any]) -> int:
         return self.connector.row_count(body["table"])

@@ -37,7 +37,12 @@ class AgentClient(ABC):
         return self.action("list_tables")
 
     def schema(self, table: str) -> list[tuple[str, str]]:
-        return [tuple(c) for c in self.action("schema", table=table)]
+        """(name, Arrow type) per column."""
+        return [(c[0], c[1]) for c in self.action("schema", table=table)]
+
+    def sql_schema(self, table: str) -> dict[str, str]:
+        """{name: SQL type} per column, as the agent maps its Arrow types."""
+        return {c[0]: c[2] for c in self.action("schema", table=table)}
 
     def row_count(self, table: str) -> int:
         return self.action("row_count", table=table)

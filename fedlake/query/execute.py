@@ -28,21 +28,6 @@ from fedlake.query.cut import Cut, Fragment, PlanningError, cut_query
 from fedlake.errors import FedlakeError
 from fedlake.query.semijoin import SemiJoin, choose_semijoins, find_semijoins
 
-_SQL_TYPES = {"string": "VARCHAR", "large_string": "VARCHAR", "bool": "BOOLEAN", "double": "DOUBLE", "float": "FLOAT",
-              "date32[day]": "DATE"}
-
-
-def _sql_type(arrow_type: str) -> str:
-    if arrow_type in _SQL_TYPES:
-        return _SQL_TYPES[arrow_type]
-    if arrow_type.startswith(("int", "uint")):
-        return "BIGINT"
-    if arrow_type.startswith("timestamp"):
-        return "TIMESTAMP"
-    if arrow_type.startswith("decimal"):
-        return "DOUBLE"
-    return "VARCHAR"
-
 
 @dataclass
 class FragmentRun:
@@ -109,8 +94,7 @@ class Federation:
                 if table.db not in present:
                     present[table.db] = set(self.clients[table.db].list_tables())
                 if table.name in present[table.db]:
-                    columns = self.clients[table.db].schema(table.name)
-                    schema[table.db][table.name] = {name: _sql_type(type_) for name, type_ in columns}
+                    schema[table.db][table.name] = self.clients[table.db].sql_schema(table.name)
         return schema
 
     def plan(self, sql: str, purpose: str, with_estimates: bool = True) -> FederatedPlan:

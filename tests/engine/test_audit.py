@@ -69,6 +69,15 @@ def test_one_flipped_byte_breaks_the_chain_at_that_entry(ledger, column, change)
     assert "entry 3" in str(result)
 
 
+def test_entries_after_a_point_read_only_the_new_ones(ledger):
+    assert ledger.last_seq() == 0 and ledger.entries() == []
+    fill(ledger, 3)
+    mark = ledger.last_seq()
+    fill(ledger, 2)
+    assert mark == 3 and ledger.last_seq() == 5
+    assert [e["seq"] for e in ledger.entries(after=mark)] == [4, 5]
+
+
 def test_a_deleted_entry_is_found(ledger):
     fill(ledger)
     if isinstance(ledger, DuckDBLedger):
