@@ -68,8 +68,8 @@ class BloomFilter:
     def of(cls, values: pa.Array | pa.ChunkedArray, family: str) -> BloomFilter:
         hashes = np.unique(_hashes(values, family))
         n = max(1, len(hashes))
-        bits = max(64, math.ceil(-n * math.log(FALSE_POSITIVE_RATE) / math.log(2) ** 2))
-        count = max(1, round(bits / n * math.log(2)))
+        bits = max(1024, math.ceil(-n * math.log(FALSE_POSITIVE_RATE) / math.log(2) ** 2))  # 128 bytes at least
+        count = max(1, min(16, round(bits / n * math.log(2))))
         array = np.zeros(bits, dtype=bool)
         if len(hashes):
             array[_positions(hashes, bits, count).ravel()] = True

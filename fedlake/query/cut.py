@@ -45,6 +45,18 @@ class Cut:
     fragments: list[Fragment] = field(default_factory=list)
 
 
+def conjuncts(condition: exp.Expression | None) -> list[exp.Expression]:
+    """The terms of a conjunction, through nested ANDs and parentheses (the nodes themselves, so
+    that a term moved into a silo can be replaced where it stands)."""
+    if condition is None:
+        return []
+    if isinstance(condition, exp.Paren):
+        return conjuncts(condition.this)
+    if isinstance(condition, exp.And):
+        return conjuncts(condition.left) + conjuncts(condition.right)
+    return [condition]
+
+
 def qualify_query(sql: str, schema: dict[str, dict[str, dict[str, str]]], silos: set[str]) -> exp.Expression:
     try:
         statements = sqlglot.parse(sql, read="duckdb")
@@ -170,9 +182,7 @@ class _Cutter:
 
     @staticmethod
     def _conjuncts(condition: exp.Expression | None) -> list[exp.Expression]:
-        if condition is None:
-            return []
-        return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+        return conjuncts(condition)
 
     def _local_filters(self, select: exp.Select, alias: str) -> list[exp.Expression]:
         padded = self._null_supplying(select)

@@ -18,6 +18,7 @@ from sqlglot import exp
 from sqlglot.optimizer.scope import Scope, build_scope
 
 from fedlake.bloom import MAX_FILTER_BYTES
+from fedlake.query.cut import conjuncts
 
 MAX_FILTER_KEYS = MAX_FILTER_BYTES // 2  # keys beyond which the filter would outgrow its message
 
@@ -209,13 +210,13 @@ class _Analysis:
             candidates: list[tuple[exp.Expression, set[str] | None]] = []
             where = select.args.get("where")
             if where is not None:
-                candidates += [(c, None) for c in _conjuncts(where.this)]
+                candidates += [(c, None) for c in conjuncts(where.this)]
             for join in select.args.get("joins") or []:
                 side, on = (join.side or "").upper(), join.args.get("on")
                 if on is None or side in ("RIGHT", "FULL") or (join.kind or "").upper() in ("ANTI", "SEMI", "ASOF"):
                     continue
                 reducible = {join.this.alias_or_name} if side == "LEFT" else None
-                candidates += [(c, reducible) for c in _conjuncts(on)]
+                candidates += [(c, reducible) for c in conjuncts(on)]
             for condition, reducible in candidates:
                 if not isinstance(condition, exp.EQ):
                     continue
@@ -225,10 +226,6 @@ class _Analysis:
                 sides = {left.table, right.table}
                 found.append((scope, condition, sides if reducible is None else sides & reducible))
         return found
-
-
-def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
-    return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
 
 
 def find_semijoins(residual: str, fragments: dict[str, list[str]]) -> list[SemiJoin]:

@@ -9,6 +9,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
+import sqlglot
 import yaml
 
 from fedlake.agent import local_agent_client
@@ -16,6 +17,7 @@ from fedlake.agent.gate import EgressDenied
 from fedlake.catalog import load_catalog
 from fedlake.policy.model import load_policy
 from fedlake.query import Federation, PlanningError, render
+from fedlake.query.semijoin import find_semijoins
 from fedlake.silos import open_silo
 
 TABLES = {
@@ -255,6 +257,20 @@ def test_filters_and_own_joins_go_into_the_silo(federation):
     assert "'open'" in by_silo["eu"].sql and "40" in by_silo["eu"].sql
     assert by_silo["sg"].filters == ('"y"."method" = \'card\'',)
     assert "'card'" not in plan.cut.residual and "'open'" not in plan.cut.residual
+
+
+def test_where_filters_still_go_into_the_silo_after_a_join_group_is_formed(federation):
+    """Forming one silo's join group moves its ON conditions into WHERE; the other tables' filters
+    there must still be found (through the nesting) and pushed, and the equi-join still reduce."""
+    fed, colocated, _ = federation
+    sql = ("SELECT p.region, sum(y.amount) AS paid FROM eu.orders o JOIN eu.people p ON p.id = o.person_id "
+           "JOIN sg.payments y ON y.order_id = o.order_id WHERE y.method = 'card' AND p.region = 'north' GROUP BY p.region")
+    table, plan = fed.run(sql, "analytics")
+    assert normalized(table) == normalized(colocated.execute(sql).fetch_arrow_table())
+    payments = next(r for r in plan.runs if r.fragment.silo == "sg")
+    assert payments.fragment.filters == ('"y"."method" = \'card\'',) and payments.fragment.partial
+    outputs = {r.fragment.name: sqlglot.parse_one(r.fragment.sql, read="duckdb").named_selects for r in plan.runs}
+    assert payments.fragment.name in {c.probe.fragment for c in find_semijoins(plan.cut.residual, outputs)}
 
 
 def test_only_used_columns_cross(federation):
