@@ -70,6 +70,7 @@ def _width(t: pa.DataType) -> int:
 
 
 SEMIJOIN_WAIT_SECONDS = 600.0
+SEMIJOIN_BUFFER_BYTES = 256 * 1024 * 1024  # what a fragment may compute ahead of its keys
 
 
 class _Mailbox:
@@ -260,11 +261,13 @@ class SiloAgent:
     def _semijoined(
         self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, column: str, keys: str, fragment: list[str]
     ) -> Iterator[pa.RecordBatch]:
-        """Compute and gate while the keys are on their way; then send only the rows that may join."""
-        buffered = []
+        """Compute and gate while the keys are on their way (holding at most SEMIJOIN_BUFFER_BYTES);
+        then send only the rows that may join."""
+        buffered, held = [], 0
         for batch in batches:
             buffered.append(batch)
-            if self.semijoin_keys.arrived(keys):
+            held += batch.nbytes
+            if held > SEMIJOIN_BUFFER_BYTES or self.semijoin_keys.arrived(keys):
                 break
         raw = self.semijoin_keys.take(keys, SEMIJOIN_WAIT_SECONDS, self.spec.name)
         bloom = BloomFilter.from_dict(raw) if raw is not None else None

@@ -165,10 +165,10 @@ class Federation:
             run = by_name[semijoin.probe.fragment]
             region = self.catalog.silo(run.fragment.silo).region
             blocked = []
-            for key in semijoin.build:
+            for key in semijoin.build if region != destination else ():
                 source = by_name[key.fragment].fragment
                 there, here = actions(source, region).get(key.name), actions(source, destination).get(key.name)
-                if region != destination and (there is None or there == "deny" or there != here):
+                if there is None or there == "deny" or there != here:
                     blocked.append(f"{source.silo} may not send {key.name} to {region} as it sends it to {destination}")
             if blocked:
                 run.notes.append("semi-join on " + semijoin.condition + " not used: " + "; ".join(blocked))
@@ -235,7 +235,6 @@ class Federation:
                 spill.cleanup()
 
         return pa.RecordBatchReader.from_batches(result.schema, batches())
-
 
     def _send_keys(self, run: FragmentRun, keys_id: str, db: duckdb.DuckDBPyConnection, loaded: dict[str, Future]) -> None:
         """Send the probe fragment's agent a Bloom filter of the keys its rows must match (or None,
