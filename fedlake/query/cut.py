@@ -359,7 +359,7 @@ class _Cutter:
         (join keys, grouping columns) and sends one partial row per group; the residual combines the
         partials (SUM of sums and counts, MIN of minima, AVG as a sum over a count)."""
         select = scope.expression
-        if not isinstance(select, exp.Select) or not created:
+        if not isinstance(select, exp.Select):
             return
         group = select.args.get("group")
         if group is not None and group.args.get("all"):
@@ -375,13 +375,17 @@ class _Cutter:
         aggregates = [n for n in local if isinstance(n, exp.AggFunc)]
         if not aggregates or any(isinstance(a.parent, exp.Filter) or a.find(exp.Distinct, exp.Subquery) for a in aggregates):
             return
-        aliases = {alias for _, alias in created}
-        readers = {c.table for a in aggregates for c in a.find_all(exp.Column)} & aliases
+        pushed = self._pushed_sources(scope)
+        if not created and not pushed:
+            return
+        targets = {alias: [fragment] for fragment, alias in created}
+        targets.update(pushed)
+        readers = {c.table for a in aggregates for c in a.find_all(exp.Column)} & set(targets)
         if len(readers) != 1:
             return
         alias = readers.pop()
-        fragment = next(f for f, a in created if a == alias)
-        if fragment.name in self.raw:
+        fragments = targets[alias]
+        if any(f.name in self.raw for f in fragments):
             return
         mine, others = [], []
         for a in aggregates:
@@ -396,34 +400,22 @@ class _Cutter:
         if not keys:
             return
 
-        # the fragment as it stands selects `expression AS name` from its tables: aggregate those
-        # expressions over the same FROM, joins and filters, so the gate still sees the tables read
-        query = sqlglot.parse_one(fragment.sql, read="duckdb")
-        source_of = {p.alias_or_name: p.unalias() for p in query.expressions}
-
-        def at_source(expression: exp.Expression) -> exp.Expression:
-            moved = expression.copy()
-            for column in list(moved.find_all(exp.Column)):
-                column.replace(source_of[column.name].copy())
-            return moved
-
-        outputs: list[exp.Expression] = [exp.alias_(source_of[k].copy(), k, quoted=True) for k in keys]
-        outputs.append(exp.alias_(exp.Count(this=exp.Star()), "__n", quoted=True))
-        made: dict[str, str] = {}
-        kinds = []
+        # the residual combines partials; `partials` are the aggregates each fragment computes
+        partials: dict[str, exp.Expression] = {}
+        named: dict[str, str] = {}
 
         def partial(expression: exp.Expression) -> exp.Column:
-            moved = at_source(expression)
-            text = moved.sql("duckdb")
-            if text not in made:
-                made[text] = f"__p{len(made)}"
-                outputs.append(exp.alias_(moved, made[text], quoted=True))
-            return exp.column(made[text], table=alias, quoted=True)
+            text = expression.sql("duckdb")
+            if text not in named:
+                named[text] = f"__p{len(partials)}"
+                partials[named[text]] = expression.copy()
+            return exp.column(named[text], table=alias, quoted=True)
 
         def total(column: exp.Expression) -> exp.Expression:
             return exp.Coalesce(this=exp.Cast(this=exp.Sum(this=column), to=exp.DataType.build("BIGINT")), expressions=[exp.Literal.number(0)])
 
         own = {id(a) for a in mine}
+        kinds = []
         for a in aggregates:
             if isinstance(a, exp.Count) and isinstance(a.this, exp.Star):
                 a.replace(total(exp.column("__n", table=alias, quoted=True)))
@@ -442,10 +434,91 @@ class _Cutter:
             else:
                 a.replace(type(a)(this=partial(type(a)(this=a.this.copy()))))
                 kinds.append(type(a).__name__.upper())
+        described = f"{', '.join(dict.fromkeys(kinds))} per {', '.join(keys)}"
+        # a pushed source's columns are named by its first branch, by position in the others
+        names = sqlglot.parse_one(fragments[0].sql, read="duckdb").named_selects if alias in pushed else None
+        for fragment in fragments:
+            self._aggregate_fragment(fragment, keys, partials, names)
+            fragment.partial = described
+
+    def _pushed_sources(self, scope: Scope) -> dict[str, list[Fragment]]:
+        """Sources of a scope that are parts pushed whole into silos (a derived table or a CTE, or a
+        UNION ALL of them, each now `SELECT * FROM` its fragment), read by this scope alone:
+        {alias: the fragments, in branch order}."""
+        found = {}
+        by_name = {f.name: f for f in self.fragments}
+        ctes = {cte.alias_or_name: cte for cte in self.root.find_all(exp.CTE)}
+        select = scope.expression
+        sources = [select.args["from_"].this] if select.args.get("from_") else []
+        sources += [join.this for join in select.args.get("joins") or []]
+        for node in sources:  # as they stand now, after the parts below were cut
+            alias = node.alias_or_name
+            if isinstance(node, exp.Subquery):
+                body = node.this
+            elif isinstance(node, exp.Table) and not node.db and node.name in ctes:
+                if sum(t.name == node.name and not t.db for t in self.root.find_all(exp.Table)) != 1:
+                    continue  # a CTE read elsewhere too: the others would see partials
+                body = ctes[node.name].this
+            else:
+                continue
+            branches, todo = [], [body]
+            while todo:
+                part = todo.pop(0)
+                if isinstance(part, exp.Union):
+                    if part.args.get("distinct"):
+                        branches = []
+                        break
+                    todo[:0] = [part.left, part.right]
+                elif (
+                    isinstance(part, exp.Select) and len(part.expressions) == 1 and isinstance(part.expressions[0], exp.Star)
+                    and isinstance(part.args.get("from_") and part.args["from_"].this, exp.Table)
+                    and not part.args.get("joins") and not part.args.get("where")
+                    and part.args["from_"].this.name in by_name and by_name[part.args["from_"].this.name].kind == "pushed"
+                    and not part.args.get("group") and not part.args.get("limit")
+                ):
+                    branches.append(by_name[part.args["from_"].this.name])
+                else:
+                    branches = []
+                    break
+            # a part that already groups its rows gains nothing from grouping them again
+            if branches and not any(self._groups(f) for f in branches):
+                found[alias] = branches
+        return found
+
+    @staticmethod
+    def _groups(fragment: Fragment) -> bool:
+        query = sqlglot.parse_one(fragment.sql, read="duckdb")
+        return not isinstance(query, exp.Select) or bool(query.args.get("group") or query.args.get("distinct")) or any(
+            p.find(exp.AggFunc) for p in query.expressions
+        )
+
+    @staticmethod
+    def _aggregate_fragment(
+        fragment: Fragment, keys: list[str], partials: dict[str, exp.Expression], union_names: list[str] | None
+    ) -> None:
+        """Rewrite a fragment to send its partial aggregates per key instead of its rows. A scan or a
+        join aggregates its own expressions over the same FROM, joins and filters (so the gate still
+        sees the tables read); a UNION branch aggregates its result, its columns named by position."""
+        query = sqlglot.parse_one(fragment.sql, read="duckdb")
+        if union_names is None:
+            source_of = {p.alias_or_name: p.unalias() for p in query.expressions}
+        else:
+            own = query.named_selects
+            source_of = {name: exp.column(own[i], table="__t", quoted=True) for i, name in enumerate(union_names)}
+            query = exp.select("*").from_(exp.Subquery(this=query, alias=exp.TableAlias(this=exp.to_identifier("__t", quoted=True))))
+
+        def at_source(expression: exp.Expression) -> exp.Expression:
+            moved = expression.copy()
+            for column in list(moved.find_all(exp.Column)):
+                column.replace(source_of[column.name].copy())
+            return moved
+
+        outputs = [exp.alias_(source_of[k].copy(), k, quoted=True) for k in keys]
+        outputs.append(exp.alias_(exp.Count(this=exp.Star()), "__n", quoted=True))
+        outputs += [exp.alias_(at_source(expression), name, quoted=True) for name, expression in partials.items()]
         query.set("expressions", outputs)
         query.set("group", exp.Group(expressions=[source_of[k].copy() for k in keys]))
         fragment.sql = query.sql("duckdb")
-        fragment.partial = f"{', '.join(dict.fromkeys(kinds))} per {', '.join(keys)}"
 
     # -- the walk -------------------------------------------------------------------------------
 

@@ -205,6 +205,11 @@ QUERIES = [
     "SELECT sum(y.amount) AS paid, count(*) AS n, min(o.placed_at) AS first FROM eu.orders o JOIN sg.payments y ON y.order_id = o.order_id WHERE o.status = 'open'",
     "SELECT pr.category, min(o.placed_at) AS first, sum(o.amount) AS revenue, avg(o.amount) AS mean FROM eu.orders o "
     "JOIN us.products pr ON pr.sku = o.sku GROUP BY pr.category",
+    "SELECT u.person_id, count(*) AS n, sum(u.amount) AS total, max(u.amount) AS top, avg(u.amount) AS mean FROM "
+    "(SELECT person_id, amount FROM eu.orders WHERE status <> 'cancelled' UNION ALL SELECT person_id, duration FROM us.visits "
+    "UNION ALL SELECT order_id, amount FROM sg.payments) AS u GROUP BY u.person_id HAVING count(*) > 2",
+    "WITH everywhere AS (SELECT person_id AS who, amount FROM eu.orders UNION ALL SELECT person_id, duration FROM us.visits) "
+    "SELECT p.region, sum(e.amount) AS total, count(e.amount) AS n FROM eu.people p JOIN everywhere e ON e.who = p.id GROUP BY p.region",
     # derived tables
     "SELECT t.category, avg(t.n) AS avg_n FROM (SELECT pr.category, o.person_id, count(*) AS n FROM eu.orders o JOIN us.products pr ON pr.sku = o.sku GROUP BY 1, 2) AS t GROUP BY t.category",
 ]
@@ -353,6 +358,17 @@ def test_partial_aggregation_goes_through_the_join_into_the_silo(federation):
     people = colocated.execute("SELECT count(DISTINCT person_id) FROM us.visits").fetchone()[0]
     assert visits.rows <= people + 1 < TABLES["us"]["visits"]
     assert "partial aggregation in silo: " in render(plan, catalog, analyze=True)
+
+
+def test_partial_aggregation_goes_into_every_branch_of_a_union_across_silos(federation):
+    """Per person across all regions: each silo sends its partial count, sum and maximum per person."""
+    fed, colocated, _ = federation
+    sql = next(q for q in QUERIES if q.startswith("SELECT u.person_id, count(*)"))
+    table, plan = fed.run(sql, "analytics")
+    assert normalized(table) == normalized(colocated.execute(sql).fetch_arrow_table())
+    assert {r.fragment.silo for r in plan.runs if r.fragment.partial.endswith("per person_id")} == {"eu", "us", "sg"}
+    visits = next(r for r in plan.runs if r.fragment.silo == "us")
+    assert visits.rows < TABLES["us"]["visits"] / 5
 
 
 def test_no_partial_aggregation_that_the_policy_would_thin_out(silos):
