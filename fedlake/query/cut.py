@@ -454,13 +454,15 @@ class _Cutter:
         for node in sources:  # as they stand now, after the parts below were cut
             alias = node.alias_or_name
             if isinstance(node, exp.Subquery):
-                body = node.this
+                named, body = node, node.this
             elif isinstance(node, exp.Table) and not node.db and node.name in ctes:
                 if sum(t.name == node.name and not t.db for t in self.root.find_all(exp.Table)) != 1:
                     continue  # a CTE read elsewhere too: the others would see partials
-                body = ctes[node.name].this
+                named, body = ctes[node.name], ctes[node.name].this
             else:
                 continue
+            if named.args.get("alias") is not None and named.args["alias"].columns:
+                continue  # columns renamed by the alias: not the names of its first branch
             branches, todo = [], [body]
             while todo:
                 part = todo.pop(0)

@@ -208,6 +208,8 @@ QUERIES = [
     "SELECT u.person_id, count(*) AS n, sum(u.amount) AS total, max(u.amount) AS top, avg(u.amount) AS mean FROM "
     "(SELECT person_id, amount FROM eu.orders WHERE status <> 'cancelled' UNION ALL SELECT person_id, duration FROM us.visits "
     "UNION ALL SELECT order_id, amount FROM sg.payments) AS u GROUP BY u.person_id HAVING count(*) > 2",
+    "SELECT u.who, sum(u.paid) AS paid FROM (SELECT person_id, amount FROM eu.orders UNION ALL SELECT person_id, duration FROM us.visits) "
+    "AS u(who, paid) GROUP BY u.who",
     "WITH everywhere AS (SELECT person_id AS who, amount FROM eu.orders UNION ALL SELECT person_id, duration FROM us.visits) "
     "SELECT p.region, sum(e.amount) AS total, count(e.amount) AS n FROM eu.people p JOIN everywhere e ON e.who = p.id GROUP BY p.region",
     # derived tables
