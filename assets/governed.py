@@ -124,16 +124,19 @@ def account_signals_sql(catalog: Catalog) -> str:
         f"SELECT DISTINCT t.account_id, t.counterparty_account FROM {silo}.transactions t WHERE t.counterparty_account IS NOT NULL"
         for silo, _ in parts
     )
+    # links meet the bank's accounts in an inner join, so the planner can send the accounts' keys
+    # into each silo and only links to the bank's own accounts cross (a semi-join)
     return f"""
     WITH accounts AS ({' UNION ALL '.join(per_silo)}),
-         links AS ({links})
+         links AS ({links}),
+         linked AS (SELECT l.account_id, other.account_id AS other_account, other.region AS other_region
+                    FROM links l JOIN accounts other ON other.account_id = l.counterparty_account)
     SELECT a.account_id, a.region, a.transactions, a.volume_eur, a.near_threshold_cash, a.cross_border,
            a.cross_border_eur, a.largest_credit_eur,
-           count(DISTINCT CASE WHEN other.region <> a.region THEN other.account_id END) AS linked_accounts_abroad,
-           count(DISTINCT CASE WHEN other.region <> a.region THEN other.region END) AS linked_regions_abroad
+           count(DISTINCT CASE WHEN x.other_region <> a.region THEN x.other_account END) AS linked_accounts_abroad,
+           count(DISTINCT CASE WHEN x.other_region <> a.region THEN x.other_region END) AS linked_regions_abroad
     FROM accounts a
-    LEFT JOIN links l ON l.account_id = a.account_id
-    LEFT JOIN accounts other ON other.account_id = l.counterparty_account
+    LEFT JOIN linked x ON x.account_id = a.account_id
     GROUP BY ALL"""
 
 

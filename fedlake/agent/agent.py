@@ -219,27 +219,28 @@ class SiloAgent:
         return rows, rows * sum(_width(f.type) for f in schema)
 
     def stream(
-        self, caller: Caller, sql: str, purpose: str, destination: str, keep: dict[str, Any] | None = None
+        self, caller: Caller, sql: str, purpose: str, destination: str, keep: list[dict[str, Any]] | None = None
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Plan, run inside the silo, rewrite through the gate, count and ledger what leaves.
 
-        `keep` is a semi-join, {"column": an output column, "keys": an id}: the fragment runs at once
-        and its gated batches wait here until a Bloom filter of join keys arrives under that id (the
-        `semijoin_keys` action); then only rows whose key, as it leaves (pseudonymized or not), may
-        be among the keys are sent."""
+        `keep` lists semi-joins, [{"column": an output column, "keys": an id}]: the fragment runs at
+        once and its gated batches wait here until a Bloom filter of join keys arrives under each id
+        (the `semijoin_keys` action); then only rows whose keys, as they leave (pseudonymized or
+        not), may be among them are sent."""
         plan = self.plan(caller, sql, purpose, destination)
         if plan.k and plan.small_groups == "refuse":
             self._refuse_small_groups(caller, plan)
-        if keep is not None and keep.get("column") not in {c.output for c in plan.columns}:
-            raise FedlakeError(
-                f"agent {self.spec.name}: a semi-join names column '{keep.get('column')}', which the fragment does not return"
-            )
+        outputs = {c.output for c in plan.columns}
+        for semijoin in keep or []:
+            if not isinstance(semijoin, dict) or semijoin.get("column") not in outputs:
+                column = semijoin.get("column") if isinstance(semijoin, dict) else semijoin
+                raise FedlakeError(f"agent {self.spec.name}: a semi-join names column '{column}', which the fragment does not return")
         reader = self.connector.execute(plan.sql)
         schema, batches = self.gate.apply(plan, reader.schema, iter(reader))
         decision = "rewritten" if any(c.action != "allow" for c in plan.columns) else "allowed"
         fragment = [sql]
-        if keep is not None:
-            batches = self._semijoined(batches, schema, keep["column"], str(keep.get("keys")), fragment)
+        if keep:
+            batches = self._semijoined(batches, schema, [(k["column"], str(k.get("keys"))) for k in keep], fragment)
 
         def counted() -> Iterator[pa.RecordBatch]:
             rows = nbytes = 0
@@ -259,7 +260,7 @@ class SiloAgent:
         return schema, counted()
 
     def _semijoined(
-        self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, column: str, keys: str, fragment: list[str]
+        self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, keep: list[tuple[str, str]], fragment: list[str]
     ) -> Iterator[pa.RecordBatch]:
         """Compute and gate while the keys are on their way (holding at most SEMIJOIN_BUFFER_BYTES);
         then send only the rows that may join."""
@@ -267,17 +268,20 @@ class SiloAgent:
         for batch in batches:
             buffered.append(batch)
             held += batch.nbytes
-            if held > SEMIJOIN_BUFFER_BYTES or self.semijoin_keys.arrived(keys):
+            if held > SEMIJOIN_BUFFER_BYTES or all(self.semijoin_keys.arrived(keys) for _, keys in keep):
                 break
-        raw = self.semijoin_keys.take(keys, SEMIJOIN_WAIT_SECONDS, self.spec.name)
-        bloom = BloomFilter.from_dict(raw) if raw is not None else None
-        if bloom is not None and key_family(schema.field(column).type) != bloom.family:
-            bloom = None
-        if bloom is not None:
-            fragment.append(f"-- semi-join: only rows whose {column} may be one of {bloom.keys} keys "
-                            f"(Bloom filter, {bloom.nbytes} bytes)")
+        filters = []
+        for column, keys in keep:
+            raw = self.semijoin_keys.take(keys, SEMIJOIN_WAIT_SECONDS, self.spec.name)
+            bloom = BloomFilter.from_dict(raw) if raw is not None else None
+            if bloom is not None and key_family(schema.field(column).type) == bloom.family:
+                fragment.append(f"-- semi-join: only rows whose {column} may be one of {bloom.keys} keys "
+                                f"(Bloom filter, {bloom.nbytes} bytes)")
+                filters.append((column, bloom))
         for batch in itertools.chain(buffered, batches):
-            yield batch if bloom is None else batch.filter(bloom.may_contain(batch.column(column)))
+            for column, bloom in filters:
+                batch = batch.filter(bloom.may_contain(batch.column(column)))
+            yield batch
 
     def _semijoin_keys(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         """The keys a running fragment waits for, or None: send it all."""

@@ -23,8 +23,8 @@ class AgentClient(ABC):
     silo: str
 
     @abstractmethod
-    def query(self, sql: str, purpose: str, destination: str, keep: dict[str, Any] | None = None) -> pa.RecordBatchReader:
-        """Stream a fragment's result, as the gate lets it out (`keep`: a semi-join filter on one column)."""
+    def query(self, sql: str, purpose: str, destination: str, keep: list[dict[str, Any]] | None = None) -> pa.RecordBatchReader:
+        """Stream a fragment's result, as the gate lets it out (`keep`: semi-joins it waits for)."""
 
     @abstractmethod
     def estimate(self, sql: str, purpose: str, destination: str) -> dict[str, Any]:
@@ -75,7 +75,7 @@ class InProcessAgentClient(AgentClient):
         self.silo = agent.spec.name
         self.caller = agent.authenticate(token)
 
-    def query(self, sql: str, purpose: str, destination: str, keep: dict[str, Any] | None = None) -> pa.RecordBatchReader:
+    def query(self, sql: str, purpose: str, destination: str, keep: list[dict[str, Any]] | None = None) -> pa.RecordBatchReader:
         schema, batches = self.agent.stream(self.caller, sql, purpose, destination, keep)
         return pa.RecordBatchReader.from_batches(schema, batches)
 
@@ -110,13 +110,15 @@ class FlightAgentClient(AgentClient):
         self._client = flight.FlightClient(location, **kwargs)
         self._options = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())], timeout=timeout)
 
-    def _descriptor(self, sql: str, purpose: str, destination: str, keep: dict[str, Any] | None = None) -> flight.FlightDescriptor:
+    def _descriptor(
+        self, sql: str, purpose: str, destination: str, keep: list[dict[str, Any]] | None = None
+    ) -> flight.FlightDescriptor:
         request: dict[str, Any] = {"sql": sql, "purpose": purpose, "destination": destination}
         if keep:
             request["keep"] = keep
         return flight.FlightDescriptor.for_command(json.dumps(request))
 
-    def query(self, sql: str, purpose: str, destination: str, keep: dict[str, Any] | None = None) -> pa.RecordBatchReader:
+    def query(self, sql: str, purpose: str, destination: str, keep: list[dict[str, Any]] | None = None) -> pa.RecordBatchReader:
         try:
             info = self._client.get_flight_info(self._descriptor(sql, purpose, destination, keep), self._options)
             reader = self._client.do_get(info.endpoints[0].ticket, self._options)

@@ -68,8 +68,8 @@ class AgentFlightServer(flight.FlightServerBase):
         for key in ("sql", "purpose", "destination"):
             if not isinstance(request.get(key), str):
                 raise flight.FlightServerError(f"a query request needs '{key}'")
-        if not isinstance(request.get("keep") or {}, dict):
-            raise flight.FlightServerError("a query request's 'keep' is a semi-join: {column, keys}")
+        if not isinstance(request.get("keep") or [], list):
+            raise flight.FlightServerError("a query request's 'keep' lists semi-joins: [{column, keys}]")
         return request
 
     def get_flight_info(self, context, descriptor):

@@ -26,7 +26,7 @@ from fedlake.bloom import MAX_FILTER_BYTES, BloomFilter, key_family
 from fedlake.catalog import Catalog
 from fedlake.query.cut import Cut, Fragment, PlanningError, cut_query
 from fedlake.errors import FedlakeError
-from fedlake.query.semijoin import SemiJoin, choose_semijoins, find_semijoins
+from fedlake.query.semijoin import FILTER_SHARE, SemiJoin, choose_semijoins, find_semijoins
 
 
 @dataclass
@@ -36,10 +36,14 @@ class FragmentRun:
     estimated_bytes: int | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
     sql_in_silo: str = ""
-    semijoin: SemiJoin | None = None  # keys this fragment waits for, to send only rows that can join
+    semijoins: list[SemiJoin] = field(default_factory=list)  # keys it waits for, to send only rows that can join
     notes: list[str] = field(default_factory=list)  # what the planner chose not to do here, and why
-    filter_keys: int | None = None
-    filter_bytes: int = 0  # the Bloom filter sent into the silo: it crosses a border too
+    filters: dict[str, tuple[int, int]] = field(default_factory=dict)  # condition -> (keys, bytes) sent
+
+    @property
+    def filter_bytes(self) -> int:
+        """The Bloom filters sent into the silo: they cross a border too."""
+        return sum(nbytes for _, nbytes in self.filters.values())
     rows: int | None = None
     bytes: int | None = None
     seconds: float | None = None
@@ -173,7 +177,7 @@ class Federation:
             if blocked:
                 run.notes.append("semi-join on " + semijoin.condition + " not used: " + "; ".join(blocked))
             else:
-                run.semijoin = semijoin
+                run.semijoins.append(semijoin)
 
     def run(self, sql: str, purpose: str) -> tuple[pa.Table, FederatedPlan]:
         plan = self.plan(sql, purpose, with_estimates=False)
@@ -190,11 +194,11 @@ class Federation:
                                     "autoinstall_known_extensions": False, "preserve_insertion_order": True})
         lock = threading.Lock()
         loaded: dict[str, Future] = {}
-        keys = {r.fragment.name: uuid.uuid4().hex for r in plan.runs if r.semijoin}
+        keys = {(r.fragment.name, s.condition): uuid.uuid4().hex for r in plan.runs for s in r.semijoins}
 
         def fetch(run: FragmentRun) -> None:
             # a probe starts at once; its keys follow as soon as the fragments they come from are in
-            keep = {"column": run.semijoin.probe.name, "keys": keys[run.fragment.name]} if run.semijoin else None
+            keep = [{"column": s.probe.name, "keys": keys[(run.fragment.name, s.condition)]} for s in run.semijoins] or None
             t0 = time.perf_counter()
             reader = self.clients[run.fragment.silo].query(run.fragment.sql, plan.purpose, plan.destination, keep)
             counted = _Counted(reader)
@@ -212,7 +216,10 @@ class Federation:
             with ThreadPoolExecutor(max_workers=max(1, 2 * len(plan.runs))) as pool:
                 for run in plan.runs:
                     loaded[run.fragment.name] = pool.submit(fetch, run)
-                sent = [pool.submit(self._send_keys, r, keys[r.fragment.name], db, loaded) for r in plan.runs if r.semijoin]
+                sent = [
+                    pool.submit(self._send_keys, r, s, keys[(r.fragment.name, s.condition)], db, loaded)
+                    for r in plan.runs for s in r.semijoins
+                ]
                 for future in [*loaded.values(), *sent]:
                     future.result()
             result = db.execute(plan.cut.residual).fetch_record_batch(65_536)
@@ -236,10 +243,11 @@ class Federation:
 
         return pa.RecordBatchReader.from_batches(result.schema, batches())
 
-    def _send_keys(self, run: FragmentRun, keys_id: str, db: duckdb.DuckDBPyConnection, loaded: dict[str, Future]) -> None:
+    def _send_keys(
+        self, run: FragmentRun, semijoin: SemiJoin, keys_id: str, db: duckdb.DuckDBPyConnection, loaded: dict[str, Future]
+    ) -> None:
         """Send the probe fragment's agent a Bloom filter of the keys its rows must match (or None,
         to send all, when the filter would not pay), once the fragments the keys come from are in."""
-        semijoin = run.semijoin
         bloom = None
         try:
             for key in semijoin.build:
@@ -255,15 +263,16 @@ class Federation:
                 run.notes.append(f"semi-join on {semijoin.condition} not used: keys of type {keys.type}")
             else:
                 bloom = BloomFilter.of(keys, family)
-                if bloom.nbytes > MAX_FILTER_BYTES:
+                limit = min(MAX_FILTER_BYTES, FILTER_SHARE * run.estimated_bytes if run.estimated_bytes else MAX_FILTER_BYTES)
+                if bloom.nbytes > limit:
                     run.notes.append(f"semi-join on {semijoin.condition} not used: {bloom.keys:,} keys make a "
-                                     f"{bloom.nbytes:,}-byte filter")
+                                     f"{bloom.nbytes:,}-byte filter, more than it could save")
                     bloom = None
         finally:
             # the probe waits for this message whatever happened to its keys
             self.clients[run.fragment.silo].action("semijoin_keys", id=keys_id, filter=bloom.to_dict() if bloom else None)
         if bloom is not None:
-            run.filter_keys, run.filter_bytes = bloom.keys, bloom.nbytes
+            run.filters[semijoin.condition] = (bloom.keys, bloom.nbytes)
 
 
 def _each(call: Callable[[Any], Any], items: list) -> list:

@@ -23,12 +23,13 @@ def render(plan: FederatedPlan, catalog: Catalog, analyze: bool = False) -> str:
             what += f", filters in silo: {' AND '.join(f.filters)}"
         lines.append(f"  fragment {f.name} at silo {f.silo} ({spec.kind}, {spec.region}): {what}; tables {', '.join(f.tables)}")
         lines.append(f"    SQL in silo: {run.sql_in_silo or f.sql}")
-        if run.semijoin:
-            keys = ", ".join(f"{k.fragment}.{k.name}" for k in run.semijoin.build)
-            line = (f"    semi-join ({run.semijoin.condition}): the silo sends only rows whose {run.semijoin.probe.name} "
+        for semijoin in run.semijoins:
+            keys = ", ".join(f"{k.fragment}.{k.name}" for k in semijoin.build)
+            line = (f"    semi-join ({semijoin.condition}): the silo sends only rows whose {semijoin.probe.name} "
                     f"may be among the keys of {keys}, sent to it as a Bloom filter")
-            if analyze and run.filter_keys is not None:
-                line += f"; actual {run.filter_keys:,} keys in {run.filter_bytes:,} bytes"
+            if analyze and semijoin.condition in run.filters:
+                count, nbytes = run.filters[semijoin.condition]
+                line += f"; actual {count:,} keys in {nbytes:,} bytes"
             lines.append(line)
         lines += [f"    {note}" for note in run.notes]
         crossing = "stays in region" if spec.region == plan.destination else f"crosses {spec.region} -> {plan.destination}"

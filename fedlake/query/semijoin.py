@@ -21,6 +21,7 @@ from fedlake.bloom import MAX_FILTER_BYTES
 from fedlake.query.cut import conjuncts
 
 MAX_FILTER_KEYS = MAX_FILTER_BYTES // 2  # keys beyond which the filter would outgrow its message
+FILTER_SHARE = 1 / 8  # a filter is sent if it costs at most this share of what its probe is estimated to send
 
 
 @dataclass(frozen=True)
@@ -178,9 +179,10 @@ class _Analysis:
 
     # -- where the residual reads each fragment from ------------------------------------------
 
-    def references(self, fragment: str) -> set[int]:
+    def references(self, fragment: str, stops: set[str]) -> set[int]:
         """Every Table node through which rows of `fragment` reach the query: its own references,
-        and the references of every CTE whose body reads it, transitively."""
+        and the references of every CTE whose body reads it, transitively; not beyond the CTEs in
+        `stops`, whose bodies hold the joins that reduce it (what reads them sees only the join)."""
         found: set[int] = set()
         todo = [fragment]
         seen: set[str] = set()
@@ -194,9 +196,14 @@ class _Analysis:
                     continue
                 found.add(id(table))
                 cte = table.find_ancestor(exp.CTE)
-                if cte is not None:
+                if cte is not None and cte.alias_or_name not in stops:
                     todo.append(cte.alias_or_name)
         return found
+
+    @staticmethod
+    def enclosing_cte(scope: Scope) -> str | None:
+        cte = scope.expression.find_ancestor(exp.CTE)
+        return cte.alias_or_name if cte is not None else None
 
     # -- the equi-joins -----------------------------------------------------------------------
 
@@ -231,7 +238,7 @@ class _Analysis:
 def find_semijoins(residual: str, fragments: dict[str, list[str]]) -> list[SemiJoin]:
     """Every semi-join that may reduce a fragment of a cut query without changing its result."""
     analysis = _Analysis(residual, fragments)
-    proposals: dict[tuple[Column, tuple[Column, ...]], tuple[_Trace, str]] = {}
+    proposals: dict[tuple[Column, tuple[Column, ...]], tuple[_Trace, str, set[str]]] = {}
     for scope, condition, reducible in analysis.equalities():
         for probe_side, build_side in ((condition.left, condition.right), (condition.right, condition.left)):
             if probe_side.table not in reducible:
@@ -241,40 +248,48 @@ def find_semijoins(residual: str, fragments: dict[str, list[str]]) -> list[SemiJ
             if probe is None or build is None:
                 continue
             keys = tuple(sorted(set(build.targets), key=lambda c: (c.fragment, c.name)))
+            stop = analysis.enclosing_cte(scope)
             for target in probe.targets:
                 if any(b.fragment == target.fragment for b in keys):
                     continue
-                previous, _ = proposals.get((target, keys), (_Trace(), ""))
+                previous, _, stops = proposals.get((target, keys), (_Trace(), "", set()))
                 proposals[(target, keys)] = (
                     _Trace([target], previous.references | probe.references),
                     condition.sql("duckdb"),
+                    stops | ({stop} if stop else set()),
                 )
     return [
         SemiJoin(target, keys, condition)
-        for (target, keys), (trace, condition) in proposals.items()
-        if analysis.references(target.fragment) <= trace.references
+        for (target, keys), (trace, condition, stops) in proposals.items()
+        if analysis.references(target.fragment, stops) <= trace.references
     ]
 
 
 def choose_semijoins(candidates: list[SemiJoin], estimates: dict[str, tuple[int, int] | None]) -> list[SemiJoin]:
-    """At most one semi-join per fragment, where the filter (about 1.2 bytes per key at a 1 % false
-    positive rate) costs at most a twentieth of what the probe would send: it then pays for itself
-    if it keeps back one row in twenty. Largest probes first; a fragment whose keys are sent never
-    waits for keys itself (no cycles, no chains)."""
+    """The semi-joins that may pay: each filter (about 1.2 bytes per key at a 1 % false-positive
+    rate, keys counted as the rows estimated for their fragments, often several times too many)
+    costs at most half of what its probe is estimated to send; the coordinator checks again with
+    the actual keys before sending (`FILTER_SHARE`). A probe may take several (on different
+    columns); largest probes first, and a fragment whose keys are sent never waits for keys itself
+    (no cycles, no chains)."""
     def usable(c: SemiJoin) -> bool:
         probe = estimates.get(c.probe.fragment)
         builds = [estimates.get(k.fragment) for k in c.build]
         if probe is None or any(b is None for b in builds):
             return False
         keys = sum(rows for rows, _ in builds)
-        return keys <= MAX_FILTER_KEYS and 1.2 * keys <= probe[1] / 20
+        return keys <= MAX_FILTER_KEYS and 1.2 * keys <= probe[1] / 2
 
-    chosen: dict[str, SemiJoin] = {}
+    chosen: list[SemiJoin] = []
+    probes: set[str] = set()
     builds: set[str] = set()
+    columns: set[Column] = set()
     for candidate in sorted(filter(usable, candidates), key=lambda c: -estimates[c.probe.fragment][1]):
         sources = {k.fragment for k in candidate.build}
-        if candidate.probe.fragment in chosen or candidate.probe.fragment in builds or sources & set(chosen):
+        if candidate.probe in columns or candidate.probe.fragment in builds or sources & probes:
             continue
-        chosen[candidate.probe.fragment] = candidate
+        chosen.append(candidate)
+        probes.add(candidate.probe.fragment)
+        columns.add(candidate.probe)
         builds |= sources
-    return list(chosen.values())
+    return chosen

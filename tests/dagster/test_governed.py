@@ -89,7 +89,10 @@ def test_aml_signals_link_accounts_across_regions_on_pseudonyms(materialized):
     assert not set(rows) & cycle_accounts, "raw account ids never reach the governed zone"
     linked = [rows[t]["linked_regions_abroad"] for t in token.values() if t in rows]
     assert linked and all(n >= 1 for n in linked), "every account of a cross-border cycle is linked abroad"
-    assert metadata(result, "governed__aml_account_signals")["purpose"] == "aml"
+    meta = metadata(result, "governed__aml_account_signals")
+    assert meta["purpose"] == "aml"
+    # each silo sends only the links to the bank's own accounts: their keys reach it as a Bloom filter
+    assert meta["plan"].count("rows whose counterparty_account may be among the keys") == 3
 
 
 def test_an_asset_the_policy_forbids_fails_with_the_planners_explanation(local_deployment, tmp_path):

@@ -105,12 +105,12 @@ def test_semijoin_keys_reach_a_running_fragment_over_flight(prod_deployment):
 
     early = uuid.uuid4().hex
     c.action("semijoin_keys", id=early, filter=bloom)
-    kept = c.query(sql, "credit_scoring", "EU", {"column": "customer_id", "keys": early}).read_all()
+    kept = c.query(sql, "credit_scoring", "EU", [{"column": "customer_id", "keys": early}]).read_all()
     assert set(chosen.to_pylist()) <= set(kept.column("customer_id").to_pylist())
     assert kept.num_rows < everyone.num_rows / 2
 
     late, got = uuid.uuid4().hex, {}
-    reader = threading.Thread(target=lambda: got.update(t=c.query(sql, "credit_scoring", "EU", {"column": "customer_id", "keys": late}).read_all()))
+    reader = threading.Thread(target=lambda: got.update(t=c.query(sql, "credit_scoring", "EU", [{"column": "customer_id", "keys": late}]).read_all()))
     reader.start()
     reader.join(1.0)
     assert reader.is_alive(), "the fragment waits for its keys"
@@ -119,6 +119,6 @@ def test_semijoin_keys_reach_a_running_fragment_over_flight(prod_deployment):
     assert got["t"].num_rows == everyone.num_rows and isinstance(got["t"], pa.Table)
 
     with pytest.raises(FedlakeError, match="semi-join names column 'nope'"):
-        c.query(sql, "credit_scoring", "EU", {"column": "nope", "keys": uuid.uuid4().hex}).read_all()
+        c.query(sql, "credit_scoring", "EU", [{"column": "nope", "keys": uuid.uuid4().hex}]).read_all()
     with pytest.raises(FedlakeError, match="malformed semi-join filter"):
         c.action("semijoin_keys", id="x", filter={"family": "text"})

@@ -45,10 +45,31 @@ def test_a_cte_read_elsewhere_too_is_reduced_only_if_every_reader_is():
     assert not any(probe == "__f1" for probe, _, _ in probes(one))
 
 
+def test_a_probe_may_take_filters_on_several_columns():
+    residual = ('SELECT p.id FROM "__f0" AS p JOIN "__f1" AS o ON o.person_id = p.id '
+                'JOIN "__f2" AS y ON y.person_id = o.amount')
+    candidates = find_semijoins(residual, FRAGMENTS)
+    estimates = {"__f0": (1_000, 40_000), "__f1": (100_000, 4_000_000), "__f2": (2_000, 80_000)}
+    chosen = {(s.probe, s.build) for s in choose_semijoins(candidates, estimates)}
+    assert chosen == {
+        (Column("__f1", "person_id"), (Column("__f0", "id"),)),
+        (Column("__f1", "amount"), (Column("__f2", "person_id"),)),
+    }
+
+
+def test_a_join_inside_a_cte_reduces_what_the_cte_reads_whatever_reads_the_cte():
+    residual = ('WITH linked AS (SELECT l.person_id, p.region FROM "__f1" AS l JOIN "__f0" AS p ON p.id = l.person_id) '
+                'SELECT x.region, count(*) FROM linked AS x GROUP BY x.region')
+    assert ("__f1", "person_id", ("__f0",)) in probes(residual)
+    read_twice = ('WITH o AS (SELECT * FROM "__f1"), linked AS (SELECT o.person_id FROM o JOIN "__f0" AS p ON p.id = o.person_id) '
+                  'SELECT count(*) FROM linked UNION ALL SELECT count(*) FROM o')
+    assert not any(probe == "__f1" for probe, _, _ in probes(read_twice))
+
+
 def test_choice_takes_the_cheap_filter_for_the_big_probe_and_makes_no_cycle():
     candidates = find_semijoins('SELECT p.id FROM "__f0" AS p JOIN "__f1" AS o ON o.person_id = p.id', FRAGMENTS)
     chosen = choose_semijoins(candidates, {"__f0": (1_000, 40_000), "__f1": (100_000, 4_000_000)})
     assert [(s.probe, s.build) for s in chosen] == [(Column("__f1", "person_id"), (Column("__f0", "id"),))]
     # a filter as big as what it would save is not sent; nor is one without an estimate
-    assert choose_semijoins(candidates, {"__f0": (100_000, 800_000), "__f1": (100_000, 800_000)}) == []
+    assert choose_semijoins(candidates, {"__f0": (100_000, 200_000), "__f1": (100_000, 200_000)}) == []
     assert choose_semijoins(candidates, {"__f0": None, "__f1": (100_000, 4_000_000)}) == []
