@@ -6,7 +6,8 @@ When `b` reaches `y` from one fragment's column unchanged (through projections, 
 on it, DISTINCT and UNION branches; not through LIMIT or window functions, which would see the
 missing rows), that fragment may send only the rows whose key is among the keys of the fragment
 that `a` comes from. A fragment read from several places (a CTE used twice) is reduced only when
-every place it is read from is reduced by the same keys.
+every place it is read from is reduced by the same keys; a join inside a CTE reduces what it reads,
+whatever reads the CTE, which sees only the join's result.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ class _Analysis:
         self.tree = sqlglot.parse_one(residual, read="duckdb")
         self.root = build_scope(self.tree)
         self.fragments = fragments  # name -> its output columns
-        self.cte_names = {cte.alias_or_name for cte in self.tree.find_all(exp.CTE)}
 
     # -- following a column down to the fragment it comes from ---------------------------------
 
