@@ -213,7 +213,7 @@ class Federation:
 
         try:
             # every fragment and every sending of keys has its own thread, so none waits for a thread
-            with ThreadPoolExecutor(max_workers=max(1, 2 * len(plan.runs))) as pool:
+            with ThreadPoolExecutor(max_workers=max(1, len(plan.runs) + len(keys))) as pool:
                 for run in plan.runs:
                     loaded[run.fragment.name] = pool.submit(fetch, run)
                 sent = [
