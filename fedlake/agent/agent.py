@@ -25,7 +25,7 @@ from fedlake.catalog import SiloSpec
 from fedlake.errors import FedlakeError
 from fedlake.policy.model import Policy
 from fedlake.policy.transforms import TOKEN_HEX_CHARS
-from fedlake.silos.base import Connector, EgressCounter, check_table_name
+from fedlake.silos.base import Connector, EgressCounter, check_table_name, counted
 
 
 class Unauthenticated(FedlakeError):
@@ -242,22 +242,14 @@ class SiloAgent:
         if keep:
             batches = self._semijoined(batches, schema, [(k["column"], str(k.get("keys"))) for k in keep], fragment)
 
-        def counted() -> Iterator[pa.RecordBatch]:
-            rows = nbytes = 0
-            try:
-                for batch in batches:
-                    rows += batch.num_rows
-                    nbytes += batch.nbytes
-                    self.egress.add(batch)
-                    yield batch
-            finally:
-                self.ledger.record(
-                    requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=destination,
-                    operation="query", fragment="\n".join(fragment), columns=[c.as_dict() for c in plan.columns],
-                    decision=decision, rows=rows, nbytes=nbytes,
-                )
+        def record(rows: int, nbytes: int) -> None:
+            self.ledger.record(
+                requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=destination,
+                operation="query", fragment="\n".join(fragment), columns=[c.as_dict() for c in plan.columns],
+                decision=decision, rows=rows, nbytes=nbytes,
+            )
 
-        return schema, counted()
+        return schema, counted(batches, record, each=self.egress.add)
 
     def _semijoined(
         self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, keep: list[tuple[str, str]], fragment: list[str]

@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +24,10 @@ from sqlglot import exp
 from fedlake.agent.client import AgentClient
 from fedlake.bloom import MAX_FILTER_BYTES, BloomFilter, key_family
 from fedlake.catalog import Catalog
-from fedlake.query.cut import Cut, Fragment, PlanningError, cut_query
 from fedlake.errors import FedlakeError
+from fedlake.query.cut import Cut, Fragment, PlanningError, cut_query
 from fedlake.query.semijoin import FILTER_SHARE, SemiJoin, choose_semijoins, find_semijoins
+from fedlake.silos.base import counted
 
 
 @dataclass
@@ -105,29 +106,30 @@ class Federation:
         destination = self.catalog.governed_region
         schema, silos = self._schema(sql), set(self.catalog.silos)
         cut = cut_query(sql, schema, silos)
+        explain = _Explanations(self.clients, purpose)
         partial = [f for f in cut.fragments if f.partial]
-        refused = _each(lambda f: self._partial_refused(f, purpose, destination), partial)
+        refused = _each(lambda f: self._partial_refused(explain(f, destination), f), partial)
         raw = {f.name: why for f, why in zip(partial, refused) if why}
         if raw:
             cut = cut_query(sql, schema, silos, raw=set(raw))
         runs = [FragmentRun(f, notes=[raw[f.name]] if f.name in raw else []) for f in cut.fragments]
         if with_estimates:
-            def explain(run: FragmentRun) -> None:
-                explained = self.clients[run.fragment.silo].explain(run.fragment.sql, purpose, destination)
+            def decide(run: FragmentRun) -> None:
+                explained = explain(run.fragment, destination)
                 run.decisions = explained["columns"]
                 if not explained["denied"]:
                     run.sql_in_silo = explained["sql"]
                     self._estimate(run, purpose, destination)
 
-            _each(explain, runs)
+            _each(decide, runs)
         if self.semijoins and len(runs) > 1:
-            self._place_semijoins(runs, cut, purpose, destination)
+            self._place_semijoins(runs, cut, purpose, destination, explain)
         return FederatedPlan(sql, purpose, destination, cut, runs)
 
-    def _partial_refused(self, fragment: Fragment, purpose: str, destination: str) -> str:
+    @staticmethod
+    def _partial_refused(explained: dict[str, Any], fragment: Fragment) -> str:
         """Why a fragment must send its rows rather than partial aggregates, if it must: a partial
         aggregate the gate would hold back for small groups would make the combined result wrong."""
-        explained = self.clients[fragment.silo].explain(fragment.sql, purpose, destination)
         if explained["denied"]:
             return f"partial aggregation ({fragment.partial}) not used: {explained['denied']}"
         if explained.get("k"):
@@ -146,20 +148,17 @@ class Federation:
             run.estimated_rows, run.estimated_bytes = estimate["rows"], estimate["bytes"]
         return run.estimated_rows, run.estimated_bytes
 
-    def _place_semijoins(self, runs: list[FragmentRun], cut: Cut, purpose: str, destination: str) -> None:
+    def _place_semijoins(
+        self, runs: list[FragmentRun], cut: Cut, purpose: str, destination: str, explain: _Explanations
+    ) -> None:
         """Attach each semi-join the query allows to its probe fragment, if policy lets the keys go
         where it runs: the keys were released for the governed zone's region, and may travel to the
         probe silo's region only if the policy treats them the same way for that region."""
         by_name = {r.fragment.name: r for r in runs}
-        verdicts: dict[tuple[str, str], dict[str, str]] = {}
 
         def actions(fragment: Fragment, region: str) -> dict[str, str]:
-            if (fragment.name, region) not in verdicts:
-                explained = self.clients[fragment.silo].explain(fragment.sql, purpose, region)
-                verdicts[(fragment.name, region)] = (
-                    {} if explained["denied"] else {c["output"]: c["action"] for c in explained["columns"]}
-                )
-            return verdicts[(fragment.name, region)]
+            explained = explain(fragment, region)
+            return {} if explained["denied"] else {c["output"]: c["action"] for c in explained["columns"]}
 
         outputs = {name: sqlglot.parse_one(r.fragment.sql, read="duckdb").named_selects for name, r in by_name.items()}
         candidates = find_semijoins(cut.residual, outputs)
@@ -201,15 +200,17 @@ class Federation:
             keep = [{"column": s.probe.name, "keys": keys[(run.fragment.name, s.condition)]} for s in run.semijoins] or None
             t0 = time.perf_counter()
             reader = self.clients[run.fragment.silo].query(run.fragment.sql, plan.purpose, plan.destination, keep)
-            counted = _Counted(reader)
+
+            def arrived(rows: int, nbytes: int) -> None:
+                with lock:
+                    run.rows, run.bytes, run.seconds = rows, nbytes, time.perf_counter() - t0
+
             cursor = db.cursor()
             try:
-                cursor.register("incoming", counted.reader())
+                cursor.register("incoming", pa.RecordBatchReader.from_batches(reader.schema, counted(reader, arrived)))
                 cursor.execute(f'CREATE TABLE "{run.fragment.name}" AS SELECT * FROM incoming')
             finally:
                 cursor.close()
-            with lock:
-                run.rows, run.bytes, run.seconds = counted.rows, counted.bytes, time.perf_counter() - t0
 
         try:
             # every fragment and every sending of keys has its own thread, so none waits for a thread
@@ -228,20 +229,13 @@ class Federation:
             spill.cleanup()
             raise
 
-        def batches() -> Iterator[pa.RecordBatch]:
-            rows = nbytes = 0
-            try:
-                for batch in result:
-                    rows += batch.num_rows
-                    nbytes += batch.nbytes
-                    yield batch
-            finally:
-                plan.result_rows, plan.result_bytes = rows, nbytes
-                plan.seconds = time.perf_counter() - started
-                db.close()
-                spill.cleanup()
+        def finished(rows: int, nbytes: int) -> None:
+            plan.result_rows, plan.result_bytes = rows, nbytes
+            plan.seconds = time.perf_counter() - started
+            db.close()
+            spill.cleanup()
 
-        return pa.RecordBatchReader.from_batches(result.schema, batches())
+        return pa.RecordBatchReader.from_batches(result.schema, counted(result, finished))
 
     def _send_keys(
         self, run: FragmentRun, semijoin: SemiJoin, keys_id: str, db: duckdb.DuckDBPyConnection, loaded: dict[str, Future]
@@ -275,27 +269,25 @@ class Federation:
             run.filters[semijoin.condition] = (bloom.keys, bloom.nbytes)
 
 
+class _Explanations:
+    """The gate's decisions for fragments, asked of their agents once per fragment and region while
+    one query is planned (the planner consults them for partial aggregates, EXPLAIN and semi-joins)."""
+
+    def __init__(self, clients: dict[str, AgentClient], purpose: str):
+        self._clients = clients
+        self._purpose = purpose
+        self._known: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def __call__(self, fragment: Fragment, region: str) -> dict[str, Any]:
+        key = (fragment.silo, fragment.sql, region)
+        if key not in self._known:
+            self._known[key] = self._clients[fragment.silo].explain(fragment.sql, self._purpose, region)
+        return self._known[key]
+
+
 def _each(call: Callable[[Any], Any], items: list) -> list:
     """`call` on every item, concurrently: the agents answer planning calls independently."""
     if len(items) <= 1:
         return [call(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
         return list(pool.map(call, items))
-
-
-class _Counted:
-    """Counts the rows and bytes of a fragment's stream as they arrive at the governed zone."""
-
-    def __init__(self, reader: pa.RecordBatchReader):
-        self._reader = reader
-        self.rows = 0
-        self.bytes = 0
-
-    def reader(self) -> pa.RecordBatchReader:
-        def batches() -> Iterator[pa.RecordBatch]:
-            for batch in self._reader:
-                self.rows += batch.num_rows
-                self.bytes += batch.nbytes
-                yield batch
-
-        return pa.RecordBatchReader.from_batches(self._reader.schema, batches())

@@ -11,7 +11,7 @@ import json
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -40,6 +40,26 @@ class EgressCounter:
     def snapshot(self) -> tuple[int, int]:
         with self._lock:
             return self.rows, self.bytes
+
+
+def counted(
+    batches: Iterable[pa.RecordBatch],
+    done: Callable[[int, int], None] | None = None,
+    each: Callable[[pa.RecordBatch], None] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """The batches, counted on their way: `each` sees every batch, and `done` gets the rows and bytes
+    that went by when the stream ends, or is abandoned."""
+    rows = nbytes = 0
+    try:
+        for batch in batches:
+            rows += batch.num_rows
+            nbytes += batch.nbytes
+            if each is not None:
+                each(batch)
+            yield batch
+    finally:
+        if done is not None:
+            done(rows, nbytes)
 
 
 @dataclass(frozen=True)
@@ -123,13 +143,7 @@ class Connector(ABC):
     def execute(self, sql: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
         """Run `sql` inside the silo and stream the result out, counting what leaves."""
         schema, batches = self._stream(sql, batch_rows)
-
-        def counted() -> Iterator[pa.RecordBatch]:
-            for batch in batches:
-                self.egress.add(batch)
-                yield batch
-
-        return pa.RecordBatchReader.from_batches(schema, counted())
+        return pa.RecordBatchReader.from_batches(schema, counted(batches, each=self.egress.add))
 
     def __enter__(self) -> Connector:
         return self
