@@ -105,3 +105,16 @@ class BloomFilter:
         if bloom.family not in ("text", "integer") or len(data) != (bloom.bits + 7) // 8 or not 0 < bloom.hashes < 64:
             raise FedlakeError("malformed semi-join filter: family, size or hash count out of range")
         return bloom
+
+
+def filter_if_it_pays(keys: pa.ChunkedArray, limit: float, condition: str) -> tuple[BloomFilter | None, str]:
+    """The Bloom filter of a semi-join's keys, if it costs at most `limit` bytes (and MAX_FILTER_BYTES);
+    otherwise None and why it was not used."""
+    family = key_family(keys.type)
+    if family is None:
+        return None, f"semi-join on {condition} not used: keys of type {keys.type}"
+    bloom = BloomFilter.of(keys, family)
+    if bloom.nbytes > min(limit, MAX_FILTER_BYTES):
+        return None, (f"semi-join on {condition} not used: {bloom.keys:,} keys make a {bloom.nbytes:,}-byte filter, "
+                      "more than it could save")
+    return bloom, ""

@@ -71,7 +71,7 @@ def cmd_agent_certs(args: argparse.Namespace) -> int:
     from fedlake.agent.tls import make_tls
 
     paths = make_tls(args.out, tuple(args.host or ("localhost", "127.0.0.1")), days=args.days)
-    print(f"CA certificate (give it to the coordinator as FEDLAKE_AGENT_CA): {paths['ca']}")
+    print(f"CA certificate (give it to the coordinator and to every agent as FEDLAKE_AGENT_CA): {paths['ca']}")
     print(f"agent certificate and key (for --tls-cert / --tls-key): {paths['cert']} {paths['key']}")
     return 0
 

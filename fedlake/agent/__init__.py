@@ -15,6 +15,7 @@ from fedlake.policy.transforms import local_secret, pseudonym_key
 from fedlake.silos import Connector, open_silo
 
 LEDGER_ENV = "FEDLAKE_LEDGER"
+AGENT_CA_ENV = "FEDLAKE_AGENT_CA"  # the CA of the agents' certificates: the coordinator's and the peers' trust
 
 __all__ = [
     "AgentClient",
@@ -78,6 +79,7 @@ def build_agent(
         ledger or ledger_for(home),
         pseudonym_key(home if deployment == "local" else None),
         agent_tokens(policy, deployment, home),
+        peer_ca=Path(os.environ[AGENT_CA_ENV]).read_bytes() if os.environ.get(AGENT_CA_ENV) else None,
     )
     # Plug-in actions import the agent themselves, so they are imported here, not at module load.
     from fedlake.learning.agent_actions import register_learning_actions

@@ -18,6 +18,7 @@ from sqlglot import exp
 
 from fedlake.agent.gate import SUBJECTS_COLUMN, DerivedColumn, EgressDenied, EgressGate, EgressPlan
 from fedlake.agent.lineage import LineageError, SourceUse, analyse, parse_query
+from fedlake.agent.peers import CAPABILITY_SCHEME, Transfer, TransferRefused, Transfers
 from fedlake.agent.pii import pii_scan
 from fedlake.audit import Ledger
 from fedlake.bloom import BloomFilter, key_family
@@ -40,6 +41,7 @@ class Forbidden(FedlakeError):
 class Caller:
     identity: str
     purposes: tuple[str, ...]
+    transfer: str | None = None  # a peer agent holding a transfer capability, not a client
 
 
 def sql_type(t: pa.DataType) -> str:
@@ -56,7 +58,7 @@ def sql_type(t: pa.DataType) -> str:
     return "VARCHAR"
 
 
-def _width(t: pa.DataType) -> int:
+def arrow_width(t: pa.DataType) -> int:
     """Arrow bytes per value, about: fixed widths as they are; text as its offset and a typical
     length (a pseudonym is TOKEN_HEX_CHARS characters)."""
     if pa.types.is_boolean(t):
@@ -109,7 +111,14 @@ ActionHandler = Callable[[Caller, dict[str, Any]], Any]
 
 class SiloAgent:
     def __init__(
-        self, spec: SiloSpec, connector: Connector, policy: Policy, ledger: Ledger, key: bytes, tokens: dict[str, str]
+        self,
+        spec: SiloSpec,
+        connector: Connector,
+        policy: Policy,
+        ledger: Ledger,
+        key: bytes,
+        tokens: dict[str, str],
+        peer_ca: bytes | None = None,
     ):
         self.spec = spec
         self.tokens = tokens  # bearer token -> client identity
@@ -119,6 +128,9 @@ class SiloAgent:
         self.gate = EgressGate(spec, policy, key)
         self.egress = EgressCounter()  # what left through this agent, after the gate
         self.semijoin_keys = _Mailbox()
+        self.transfers = Transfers()  # capabilities handed out for fragments bound for a peer agent
+        self.peer_ca = peer_ca  # the CA that signs peer agents' certificates
+        self.residual_reports: dict[str, dict[str, Any]] = {}  # what each residual placed here received
         self._actions: dict[str, ActionHandler] = {}
         for name, handler in {
             "list_tables": self._list_tables,
@@ -131,6 +143,8 @@ class SiloAgent:
             "explain": self._explain,
             "watermark": self._watermark,
             "semijoin_keys": self._semijoin_keys,
+            "prepare_transfer": self._prepare_transfer,
+            "residual_report": self._residual_report,
         }.items():
             self.register_action(name, handler)
 
@@ -143,6 +157,20 @@ class SiloAgent:
         if identity is None:
             raise Unauthenticated(f"agent {self.spec.name}: invalid bearer token")
         return Caller(identity, self.policy.client_purposes(identity))
+
+    def authenticate_transfer(self, ticket: str | None) -> Caller:
+        """A peer agent presenting a transfer capability: it may redeem that transfer, nothing else."""
+        try:
+            transfer = self.transfers.get(ticket or "", self.spec.name)
+        except TransferRefused as exc:
+            raise Unauthenticated(str(exc)) from None
+        return Caller(transfer.caller.identity, (transfer.purpose,), transfer=ticket)
+
+    def authenticate_header(self, value: str | None) -> Caller:
+        """`Bearer <token>` for clients, `Capability <ticket>` for peer agents."""
+        if value and value.startswith(CAPABILITY_SCHEME):
+            return self.authenticate_transfer(value[len(CAPABILITY_SCHEME):])
+        return self.authenticate(value[len("Bearer "):] if value and value.startswith("Bearer ") else None)
 
     def check_purpose(self, caller: Caller, purpose: str) -> None:
         if purpose not in caller.purposes:
@@ -161,6 +189,8 @@ class SiloAgent:
         return sorted(self._actions)
 
     def action(self, caller: Caller, name: str, body: dict[str, Any]) -> Any:
+        if caller.transfer and name != "semijoin_keys":
+            raise Forbidden(f"agent {self.spec.name}: a transfer capability does not allow action '{name}'")
         if name not in self._actions:
             raise FedlakeError(f"agent {self.spec.name}: unknown action '{name}' (known: {', '.join(self.action_names())})")
         return self._actions[name](caller, body)
@@ -190,6 +220,8 @@ class SiloAgent:
 
     def plan(self, caller: Caller, sql: str, purpose: str, destination: str) -> EgressPlan:
         """Decide a fragment; a refusal is ledgered before it is raised."""
+        if caller.transfer:
+            raise Forbidden(f"agent {self.spec.name}: a transfer capability only redeems the fragment it was made for")
         self.check_purpose(caller, purpose)
         try:
             schema, derived = self._tables_for(sql)
@@ -216,29 +248,39 @@ class SiloAgent:
             tables = {t.name for t in parse_query(plan.sql).find_all(exp.Table)} & set(self.connector.list_tables())
             rows = max((self.connector.row_count(t) for t in tables), default=1)
         schema = schema if schema is not None else self.planned_schema(plan)
-        return rows, rows * sum(_width(f.type) for f in schema)
+        return rows, rows * sum(arrow_width(f.type) for f in schema)
+
+    def gated(self, caller: Caller, plan: EgressPlan) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """Run a planned fragment inside the silo and rewrite what it returns through the gate."""
+        if plan.k and plan.small_groups == "refuse":
+            self._refuse_small_groups(caller, plan)
+        reader = self.connector.execute(plan.sql)
+        return self.gate.apply(plan, reader.schema, iter(reader))
 
     def stream(
-        self, caller: Caller, sql: str, purpose: str, destination: str, keep: list[dict[str, Any]] | None = None
+        self,
+        caller: Caller,
+        sql: str,
+        purpose: str,
+        destination: str,
+        keep: list[dict[str, Any]] | None = None,
+        note: str = "",
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Plan, run inside the silo, rewrite through the gate, count and ledger what leaves.
 
         `keep` lists semi-joins, [{"column": an output column, "keys": an id}]: the fragment runs at
         once and its gated batches wait here until a Bloom filter of join keys arrives under each id
         (the `semijoin_keys` action); then only rows whose keys, as they leave (pseudonymized or
-        not), may be among them are sent."""
+        not), may be among them are sent. `note` goes into the ledger entry with the fragment."""
         plan = self.plan(caller, sql, purpose, destination)
-        if plan.k and plan.small_groups == "refuse":
-            self._refuse_small_groups(caller, plan)
         outputs = {c.output for c in plan.columns}
         for semijoin in keep or []:
             if not isinstance(semijoin, dict) or semijoin.get("column") not in outputs:
                 column = semijoin.get("column") if isinstance(semijoin, dict) else semijoin
                 raise FedlakeError(f"agent {self.spec.name}: a semi-join names column '{column}', which the fragment does not return")
-        reader = self.connector.execute(plan.sql)
-        schema, batches = self.gate.apply(plan, reader.schema, iter(reader))
+        schema, batches = self.gated(caller, plan)
         decision = "rewritten" if any(c.action != "allow" for c in plan.columns) else "allowed"
-        fragment = [sql]
+        fragment = [sql, *([note] if note else [])]
         if keep:
             batches = self._semijoined(batches, schema, [(k["column"], str(k.get("keys"))) for k in keep], fragment)
 
@@ -250,6 +292,60 @@ class SiloAgent:
             )
 
         return schema, counted(batches, record, each=self.egress.add)
+
+    # -- residuals placed in a silo, and the transfers that feed them ---------------------------
+
+    def _prepare_transfer(self, caller: Caller, body: dict[str, Any]) -> dict[str, str]:
+        """A fragment bound for the agent of silo `receiver` (in region `destination`), where a residual
+        whose result goes to the governed zone (region `final`) will read it. Allowed only where the
+        policy treats the fragment there exactly as it does at the governed zone, so that the
+        residual's result holds nothing the governed zone could not have received itself."""
+        sql, purpose, destination, final = body["sql"], body["purpose"], body["destination"], body["final"]
+        keep = body.get("keep") or []
+        there = self.plan(caller, sql, purpose, destination)
+        if destination != final:
+            here = self.plan(caller, sql, purpose, final)
+            actions = {c.output: c.action for c in here.columns}
+            differ = [c.output for c in there.columns if actions.get(c.output) != c.action]
+            if differ or there.k != here.k:
+                self.ledger.record(
+                    requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=destination,
+                    operation="query", fragment=sql, columns=[c.as_dict() for c in there.columns], decision="denied",
+                )
+                raise EgressDenied(there, f"egress from {self.spec.name} to {body['receiver']} ({destination}) denied: "
+                                   f"the policy treats {', '.join(differ) or 'its small groups'} there otherwise than at "
+                                   f"the governed zone ({final}) [rule {self.policy.path}]")
+        outputs = {c.output for c in there.columns}
+        if any(not isinstance(k, dict) or k.get("column") not in outputs for k in keep):
+            raise FedlakeError(f"agent {self.spec.name}: a semi-join names a column the fragment does not return")
+        transfer = Transfer(caller, sql, purpose, destination, str(body["receiver"]), keep)
+        return {"ticket": self.transfers.add(transfer)}
+
+    def redeem(self, caller: Caller) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """The stream a peer agent's capability was made for, once, planned and ledgered as any fragment."""
+        if not caller.transfer:
+            raise Forbidden(f"agent {self.spec.name}: only a transfer capability redeems a transfer")
+        try:
+            transfer = self.transfers.take(caller.transfer, self.spec.name)
+        except TransferRefused as exc:
+            raise Unauthenticated(str(exc)) from None
+        return self.stream(
+            transfer.caller, transfer.sql, transfer.purpose, transfer.destination, transfer.keep or None,
+            note=f"-- sent to the agent of silo {transfer.receiver}, for a residual placed there",
+        )
+
+    def residual(self, caller: Caller, request: dict[str, Any]) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """Run a residual the planner placed in this silo; only its result leaves, for the governed zone."""
+        from fedlake.agent.placed import run_placed_residual
+
+        return run_placed_residual(self, caller, request)
+
+    def _residual_report(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        """What a residual placed here received (rows, bytes per fragment) and the filters it sent."""
+        report = self.residual_reports.get(str(body["id"]))
+        if report is None or report["requester"] != caller.identity:
+            raise FedlakeError(f"agent {self.spec.name}: no residual '{body['id']}' of yours ran here")
+        return report
 
     def _semijoined(
         self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, keep: list[tuple[str, str]], fragment: list[str]
@@ -277,6 +373,8 @@ class SiloAgent:
 
     def _semijoin_keys(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         """The keys a running fragment waits for, or None: send it all."""
+        if caller.transfer and str(body["id"]) not in self.transfers.get(caller.transfer, self.spec.name).keys_ids:
+            raise Forbidden(f"agent {self.spec.name}: the transfer capability does not cover semi-join keys '{body['id']}'")
         raw = body.get("filter")
         if raw is not None:
             BloomFilter.from_dict(raw)

@@ -16,11 +16,14 @@ import pyarrow.flight as flight
 
 from fedlake.agent.agent import Forbidden, SiloAgent, Unauthenticated
 from fedlake.agent.gate import EgressDenied
+from fedlake.agent.peers import in_process_location
 from fedlake.errors import FedlakeError
 
 
 class AgentClient(ABC):
     silo: str
+    location: str  # where the other agents reach this one, for transfers
+
 
     @abstractmethod
     def query(self, sql: str, purpose: str, destination: str, keep: list[dict[str, Any]] | None = None) -> pa.RecordBatchReader:
@@ -28,10 +31,23 @@ class AgentClient(ABC):
 
     @abstractmethod
     def estimate(self, sql: str, purpose: str, destination: str) -> dict[str, Any]:
-        """Plan without running: estimated rows and bytes, or the refusal."""
+        """Plan without running: estimated rows and bytes and the schema it sends, or the refusal."""
 
     @abstractmethod
     def action(self, name: str, **body: Any) -> Any: ...
+
+    @abstractmethod
+    def residual(self, request: dict[str, Any]) -> pa.RecordBatchReader:
+        """Run a residual placed in this silo (see fedlake.agent.placed) and stream its result."""
+
+    def prepare_transfer(
+        self, sql: str, purpose: str, destination: str, final: str, receiver: str, keep: list[dict[str, Any]] | None = None
+    ) -> str:
+        """A one-time capability for a fragment bound for silo `receiver`'s agent (region `destination`),
+        where a residual reads it whose result goes to the governed zone (region `final`)."""
+        body = {"sql": sql, "purpose": purpose, "destination": destination, "final": final, "receiver": receiver,
+                "keep": keep or []}
+        return self.action("prepare_transfer", **body)["ticket"]
 
     def list_tables(self) -> list[str]:
         return self.action("list_tables")
@@ -74,6 +90,7 @@ class InProcessAgentClient(AgentClient):
         self.agent = agent
         self.silo = agent.spec.name
         self.caller = agent.authenticate(token)
+        self.location = in_process_location(agent)
 
     def query(self, sql: str, purpose: str, destination: str, keep: list[dict[str, Any]] | None = None) -> pa.RecordBatchReader:
         schema, batches = self.agent.stream(self.caller, sql, purpose, destination, keep)
@@ -81,11 +98,16 @@ class InProcessAgentClient(AgentClient):
 
     def estimate(self, sql: str, purpose: str, destination: str) -> dict[str, Any]:
         plan = self.agent.plan(self.caller, sql, purpose, destination)
-        rows, nbytes = self.agent.estimate(plan)
-        return {"rows": rows, "bytes": nbytes, "plan": plan}
+        schema = self.agent.planned_schema(plan)
+        rows, nbytes = self.agent.estimate(plan, schema)
+        return {"rows": rows, "bytes": nbytes, "schema": schema, "plan": plan}
 
     def action(self, name: str, **body: Any) -> Any:
         return json.loads(json.dumps(self.agent.action(self.caller, name, body), default=str))
+
+    def residual(self, request: dict[str, Any]) -> pa.RecordBatchReader:
+        schema, batches = self.agent.residual(self.caller, json.loads(json.dumps(request)))
+        return pa.RecordBatchReader.from_batches(schema, batches)
 
     def close(self) -> None:
         self.agent.connector.close()
@@ -139,6 +161,12 @@ class FlightAgentClient(AgentClient):
         except flight.FlightError as exc:
             raise _from_flight(exc) from None
         return json.loads(results[0].body.to_pybytes())
+
+    def residual(self, request: dict[str, Any]) -> pa.RecordBatchReader:
+        try:
+            return self._client.do_get(flight.Ticket(json.dumps({"residual": request})), self._options).to_reader()
+        except flight.FlightError as exc:
+            raise _from_flight(exc) from None
 
     def close(self) -> None:
         self._client.close()

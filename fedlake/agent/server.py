@@ -24,7 +24,8 @@ class _Authenticated(flight.ServerMiddleware):
 
 
 class BearerAuth(flight.ServerMiddlewareFactory):
-    """Maps `authorization: Bearer <token>` to a caller; refuses the call otherwise."""
+    """Maps `authorization: Bearer <token>` to a caller, or `Capability <ticket>` to a peer agent
+    redeeming a transfer; refuses the call otherwise."""
 
     def __init__(self, agent: SiloAgent):
         super().__init__()
@@ -32,13 +33,10 @@ class BearerAuth(flight.ServerMiddlewareFactory):
 
     def start_call(self, info, headers):
         values = headers.get("authorization") or headers.get("Authorization") or []
-        token = None
-        for value in values:
-            value = value.decode() if isinstance(value, bytes) else value
-            if value.startswith("Bearer "):
-                token = value[len("Bearer ") :]
+        value = values[0] if values else None
+        value = value.decode() if isinstance(value, bytes) else value
         try:
-            return _Authenticated(self.agent.authenticate(token))
+            return _Authenticated(self.agent.authenticate_header(value))
         except Unauthenticated as exc:
             raise flight.FlightUnauthenticatedError(str(exc)) from None
 
@@ -84,11 +82,24 @@ class AgentFlightServer(flight.FlightServerBase):
         return flight.FlightInfo(schema, descriptor, [endpoint], rows, nbytes)
 
     def do_get(self, context, ticket):
-        request = self._request(ticket.ticket)
+        """A fragment; a transfer, for a peer agent holding its capability; or a residual placed here."""
+        caller = self._caller(context)
         try:
-            schema, batches = self.agent.stream(
-                self._caller(context), request["sql"], request["purpose"], request["destination"], request.get("keep")
-            )
+            raw = json.loads(ticket.ticket)
+        except ValueError:
+            raise flight.FlightServerError("a ticket is JSON") from None
+        try:
+            if isinstance(raw, dict) and "transfer" in raw:
+                if raw["transfer"] != caller.transfer:
+                    raise Forbidden(f"agent {self.agent.spec.name}: the ticket is not the capability presented")
+                schema, batches = self.agent.redeem(caller)
+            elif isinstance(raw, dict) and "residual" in raw:
+                schema, batches = self.agent.residual(caller, raw["residual"])
+            else:
+                request = self._request(ticket.ticket)
+                schema, batches = self.agent.stream(
+                    caller, request["sql"], request["purpose"], request["destination"], request.get("keep")
+                )
         except FedlakeError as exc:
             raise _as_flight_error(exc) from None
         return flight.GeneratorStream(schema, batches)

@@ -1,13 +1,13 @@
 """Running a federated query: fragments concurrently in their silos through their agents, the
-residual in DuckDB at the governed zone, over the fragments' streamed results.
+residual in DuckDB over the fragments' streamed results, at the site that moves the fewest bytes
+the policy allows: the governed zone, or a silo's agent (see placement).
 
-Each fragment's batches are loaded into the governed zone's DuckDB as they arrive (DuckDB spills to
-disk beyond its memory limit), so memory is bounded by the query, not by the silos.
+Each fragment's batches are loaded into the residual's DuckDB as they arrive (it spills to disk
+beyond its memory limit), so memory is bounded by the query, not by the silos.
 """
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
 import uuid
@@ -16,18 +16,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
+from fedlake.agent.agent import arrow_width
 from fedlake.agent.client import AgentClient
-from fedlake.bloom import MAX_FILTER_BYTES, BloomFilter, key_family
+from fedlake.bloom import MAX_FILTER_BYTES, filter_if_it_pays
 from fedlake.catalog import Catalog
 from fedlake.errors import FedlakeError
 from fedlake.query.cut import Cut, Fragment, PlanningError, cut_query
+from fedlake.query.placement import Site, result_bytes, result_rows, site_costs, unique_columns
 from fedlake.query.semijoin import FILTER_SHARE, SemiJoin, choose_semijoins, find_semijoins
+from fedlake.residual import Workspace
 from fedlake.silos.base import counted
+
+GOVERNED = "governed"  # the site name of the governed zone, for Federation(site=...)
 
 
 @dataclass
@@ -40,14 +44,16 @@ class FragmentRun:
     semijoins: list[SemiJoin] = field(default_factory=list)  # keys it waits for, to send only rows that can join
     notes: list[str] = field(default_factory=list)  # what the planner chose not to do here, and why
     filters: dict[str, tuple[int, int]] = field(default_factory=dict)  # condition -> (keys, bytes) sent
+    schema: pa.Schema | None = None  # what the gate will send, as the agent planned it
+    at_site: bool = False  # the residual runs in this fragment's silo: its rows stay there
+    rows: int | None = None
+    bytes: int | None = None
+    seconds: float | None = None
 
     @property
     def filter_bytes(self) -> int:
         """The Bloom filters sent into the silo: they cross a border too."""
         return sum(nbytes for _, nbytes in self.filters.values())
-    rows: int | None = None
-    bytes: int | None = None
-    seconds: float | None = None
 
 
 @dataclass
@@ -57,21 +63,31 @@ class FederatedPlan:
     destination: str
     cut: Cut
     runs: list[FragmentRun]
+    site: str | None = None  # the silo whose agent runs the residual; None: the governed zone
+    sites: list[Site] = field(default_factory=list)  # the sites considered, with their estimated bytes
+    result_estimated_rows: int | None = None
+    result_estimated_bytes: int | None = None
     result_rows: int | None = None
     result_bytes: int | None = None
     seconds: float | None = None
 
     @property
     def bytes_crossing(self) -> int | None:
-        """Every byte that crossed a silo border: the fragments' results and the semi-join filters."""
-        if any(r.bytes is None for r in self.runs):
+        """Every byte that crossed a silo border: the fragments that left their silo, the semi-join
+        filters, and the result where the residual ran in a silo."""
+        crossing = [r for r in self.runs if not r.at_site]
+        if any(r.bytes is None for r in crossing) or (self.site and self.result_bytes is None):
             return None
-        return sum(r.bytes + r.filter_bytes for r in self.runs)
+        return sum(r.bytes + r.filter_bytes for r in crossing) + (self.result_bytes if self.site else 0)
 
     def bytes_by_silo(self) -> dict[str, int]:
+        """Bytes that left each silo."""
         moved: dict[str, int] = {}
         for r in self.runs:
-            moved[r.fragment.silo] = moved.get(r.fragment.silo, 0) + (r.bytes or 0)
+            if not r.at_site:
+                moved[r.fragment.silo] = moved.get(r.fragment.silo, 0) + (r.bytes or 0)
+        if self.site:
+            moved[self.site] = moved.get(self.site, 0) + (self.result_bytes or 0)
         return moved
 
 
@@ -79,12 +95,22 @@ class Federation:
     """One query over every silo, through their agents, with the results in the governed zone."""
 
     def __init__(
-        self, catalog: Catalog, clients: dict[str, AgentClient], memory_limit: str = "2GB", semijoins: bool = True
+        self,
+        catalog: Catalog,
+        clients: dict[str, AgentClient],
+        memory_limit: str = "2GB",
+        semijoins: bool = True,
+        site: str = "auto",
     ):
+        """`site`: where the residual runs: "auto" (the cheapest the policy allows), GOVERNED, or a
+        silo's name (if the policy allows it)."""
+        if site not in ("auto", GOVERNED, *catalog.silos):
+            raise PlanningError(f"unknown site '{site}' (auto, {GOVERNED}, or a silo: {', '.join(catalog.silos)})")
         self.catalog = catalog
         self.clients = clients
         self.memory_limit = memory_limit
         self.semijoins = semijoins
+        self.site = site
 
     def _schema(self, sql: str) -> dict[str, dict[str, dict[str, str]]]:
         """{silo: {table: {column: type}}} for the tables the query names, asked of their agents."""
@@ -113,7 +139,9 @@ class Federation:
         if raw:
             cut = cut_query(sql, schema, silos, raw=set(raw))
         runs = [FragmentRun(f, notes=[raw[f.name]] if f.name in raw else []) for f in cut.fragments]
-        if with_estimates:
+        plan = FederatedPlan(sql, purpose, destination, cut, runs)
+        placing = self.site != GOVERNED and len(runs) > 1
+        if with_estimates or placing:
             def decide(run: FragmentRun) -> None:
                 explained = explain(run.fragment, destination)
                 run.decisions = explained["columns"]
@@ -122,9 +150,61 @@ class Federation:
                     self._estimate(run, purpose, destination)
 
             _each(decide, runs)
+        if placing:
+            self._place(plan, explain)
         if self.semijoins and len(runs) > 1:
-            self._place_semijoins(runs, cut, purpose, destination, explain)
-        return FederatedPlan(sql, purpose, destination, cut, runs)
+            self._place_semijoins(plan, purpose, explain)
+        return plan
+
+    def _place(self, plan: FederatedPlan, explain: _Explanations) -> None:
+        """Choose the residual's site: the fewest estimated bytes among the sites the policy allows."""
+        runs = plan.runs
+        if any(r.estimated_bytes is None or r.schema is None for r in runs):
+            return  # a fragment the gate refuses: the run will say why
+        shapes = {r.fragment.name: (r.estimated_rows or 0, unique_columns(r.fragment.sql)) for r in runs}
+        plan.result_estimated_rows = result_rows(plan.cut.residual, shapes)
+        plan.result_estimated_bytes = result_bytes(
+            plan.cut.residual, {r.fragment.name: r.schema for r in runs}, plan.result_estimated_rows, arrow_width
+        )
+        plan.sites = site_costs([(r.fragment.silo, r.estimated_bytes or 0) for r in runs], plan.result_estimated_bytes)
+        if self.site == "auto":
+            candidates = sorted(plan.sites, key=lambda s: s.estimated_bytes)
+        else:
+            candidates = [s for s in plan.sites if s.silo == self.site]
+            if not candidates:
+                raise PlanningError(f"site {self.site} is not one of the silos the query reads")
+        for site in candidates:
+            if site.silo is not None:
+                site.blocked = self._blocked(site.silo, runs, explain, plan.destination)
+                if site.blocked and self.site != "auto":
+                    raise PlanningError(f"the residual may not run in silo {site.silo}: {site.blocked}")
+            if not site.blocked:
+                plan.site = site.silo
+                break
+        for run in runs:
+            run.at_site = run.fragment.silo == plan.site
+
+    def _blocked(self, silo: str, runs: list[FragmentRun], explain: _Explanations, destination: str) -> str:
+        """Why the residual may not run in `silo`, if it may not: another silo may not send its
+        fragment there as it sends it to the governed zone (so the result could hold what the
+        governed zone may not receive)."""
+        region = self.catalog.silo(silo).region
+        if region == destination:
+            return ""
+        reasons = []
+        for run in runs:
+            if run.fragment.silo == silo:
+                continue
+            there, here = explain(run.fragment, region), explain(run.fragment, destination)
+            if there["denied"]:
+                reasons.append(f"{run.fragment.silo} may not send {run.fragment.name} to {region}: {there['denied']}")
+                continue
+            actions = {c["output"]: c["action"] for c in here["columns"]}
+            differ = [c["output"] for c in there["columns"] if actions.get(c["output"]) != c["action"]]
+            if differ or there.get("k") != here.get("k"):
+                reasons.append(f"{run.fragment.silo} may not send {', '.join(differ) or 'its small groups'} to "
+                               f"{region} as it sends them to the governed zone ({destination})")
+        return "; ".join(reasons)
 
     @staticmethod
     def _partial_refused(explained: dict[str, Any], fragment: Fragment) -> str:
@@ -146,14 +226,15 @@ class Federation:
             except FedlakeError:
                 return None
             run.estimated_rows, run.estimated_bytes = estimate["rows"], estimate["bytes"]
+            run.schema = estimate["schema"]
         return run.estimated_rows, run.estimated_bytes
 
-    def _place_semijoins(
-        self, runs: list[FragmentRun], cut: Cut, purpose: str, destination: str, explain: _Explanations
-    ) -> None:
+    def _place_semijoins(self, plan: FederatedPlan, purpose: str, explain: _Explanations) -> None:
         """Attach each semi-join the query allows to its probe fragment, if policy lets the keys go
         where it runs: the keys were released for the governed zone's region, and may travel to the
-        probe silo's region only if the policy treats them the same way for that region."""
+        probe silo's region only if the policy treats them the same way for that region. A probe
+        in the residual's own silo needs none: its rows do not cross."""
+        runs, cut, destination = plan.runs, plan.cut, plan.destination
         by_name = {r.fragment.name: r for r in runs}
 
         def actions(fragment: Fragment, region: str) -> dict[str, str]:
@@ -166,6 +247,10 @@ class Federation:
         estimates = dict(zip(involved, _each(lambda name: self._estimate(by_name[name], purpose, destination), list(involved))))
         for semijoin in choose_semijoins(candidates, estimates):
             run = by_name[semijoin.probe.fragment]
+            if run.at_site:
+                note = "no semi-join needed: the residual runs in this silo, so its rows do not cross"
+                run.notes += [note] if note not in run.notes else []
+                continue
             region = self.catalog.silo(run.fragment.silo).region
             blocked = []
             for key in semijoin.build if region != destination else ():
@@ -186,18 +271,18 @@ class Federation:
         return table, plan
 
     def stream(self, plan: FederatedPlan) -> pa.RecordBatchReader:
-        """Run the fragments, then stream the residual's result; the DuckDB behind it lives as long as the stream."""
+        """Run the fragments, then stream the residual's result, from wherever the plan placed it."""
+        if plan.site:
+            return self._stream_from_silo(plan)
         started = time.perf_counter()
-        spill = tempfile.TemporaryDirectory(prefix="fedlake-governed-")
-        db = duckdb.connect(config={"memory_limit": self.memory_limit, "temp_directory": spill.name,
-                                    "autoinstall_known_extensions": False, "preserve_insertion_order": True})
+        workspace = Workspace(self.memory_limit)
         lock = threading.Lock()
         loaded: dict[str, Future] = {}
-        keys = {(r.fragment.name, s.condition): uuid.uuid4().hex for r in plan.runs for s in r.semijoins}
+        keys = self._keys_ids(plan)
 
         def fetch(run: FragmentRun) -> None:
             # a probe starts at once; its keys follow as soon as the fragments they come from are in
-            keep = [{"column": s.probe.name, "keys": keys[(run.fragment.name, s.condition)]} for s in run.semijoins] or None
+            keep = self._keep(run, keys)
             t0 = time.perf_counter()
             reader = self.clients[run.fragment.silo].query(run.fragment.sql, plan.purpose, plan.destination, keep)
 
@@ -205,12 +290,7 @@ class Federation:
                 with lock:
                     run.rows, run.bytes, run.seconds = rows, nbytes, time.perf_counter() - t0
 
-            cursor = db.cursor()
-            try:
-                cursor.register("incoming", pa.RecordBatchReader.from_batches(reader.schema, counted(reader, arrived)))
-                cursor.execute(f'CREATE TABLE "{run.fragment.name}" AS SELECT * FROM incoming')
-            finally:
-                cursor.close()
+            workspace.load(run.fragment.name, reader, arrived)
 
         try:
             # every fragment and every sending of keys has its own thread, so none waits for a thread
@@ -218,27 +298,35 @@ class Federation:
                 for run in plan.runs:
                     loaded[run.fragment.name] = pool.submit(fetch, run)
                 sent = [
-                    pool.submit(self._send_keys, r, s, keys[(r.fragment.name, s.condition)], db, loaded)
+                    pool.submit(self._send_keys, r, s, keys[(r.fragment.name, s.condition)], workspace, loaded)
                     for r in plan.runs for s in r.semijoins
                 ]
                 for future in [*loaded.values(), *sent]:
                     future.result()
-            result = db.execute(plan.cut.residual).fetch_record_batch(65_536)
         except BaseException:
-            db.close()
-            spill.cleanup()
+            workspace.close()
             raise
 
         def finished(rows: int, nbytes: int) -> None:
             plan.result_rows, plan.result_bytes = rows, nbytes
             plan.seconds = time.perf_counter() - started
-            db.close()
-            spill.cleanup()
 
-        return pa.RecordBatchReader.from_batches(result.schema, counted(result, finished))
+        return workspace.run(plan.cut.residual, finished)
+
+    @staticmethod
+    def _keys_ids(plan: FederatedPlan) -> dict[tuple[str, str], str]:
+        return {(r.fragment.name, s.condition): uuid.uuid4().hex for r in plan.runs for s in r.semijoins}
+
+    @staticmethod
+    def _keep(run: FragmentRun, keys: dict[tuple[str, str], str]) -> list[dict[str, str]] | None:
+        return [{"column": s.probe.name, "keys": keys[(run.fragment.name, s.condition)]} for s in run.semijoins] or None
+
+    @staticmethod
+    def _filter_limit(run: FragmentRun) -> float:
+        return FILTER_SHARE * run.estimated_bytes if run.estimated_bytes else MAX_FILTER_BYTES
 
     def _send_keys(
-        self, run: FragmentRun, semijoin: SemiJoin, keys_id: str, db: duckdb.DuckDBPyConnection, loaded: dict[str, Future]
+        self, run: FragmentRun, semijoin: SemiJoin, keys_id: str, workspace: Workspace, loaded: dict[str, Future]
     ) -> None:
         """Send the probe fragment's agent a Bloom filter of the keys its rows must match (or None,
         to send all, when the filter would not pay), once the fragments the keys come from are in."""
@@ -246,27 +334,50 @@ class Federation:
         try:
             for key in semijoin.build:
                 loaded[key.fragment].result()
-            cursor = db.cursor()
-            try:
-                union = " UNION ".join(f'SELECT DISTINCT "{k.name}" AS k FROM "{k.fragment}"' for k in semijoin.build)
-                keys = cursor.execute(union).to_arrow_table().column("k")
-            finally:
-                cursor.close()
-            family = key_family(keys.type)
-            if family is None:
-                run.notes.append(f"semi-join on {semijoin.condition} not used: keys of type {keys.type}")
-            else:
-                bloom = BloomFilter.of(keys, family)
-                limit = min(MAX_FILTER_BYTES, FILTER_SHARE * run.estimated_bytes if run.estimated_bytes else MAX_FILTER_BYTES)
-                if bloom.nbytes > limit:
-                    run.notes.append(f"semi-join on {semijoin.condition} not used: {bloom.keys:,} keys make a "
-                                     f"{bloom.nbytes:,}-byte filter, more than it could save")
-                    bloom = None
+            keys = workspace.distinct([(k.fragment, k.name) for k in semijoin.build])
+            bloom, why = filter_if_it_pays(keys, self._filter_limit(run), semijoin.condition)
+            if why:
+                run.notes.append(why)
         finally:
             # the probe waits for this message whatever happened to its keys
             self.clients[run.fragment.silo].action("semijoin_keys", id=keys_id, filter=bloom.to_dict() if bloom else None)
         if bloom is not None:
             run.filters[semijoin.condition] = (bloom.keys, bloom.nbytes)
+
+    def _stream_from_silo(self, plan: FederatedPlan) -> pa.RecordBatchReader:
+        """The residual placed in a silo: the other silos' agents prepare their fragments for that
+        silo's agent, which fetches them itself, sends their semi-join filters, runs the residual and
+        streams its result here."""
+        started = time.perf_counter()
+        site, region = plan.site, self.catalog.silo(plan.site).region
+        keys = self._keys_ids(plan)
+        remote = [r for r in plan.runs if not r.at_site]
+        tickets = _each(lambda r: self.clients[r.fragment.silo].prepare_transfer(
+            r.fragment.sql, plan.purpose, region, plan.destination, site, self._keep(r, keys)), remote)
+        rid = uuid.uuid4().hex
+        request = {
+            "id": rid, "purpose": plan.purpose, "destination": plan.destination, "sql": plan.cut.residual,
+            "local": [{"name": r.fragment.name, "sql": r.fragment.sql} for r in plan.runs if r.at_site],
+            "imports": [{"name": r.fragment.name, "silo": r.fragment.silo, "location": self.clients[r.fragment.silo].location,
+                         "ticket": ticket} for r, ticket in zip(remote, tickets)],
+            "semijoins": [{"condition": s.condition, "probe": r.fragment.name, "keys": keys[(r.fragment.name, s.condition)],
+                           "build": [[k.fragment, k.name] for k in s.build], "limit": self._filter_limit(r)}
+                          for r in remote for s in r.semijoins],
+        }
+        client = self.clients[site]
+        reader = client.residual(request)
+
+        def finished(rows: int, nbytes: int) -> None:
+            plan.result_rows, plan.result_bytes = rows, nbytes
+            plan.seconds = time.perf_counter() - started
+            report = client.action("residual_report", id=rid)
+            for run in plan.runs:
+                got = report["fragments"].get(run.fragment.name, {})
+                run.rows, run.bytes, run.seconds = got.get("rows"), got.get("bytes"), got.get("seconds")
+                run.filters.update({c: (k, b) for c, (k, b) in report["filters"].get(run.fragment.name, {}).items()})
+                run.notes += report["notes"].get(run.fragment.name, [])
+
+        return pa.RecordBatchReader.from_batches(reader.schema, counted(reader, finished))
 
 
 class _Explanations:

@@ -11,8 +11,14 @@ def _n(value: int | None) -> str:
     return "?" if value is None else f"{value:,}"
 
 
+def _crossing(source: str, target: str, site: str | None) -> str:
+    where = f", to silo {site}'s agent" if site else ""
+    return (f"stays in region {source}" if source == target else f"crosses {source} -> {target}") + where
+
+
 def render(plan: FederatedPlan, catalog: Catalog, analyze: bool = False) -> str:
     lines = [f"federated query for {plan.purpose}; results to the governed zone ({plan.destination})"]
+    target = catalog.silo(plan.site).region if plan.site else plan.destination
     for run in plan.runs:
         f = run.fragment
         spec = catalog.silo(f.silo)
@@ -32,8 +38,10 @@ def render(plan: FederatedPlan, catalog: Catalog, analyze: bool = False) -> str:
                 line += f"; actual {count:,} keys in {nbytes:,} bytes"
             lines.append(line)
         lines += [f"    {note}" for note in run.notes]
-        crossing = "stays in region" if spec.region == plan.destination else f"crosses {spec.region} -> {plan.destination}"
-        line = f"    border ({crossing}): estimated {_n(run.estimated_rows)} rows, {_n(run.estimated_bytes)} bytes"
+        if run.at_site:
+            line = f"    stays in silo {f.silo}, where the residual runs: estimated {_n(run.estimated_rows)} rows, {_n(run.estimated_bytes)} bytes"
+        else:
+            line = f"    border ({_crossing(spec.region, target, plan.site)}): estimated {_n(run.estimated_rows)} rows, {_n(run.estimated_bytes)} bytes"
         if analyze:
             line += f"; actual {_n(run.rows)} rows, {_n(run.bytes)} bytes in {run.seconds or 0:.3f}s"
         lines.append(line)
@@ -41,9 +49,29 @@ def render(plan: FederatedPlan, catalog: Catalog, analyze: bool = False) -> str:
             rules = "; ".join(d.get("rules", []))
             reason = f" ({d['reason']})" if d.get("reason") else ""
             lines.append(f"    policy: {d['output']}: {d['action'].upper()} from {', '.join(d['sources']) or 'no column'} [{rules}]{reason}")
-    lines.append(f"  residual at the governed zone ({plan.destination}, DuckDB): {plan.cut.residual}")
-    estimated = sum(r.estimated_bytes or 0 for r in plan.runs)
-    total = f"  bytes crossing into the governed zone: estimated {estimated:,}"
+    if plan.site:
+        spec = catalog.silo(plan.site)
+        lines.append(f"  residual at silo {plan.site} ({spec.kind}, {spec.region}; DuckDB in its agent): {plan.cut.residual}")
+        line = (f"    border (result, {_crossing(spec.region, plan.destination, None)}): estimated "
+                f"{_n(plan.result_estimated_rows)} rows, {_n(plan.result_estimated_bytes)} bytes")
+        if analyze:
+            line += f"; actual {_n(plan.result_rows)} rows, {_n(plan.result_bytes)} bytes"
+        lines.append(line)
+    else:
+        lines.append(f"  residual at the governed zone ({plan.destination}, DuckDB): {plan.cut.residual}")
+    if plan.sites:
+        considered = []
+        for site in plan.sites:
+            name = f"silo {site.silo}" if site.silo else "the governed zone"
+            chosen = " (chosen)" if site.silo == plan.site else ""
+            blocked = f" (not allowed: {site.blocked})" if site.blocked else ""
+            considered.append(f"{name} {site.estimated_bytes:,} bytes{chosen}{blocked}")
+        lines.append(f"  placement, estimated bytes crossing per site (result {_n(plan.result_estimated_rows)} rows): "
+                     + "; ".join(considered))
+    estimated = sum(r.estimated_bytes or 0 for r in plan.runs if not r.at_site)
+    if plan.site:
+        estimated += plan.result_estimated_bytes or 0
+    total = f"  bytes crossing silo borders: estimated {estimated:,}"
     if analyze:
         total += f"; actual {_n(plan.bytes_crossing)}; result {_n(plan.result_rows)} rows, {_n(plan.result_bytes)} bytes"
         total += f"; {plan.seconds or 0:.3f}s"

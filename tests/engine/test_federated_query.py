@@ -16,7 +16,7 @@ from fedlake.agent import local_agent_client
 from fedlake.agent.gate import EgressDenied
 from fedlake.catalog import load_catalog
 from fedlake.policy.model import load_policy
-from fedlake.query import Federation, PlanningError, render
+from fedlake.query import GOVERNED, Federation, PlanningError, render
 from fedlake.query.semijoin import find_semijoins
 from fedlake.silos import open_silo
 
@@ -290,12 +290,14 @@ def test_only_used_columns_cross(federation):
 def test_explain_analyze_shows_fragments_sites_and_bytes(federation):
     fed, _, catalog = federation
     sql = QUERIES[14]
-    plan = fed.plan(sql, "analytics")
+    at_governed = Federation(fed.catalog, fed.clients, site=GOVERNED)
+    plan = at_governed.plan(sql, "analytics")
     text = render(plan, catalog)
     assert "fragment __f0 at silo eu (postgres, EU): pushed whole" in text
     assert "fragment __f1 at silo us (s3, US): pushed whole" in text
     assert "border (crosses US -> EU): estimated" in text and "policy: person_id: ALLOW" in text
-    _, ran = fed.run(sql, "analytics")
+    assert "residual at the governed zone (EU, DuckDB)" in text
+    _, ran = at_governed.run(sql, "analytics")
     analyzed = render(ran, catalog, analyze=True)
     assert "actual" in analyzed and f"{ran.bytes_crossing:,}" in analyzed
 

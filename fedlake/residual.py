@@ -1,0 +1,85 @@
+"""Where fragments meet: a DuckDB that loads fragments' streams as they arrive and runs the residual
+query over them. The governed zone runs one; so does a silo's agent when the planner places the
+residual there.
+
+The DuckDB is closed to the outside (no files, no extensions, configuration locked), so a residual
+query sees the fragments it was given and nothing else; it spills to its own temporary folder beyond
+its memory limit, so memory is bounded by the query, not by the silos.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+
+import duckdb
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+
+from fedlake.errors import FedlakeError
+from fedlake.silos.base import counted
+
+
+class Workspace:
+    def __init__(self, memory_limit: str = "2GB"):
+        self._spill = tempfile.TemporaryDirectory(prefix="fedlake-residual-")
+        self._db = duckdb.connect(config={
+            "memory_limit": memory_limit, "temp_directory": self._spill.name, "preserve_insertion_order": True,
+            "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+        })
+        # closed only once the spill folder is set: DuckDB refuses that folder to a closed database
+        self._db.execute("SET enable_external_access = false")
+        self._db.execute("SET lock_configuration = true")
+        self.loaded: set[str] = set()
+
+    def load(self, name: str, reader: pa.RecordBatchReader, arrived: Callable[[int, int], None]) -> None:
+        """Load a fragment's stream as table `name` (from any thread); `arrived(rows, bytes)` as it comes."""
+        cursor = self._db.cursor()
+        try:
+            cursor.register("incoming", pa.RecordBatchReader.from_batches(reader.schema, counted(reader, arrived)))
+            cursor.execute(f'CREATE TABLE "{name}" AS SELECT * FROM incoming')
+        finally:
+            cursor.close()
+        self.loaded.add(name)
+
+    def distinct(self, columns: list[tuple[str, str]]) -> pa.ChunkedArray:
+        """The distinct values of these (table, column)s together: the keys of a semi-join."""
+        cursor = self._db.cursor()
+        try:
+            union = " UNION ".join(f'SELECT DISTINCT "{column}" AS k FROM "{table}"' for table, column in columns)
+            return cursor.execute(union).to_arrow_table().column("k")
+        finally:
+            cursor.close()
+
+    def check(self, sql: str) -> None:
+        """A residual reads only the fragments loaded here (and its own CTEs): one query, no table functions."""
+        try:
+            tree = sqlglot.parse_one(sql, read="duckdb")
+        except sqlglot.errors.ParseError as exc:
+            raise FedlakeError(f"the residual query does not parse: {exc}") from None
+        if not isinstance(tree, exp.Query):
+            raise FedlakeError("a residual is one SELECT over the fragments")
+        ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+        unknown = {t.name for t in tree.find_all(exp.Table) if t.name not in ctes} - self.loaded
+        if unknown or any(t.args.get("db") or isinstance(t.this, exp.Func) for t in tree.find_all(exp.Table)):
+            raise FedlakeError(f"the residual may read only its fragments ({', '.join(sorted(self.loaded))}), "
+                               f"not {', '.join(sorted(unknown)) or 'a qualified name or a table function'}")
+
+    def run(self, sql: str, finished: Callable[[int, int], None]) -> pa.RecordBatchReader:
+        """Stream the residual's result; the workspace closes when the stream ends (or fails to start)."""
+        try:
+            result = self._db.execute(sql).fetch_record_batch(65_536)
+        except BaseException:
+            self.close()
+            raise
+
+        def done(rows: int, nbytes: int) -> None:
+            finished(rows, nbytes)
+            self.close()
+
+        return pa.RecordBatchReader.from_batches(result.schema, counted(result, done))
+
+    def close(self) -> None:
+        self._db.close()
+        self._spill.cleanup()
