@@ -44,6 +44,8 @@ class BearerAuth(flight.ServerMiddlewareFactory):
 def _as_flight_error(exc: Exception) -> Exception:
     if isinstance(exc, (EgressDenied, Forbidden)):
         return flight.FlightUnauthorizedError(str(exc))
+    if isinstance(exc, Unauthenticated):
+        return flight.FlightUnauthenticatedError(str(exc))
     return flight.FlightServerError(str(exc))
 
 

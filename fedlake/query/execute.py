@@ -140,7 +140,7 @@ class Federation:
             cut = cut_query(sql, schema, silos, raw=set(raw))
         runs = [FragmentRun(f, notes=[raw[f.name]] if f.name in raw else []) for f in cut.fragments]
         plan = FederatedPlan(sql, purpose, destination, cut, runs)
-        placing = self.site != GOVERNED and len(runs) > 1
+        placing = self.site != GOVERNED and (len(runs) > 1 or self.site != "auto")
         if with_estimates or placing:
             def decide(run: FragmentRun) -> None:
                 explained = explain(run.fragment, destination)

@@ -122,3 +122,63 @@ def test_semijoin_keys_reach_a_running_fragment_over_flight(prod_deployment):
         c.query(sql, "credit_scoring", "EU", [{"column": "nope", "keys": uuid.uuid4().hex}]).read_all()
     with pytest.raises(FedlakeError, match="malformed semi-join filter"):
         c.action("semijoin_keys", id="x", filter={"family": "text"})
+
+
+def test_a_transfer_capability_over_flight_redeems_one_stream_and_nothing_else(prod_deployment):
+    """A peer agent presenting a capability gets the one fragment it was made for, once; no other
+    call, and no made-up capability, gets anything."""
+    sql = "SELECT customer_id, income FROM customers"
+    ticket = client(prod_deployment).prepare_transfer(sql, "credit_scoring", "US", "EU", "us_lake")
+    raw = flight.FlightClient(prod_deployment.env_location("eu_core"), tls_root_certs=open(prod_deployment.env["FEDLAKE_AGENT_CA"], "rb").read())
+
+    def options(capability: str) -> flight.FlightCallOptions:
+        return flight.FlightCallOptions(headers=[(b"authorization", f"Capability {capability}".encode())], timeout=30)
+
+    transfer = flight.Ticket(json.dumps({"transfer": ticket}))
+    with pytest.raises(flight.FlightUnauthorizedError, match="does not allow action 'list_tables'"):
+        list(raw.do_action(flight.Action("list_tables", b"{}"), options(ticket)))
+    descriptor = flight.FlightDescriptor.for_command(json.dumps({"sql": "SELECT * FROM loans", "purpose": "credit_scoring", "destination": "EU"}))
+    with pytest.raises(flight.FlightUnauthorizedError, match="only redeems"):
+        raw.get_flight_info(descriptor, options(ticket))
+    with pytest.raises(flight.FlightUnauthorizedError, match="only redeems"):
+        raw.do_get(flight.Ticket(descriptor.command), options(ticket)).read_all()
+    got = raw.do_get(transfer, options(ticket)).read_all()
+    assert got.column_names == ["customer_id", "income"] and got.num_rows == prod_deployment.report.rows["eu_core"]["customers"]
+    with pytest.raises(flight.FlightUnauthenticatedError, match="already redeemed"):
+        raw.do_get(transfer, options(ticket)).read_all()
+    with pytest.raises(flight.FlightUnauthenticatedError, match="unknown, spent or expired"):
+        raw.do_get(flight.Ticket(json.dumps({"transfer": "f" * 64})), options("f" * 64)).read_all()
+    raw.close()
+
+
+def test_a_residual_placed_in_a_silo_over_flight(prod_deployment):
+    """The residual forced into us_lake's agent process: eu_core and sg_lake send their fragments
+    straight to it over TLS, the result equals the one computed at the governed zone, and the ledger
+    shows each crossing."""
+    from fedlake.audit import open_ledger
+    from fedlake.query import GOVERNED, Federation
+
+    catalog = prod_deployment.catalog
+    clients = {s: client(prod_deployment, s) for s in catalog.silos}
+    sql = """WITH seen AS (SELECT c.national_id, count(*) AS n FROM us_lake.transactions t
+                 JOIN us_lake.accounts a ON a.account_id = t.account_id JOIN us_lake.customers c ON c.customer_id = a.customer_id
+                 GROUP BY c.national_id)
+             SELECT l.loan_id, l.principal, coalesce(seen.n, 0) AS us_transactions, coalesce(sg.n, 0) AS sg_accounts
+             FROM eu_core.loans l JOIN eu_core.customers c ON c.customer_id = l.customer_id
+             LEFT JOIN seen ON seen.national_id = c.national_id
+             LEFT JOIN (SELECT c.national_id, count(*) AS n FROM sg_lake.accounts a
+                        JOIN sg_lake.customers c ON c.customer_id = a.customer_id GROUP BY c.national_id) sg
+                    ON sg.national_id = c.national_id"""
+    ledger = open_ledger(prod_deployment.env["FEDLAKE_LEDGER"])
+    before = ledger.last_seq()
+    placed_table, placed = Federation(catalog, clients, site="us_lake").run(sql, "credit_scoring")
+    governed_table, _ = Federation(catalog, clients, site=GOVERNED).run(sql, "credit_scoring")
+    assert placed.site == "us_lake"
+    assert sorted(placed_table.to_pylist(), key=repr) == sorted(governed_table.to_pylist(), key=repr)
+    assert placed_table.num_rows == prod_deployment.report.rows["eu_core"]["loans"]
+    entries = [e for e in ledger.entries(after=before) if e["seq"] <= before + 64]
+    residual = [e for e in entries if e["operation"] == "residual"]
+    assert len(residual) == 1 and residual[0]["silo"] == "us_lake" and residual[0]["rows"] == placed_table.num_rows
+    sent = {e["silo"]: e for e in entries if e["operation"] == "query" and e["destination"] == "US"}
+    assert set(sent) == {"eu_core", "sg_lake"}
+    assert sum(r.bytes for r in placed.runs if not r.at_site) == pytest.approx(sum(e["bytes"] for e in sent.values()), rel=0.05)

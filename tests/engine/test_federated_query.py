@@ -15,6 +15,7 @@ import yaml
 from fedlake.agent import local_agent_client
 from fedlake.agent.gate import EgressDenied
 from fedlake.catalog import load_catalog
+from fedlake.errors import FedlakeError
 from fedlake.policy.model import load_policy
 from fedlake.query import GOVERNED, Federation, PlanningError, render
 from fedlake.query.semijoin import find_semijoins
@@ -410,3 +411,111 @@ def test_bad_queries_are_clear_errors(federation, sql, says):
     fed, _, _ = federation
     with pytest.raises(PlanningError, match=says):
         fed.run(sql, "analytics")
+
+
+@pytest.mark.parametrize("sql", QUERIES, ids=[f"q{i:02d}" for i in range(len(QUERIES))])
+def test_the_result_is_the_same_wherever_the_residual_runs(federation, sql):
+    """The residual run in each silo the query reads (its other fragments sent there agent to agent)
+    returns what co-located DuckDB returns."""
+    fed, colocated, catalog = federation
+    expected = normalized(colocated.execute(sql).fetch_arrow_table())
+    for silo in sorted({f.silo for f in fed.plan(sql, "analytics", with_estimates=False).cut.fragments}):
+        got, plan = Federation(catalog, fed.clients, site=silo).run(sql, "analytics")
+        assert plan.site == silo and normalized(got) == expected, silo
+        assert plan.result_rows == got.num_rows and all(run.rows is not None for run in plan.runs)
+
+
+# the orders meet the payments: one row of result, many rows of fragments
+PLACED = ("SELECT count(*) AS n, sum(y.amount) AS paid, max(o.amount) AS top FROM eu.orders o "
+          "JOIN sg.payments y ON y.order_id = o.order_id")
+
+
+def test_the_residual_runs_where_it_moves_the_fewest_bytes(federation):
+    """The orders stay in their silo, the payments go straight to its agent, and only the one row of
+    the result crosses to the governed zone: fewer bytes than at the governed zone."""
+    fed, colocated, catalog = federation
+    ledger = fed.clients["eu"].agent.ledger
+    before = ledger.last_seq()
+    table, placed = fed.run(PLACED, "analytics")
+    _, governed = Federation(catalog, fed.clients, site=GOVERNED).run(PLACED, "analytics")
+    assert normalized(table) == normalized(colocated.execute(PLACED).fetch_arrow_table())
+    assert placed.site == "eu" and governed.site is None
+    orders = next(r for r in placed.runs if r.fragment.silo == "eu")
+    payments = next(r for r in placed.runs if r.fragment.silo == "sg")
+    assert orders.at_site and orders.rows == TABLES["eu"]["orders"] and not payments.at_site
+    assert placed.bytes_crossing == payments.bytes + payments.filter_bytes + placed.result_bytes
+    at_governed = next(r for r in governed.runs if r.fragment.silo == "eu")
+    assert placed.bytes_crossing < governed.bytes_crossing - at_governed.bytes / 2
+    assert placed.bytes_by_silo() == {"eu": placed.result_bytes, "sg": payments.bytes}
+    chosen = {s.silo: s.estimated_bytes for s in placed.sites}
+    assert chosen["eu"] == min(chosen.values()) and set(chosen) == {None, "eu", "sg"}
+    text = render(placed, catalog, analyze=True)
+    assert "residual at silo eu (postgres, EU; DuckDB in its agent)" in text
+    assert "stays in silo eu, where the residual runs" in text and "crosses SG -> EU, to silo eu's agent" in text
+    assert "silo eu" in text and "(chosen)" in text
+    # the audit: sg's agent sent its fragment to eu's agent, whose residual's result left for the governed zone
+    entries = ledger.entries(after=before)
+    sent = [e for e in entries if e["silo"] == "sg" and e["operation"] == "query"]
+    residual = [e for e in entries if e["silo"] == "eu" and e["operation"] == "residual"]
+    assert sent and sent[0]["rows"] == payments.rows
+    assert residual and residual[0]["rows"] == table.num_rows and residual[0]["destination"] == "EU"
+
+
+def test_a_silo_the_policy_would_not_let_fragments_reach_is_not_a_site(silos):
+    """us would move the fewest bytes, but sg's payment ids reach the US only pseudonymized, not as
+    the governed zone gets them (and the join needs them as they are): the residual runs elsewhere,
+    EXPLAIN says why, and asking for us is an error naming the column."""
+    sql = ("SELECT count(*) AS n, sum(y.amount) AS paid, max(v.duration) AS longest FROM us.visits v "
+           "JOIN sg.payments y ON y.payment_id = v.visit_id")
+    policy = {"classifications": {"public": [{"action": "allow"}]},
+              "overrides": {"sg.payments.payment_id": [{"to": ["EU", "SG"], "action": "allow"}, {"action": "pseudonymize"}]}}
+    fed, clients = federation_under(silos, policy)
+    try:
+        table, plan = fed.run(sql, "analytics")
+        with pytest.raises(PlanningError, match="may not run in silo us: sg may not send payment_id to US as it sends"):
+            Federation(fed.catalog, fed.clients, site="us").plan(sql, "analytics")
+        # the sending agent checks it too, whatever the planner asked
+        payments = next(r for r in plan.runs if r.fragment.silo == "sg")
+        with pytest.raises(EgressDenied, match="to us \\(US\\) denied: the policy treats payment_id there otherwise"):
+            fed.clients["sg"].prepare_transfer(payments.fragment.sql, "analytics", "US", "EU", "us")
+    finally:
+        for c in clients:
+            c.close()
+    assert normalized(table) == normalized(silos[2].execute(sql).fetch_arrow_table())
+    us = next(s for s in plan.sites if s.silo == "us")
+    assert us.estimated_bytes == min(s.estimated_bytes for s in plan.sites)
+    assert "sg may not send payment_id" in us.blocked and plan.site == "sg"
+    assert "(not allowed: sg may not send" in render(plan, fed.catalog)
+
+
+def test_a_transfer_capability_is_for_one_stream_and_its_keys(federation):
+    fed, _, _ = federation
+    from fedlake.agent import Forbidden, Unauthenticated
+    from fedlake.agent.peers import open_peer
+
+    eu = fed.clients["eu"]
+    ticket = eu.prepare_transfer("SELECT id, region FROM people", "analytics", "SG", "EU", "sg",
+                                 keep=[{"column": "id", "keys": "k1"}])
+    peer = open_peer(eu.location, ticket, None)
+    with pytest.raises(Forbidden, match="does not cover semi-join keys"):
+        peer.send_keys("another", None)
+    peer.send_keys("k1", None)
+    assert peer.fetch().read_all().num_rows == TABLES["eu"]["people"]
+    with pytest.raises(Unauthenticated, match="already redeemed"):
+        peer.fetch()
+    caller = eu.agent.authenticate_transfer(ticket)
+    with pytest.raises(Forbidden, match="does not allow action 'list_tables'"):
+        eu.agent.action(caller, "list_tables", {})
+    with pytest.raises(Forbidden, match="only redeems"):
+        eu.agent.stream(caller, "SELECT * FROM people", "analytics", "EU")
+    with pytest.raises(Unauthenticated, match="unknown, spent or expired"):
+        eu.agent.authenticate_transfer("0" * 64)
+
+
+def test_a_residual_reads_only_its_fragments(federation):
+    fed, _, _ = federation
+    for sql in ("SELECT * FROM read_csv('/etc/passwd')", "SELECT * FROM people", "SELECT * FROM eu.orders"):
+        request = {"id": "r", "purpose": "analytics", "destination": "EU", "sql": sql,
+                   "local": [{"name": "__f0", "sql": "SELECT id FROM people"}], "imports": [], "semijoins": []}
+        with pytest.raises(FedlakeError, match="may read only its fragments"):
+            fed.clients["eu"].residual(request).read_all()

@@ -1,0 +1,66 @@
+"""The residual's size estimate and the choice of its site, from the fragments' estimates alone."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from fedlake.agent.agent import arrow_width
+from fedlake.query.placement import result_bytes, result_rows, site_costs, unique_columns
+
+NONE = frozenset()
+
+
+@pytest.mark.parametrize(
+    ("sql", "unique"),
+    [
+        ("SELECT k, sum(v) AS s FROM t GROUP BY k", {"k"}),
+        ("SELECT k AS key, count(*) AS n FROM t GROUP BY 1", {"key"}),
+        ("SELECT k, max(v) AS m FROM t GROUP BY ALL", {"k"}),
+        ("SELECT a, b, count(*) AS n FROM t GROUP BY a, b", set()),
+        ("SELECT DISTINCT k FROM t", {"k"}),
+        ("SELECT count(*) AS n, sum(v) AS s FROM t", {"n", "s"}),
+        ("SELECT k, v FROM t", set()),
+        ("SELECT x.k, x.s FROM (SELECT k, sum(v) AS s FROM t GROUP BY k) AS x WHERE x.s > 0", {"k"}),
+    ],
+)
+def test_unique_columns_follow_group_by_distinct_and_projection(sql, unique):
+    assert unique_columns(sql) == unique
+
+
+FRAGMENTS = {"loans": (10_000, NONE), "people": (30_000, frozenset({"id"})), "moves": (500_000, NONE)}
+
+
+@pytest.mark.parametrize(
+    ("residual", "rows"),
+    [
+        # a key the other side is unique on keeps this side's rows, inner or left
+        ("SELECT * FROM loans l LEFT JOIN people p ON p.id = l.person", 10_000),
+        ("SELECT * FROM loans l JOIN people p ON l.person = p.id", 10_000),
+        # grouping the many side on the key makes it unique on the key
+        ("SELECT * FROM loans l LEFT JOIN (SELECT person, sum(x) AS s FROM moves GROUP BY person) m ON m.person = l.person", 10_000),
+        ("WITH m AS (SELECT person, count(*) AS n FROM moves GROUP BY person) SELECT l.*, m.n FROM loans l JOIN m ON m.person = l.person", 10_000),
+        # this side unique: the other side's rows
+        ("SELECT * FROM people p JOIN moves m ON m.person = p.id", 500_000),
+        ("SELECT count(*) AS n FROM people p JOIN moves m ON m.person = p.id", 1),
+        ("SELECT * FROM loans UNION ALL SELECT * FROM loans", 20_000),
+        ("SELECT * FROM moves ORDER BY 1 LIMIT 25", 25),
+        ("SELECT * FROM loans, people", 300_000_000),
+    ],
+)
+def test_result_rows_follow_the_residuals_shape(residual, rows):
+    assert result_rows(residual, FRAGMENTS) == rows
+
+
+def test_result_bytes_are_rows_times_the_width_of_what_the_residual_returns():
+    schemas = {"loans": pa.schema([("loan_id", pa.string()), ("principal", pa.float64()), ("person", pa.string())])}
+    nbytes = result_bytes("SELECT loan_id, principal * 2 AS twice FROM loans", schemas, 1000, arrow_width)
+    assert nbytes == 1000 * (arrow_width(pa.string()) + 8)
+
+
+def test_each_silo_site_saves_its_own_fragments_and_pays_for_the_result():
+    sites = site_costs([("eu", 600), ("us", 300), ("eu", 100), ("sg", 50)], result_bytes=200)
+    by_site = {s.silo: s.estimated_bytes for s in sites}
+    assert sites[0].silo is None and by_site[None] == 1050
+    assert by_site == {None: 1050, "eu": 550, "us": 950, "sg": 1200}
+    assert min(sites, key=lambda s: s.estimated_bytes).silo == "eu"
