@@ -142,7 +142,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     catalog = load_catalog(args.silos)
     policy = _policy(args, catalog)
-    federation = Federation(catalog, agent_clients(catalog, policy, _deployment(args), data_dir()))
+    federation = Federation(catalog, agent_clients(catalog, policy, _deployment(args), data_dir()), site=args.site)
     if args.explain:
         print(render(federation.plan(args.sql, args.purpose), catalog))
         return 0
@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--explain", action="store_true", help="show the plan, run nothing")
     mode.add_argument("--explain-analyze", action="store_true", help="run, then show the plan with actual rows and bytes")
     query.add_argument("--max-rows", type=int, default=40)
+    query.add_argument("--site", default="auto",
+                       help="where the residual runs: auto (the fewest bytes the policy allows), governed, or a silo")
     query.set_defaults(run=cmd_query)
 
     audit = sub.add_parser("audit", help="the audit ledger").add_subparsers(dest="audit_command", required=True)

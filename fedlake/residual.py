@@ -31,7 +31,6 @@ class Workspace:
         # closed only once the spill folder is set: DuckDB refuses that folder to a closed database
         self._db.execute("SET enable_external_access = false")
         self._db.execute("SET lock_configuration = true")
-        self.loaded: set[str] = set()
 
     def load(self, name: str, reader: pa.RecordBatchReader, arrived: Callable[[int, int], None]) -> None:
         """Load a fragment's stream as table `name` (from any thread); `arrived(rows, bytes)` as it comes."""
@@ -41,7 +40,6 @@ class Workspace:
             cursor.execute(f'CREATE TABLE "{name}" AS SELECT * FROM incoming')
         finally:
             cursor.close()
-        self.loaded.add(name)
 
     def distinct(self, columns: list[tuple[str, str]]) -> pa.ChunkedArray:
         """The distinct values of these (table, column)s together: the keys of a semi-join."""
@@ -51,20 +49,6 @@ class Workspace:
             return cursor.execute(union).to_arrow_table().column("k")
         finally:
             cursor.close()
-
-    def check(self, sql: str) -> None:
-        """A residual reads only the fragments loaded here (and its own CTEs): one query, no table functions."""
-        try:
-            tree = sqlglot.parse_one(sql, read="duckdb")
-        except sqlglot.errors.ParseError as exc:
-            raise FedlakeError(f"the residual query does not parse: {exc}") from None
-        if not isinstance(tree, exp.Query):
-            raise FedlakeError("a residual is one SELECT over the fragments")
-        ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
-        unknown = {t.name for t in tree.find_all(exp.Table) if t.name not in ctes} - self.loaded
-        if unknown or any(t.args.get("db") or isinstance(t.this, exp.Func) for t in tree.find_all(exp.Table)):
-            raise FedlakeError(f"the residual may read only its fragments ({', '.join(sorted(self.loaded))}), "
-                               f"not {', '.join(sorted(unknown)) or 'a qualified name or a table function'}")
 
     def run(self, sql: str, finished: Callable[[int, int], None]) -> pa.RecordBatchReader:
         """Stream the residual's result; the workspace closes when the stream ends (or fails to start)."""
@@ -83,3 +67,20 @@ class Workspace:
     def close(self) -> None:
         self._db.close()
         self._spill.cleanup()
+
+
+def check_residual(sql: str, fragments: set[str]) -> None:
+    """A residual reads only its fragments (and its own CTEs): one query, no qualified names, no
+    table functions. Checked before anything runs; the closed DuckDB would refuse files anyway."""
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except sqlglot.errors.ParseError as exc:
+        raise FedlakeError(f"the residual query does not parse: {exc}") from None
+    if not isinstance(tree, exp.Query):
+        raise FedlakeError("a residual is one SELECT over the fragments")
+    ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    tables = [t for t in tree.find_all(exp.Table) if t.name not in ctes]
+    unknown = {t.name for t in tables} - fragments
+    if unknown or any(t.args.get("db") or isinstance(t.this, exp.Func) for t in tables):
+        raise FedlakeError(f"the residual may read only its fragments ({', '.join(sorted(fragments))}), "
+                           f"not {', '.join(sorted(unknown)) or 'a qualified name or a table function'}")

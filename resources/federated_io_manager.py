@@ -125,6 +125,7 @@ class FederatedIOManager(dg.IOManager):
             "bytes_in_zone": connector.statistics(table).bytes,
             "purpose": obj.purpose,
             "bytes_crossing_by_silo": plan.bytes_by_silo(),
+            "residual_site": f"silo {plan.site}" if plan.site else "governed zone",
             "plan": dg.MetadataValue.md("```\n" + render(plan, self._catalog, analyze=True) + "\n```"),
             "audit_entries": entries,
             "inputs": [h.qualified_name for h in obj.inputs],

@@ -27,7 +27,7 @@ import pyarrow as pa
 from fedlake.agent.peers import Peer, open_peer
 from fedlake.bloom import filter_if_it_pays
 from fedlake.errors import FedlakeError
-from fedlake.residual import Workspace
+from fedlake.residual import Workspace, check_residual
 from fedlake.silos.base import counted
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any
     agent.check_purpose(caller, purpose)
     if len(set(names)) != len(names) or any(s.get("probe") not in {i["name"] for i in imports} for s in semijoins):
         raise FedlakeError(f"agent {agent.spec.name}: a residual request names a fragment twice or a semi-join without its fragment")
+    check_residual(sql, set(names))
 
     # every local fragment is planned (and a refusal ledgered and raised) before anything runs
     plans = [(item["name"], agent.plan(caller, item["sql"], purpose, final)) for item in local]
@@ -97,7 +98,6 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any
             sent = [pool.submit(send_keys, semijoin) for semijoin in semijoins]
             for future in [*loaded.values(), *sent]:
                 future.result()
-        workspace.check(sql)
     except BaseException:
         workspace.close()
         raise

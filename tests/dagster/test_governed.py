@@ -61,6 +61,7 @@ def test_credit_features_metadata_shows_what_crossed_and_how(materialized):
     assert meta["location"] == "governed.customer_credit_features" and meta["purpose"] == "credit_scoring"
     assert set(meta["bytes_crossing_by_silo"]) == {"eu_core", "us_lake", "sg_lake"}
     assert all(v > 0 for v in meta["bytes_crossing_by_silo"].values())
+    assert meta["residual_site"] == "silo eu_core"
     plan = meta["plan"]
     for silo in ("eu_core", "us_lake", "sg_lake"):
         assert f"at silo {silo}" in plan

@@ -48,6 +48,9 @@ class Recording(AgentClient):
     def estimate(self, sql, purpose, destination):
         return self.inner.estimate(sql, purpose, destination)
 
+    def residual(self, request):
+        return self.inner.residual(request)
+
     def action(self, name: str, **body: Any) -> Any:
         result = self.inner.action(name, **body)
         self.answers.append((name, json.dumps(result)))
