@@ -40,7 +40,7 @@ VARIANTS = {
     "d": "fedlake, in-process agents",
     "e": "fedlake, agents over Flight+TLS",
     "f": "fedlake in-process, no semi-join reduction",
-    "g": "fedlake in-process, residual at governed zone",
+    "g": "fedlake in-process, residual at governed",
 }
 RAW_TABLES = ("customers", "accounts", "transactions")
 

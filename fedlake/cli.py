@@ -52,6 +52,9 @@ def cmd_silos(args: argparse.Namespace) -> int:
 
 
 def cmd_agent_serve(args: argparse.Namespace) -> int:
+    # Fragments from peer agents arrive over Flight with buffers at any alignment, which costs nothing
+    # on the CPUs agents run on; Acero (under DuckDB's Arrow scan) would print a warning per batch.
+    os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
     from fedlake.agent import build_agent
     from fedlake.agent.server import AgentFlightServer
 

@@ -19,6 +19,7 @@ from sqlglot import exp
 from fedlake.agent.gate import SUBJECTS_COLUMN, DerivedColumn, EgressDenied, EgressGate, EgressPlan
 from fedlake.agent.lineage import LineageError, SourceUse, analyse, parse_query
 from fedlake.agent.peers import CAPABILITY_SCHEME, Transfer, TransferRefused, Transfers
+from fedlake.agent.placed import run_placed_residual
 from fedlake.agent.pii import pii_scan
 from fedlake.audit import Ledger
 from fedlake.bloom import BloomFilter, key_family
@@ -336,8 +337,6 @@ class SiloAgent:
 
     def residual(self, caller: Caller, request: dict[str, Any]) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Run a residual the planner placed in this silo; only its result leaves, for the governed zone."""
-        from fedlake.agent.placed import run_placed_residual
-
         return run_placed_residual(self, caller, request)
 
     def _residual_report(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
