@@ -8,12 +8,14 @@ work, while the key itself never leaves.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -51,18 +53,41 @@ def local_secret(home: Path, name: str) -> str:
     return path.read_text().strip()
 
 
+ASCII_WHITESPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.strip() removes from ASCII text
+
+
 def pseudonymize(values: pa.Array | pa.ChunkedArray, key: bytes) -> pa.Array:
     """Tokens for values: HMAC-SHA256 of the trimmed, lower-cased text; nulls stay null."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     text = values if pa.types.is_string(values.type) else pc.cast(values, pa.string())
     unique = pc.unique(text)
-    digest = hmac.digest  # the one-shot C path: a third faster than hmac.new per value
-    tokens = [
-        None if v is None else digest(key, v.strip().lower().encode(), "sha256").hex()[:TOKEN_HEX_CHARS]
-        for v in unique.to_pylist()
-    ]
-    return pc.take(pa.array(tokens, pa.string()), pc.index_in(text, unique))
+    if pc.all(pc.string_is_ascii(unique)).as_py() is not False:
+        tokens = _hmac_in_duckdb(pc.ascii_lower(pc.utf8_trim(unique, characters=ASCII_WHITESPACE)), key)
+    else:
+        digest = hmac.digest  # the one-shot C path: a third faster than hmac.new per value
+        tokens = pa.array([
+            None if v is None else digest(key, v.strip().lower().encode(), "sha256").hex()[:TOKEN_HEX_CHARS]
+            for v in unique.to_pylist()
+        ], pa.string())
+    return pc.take(tokens, pc.index_in(text, unique))
+
+
+def _hmac_in_duckdb(normalized: pa.Array, key: bytes) -> pa.Array:
+    """HMAC-SHA256 (RFC 2104) of each value, vectorized in DuckDB, outside the GIL: a third of the
+    time of hashing value by value in Python. For ASCII text, trimmed and lower-cased as Python
+    would, the tokens are the same."""
+    block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    inner, outer = bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)
+    db = duckdb.connect(config={"enable_external_access": False, "autoinstall_known_extensions": False})
+    try:
+        db.register("normalized", pa.table({"v": normalized}))
+        return db.execute(
+            f"SELECT substr(sha256($outer::BLOB || unhex(sha256($inner::BLOB || encode(v)))), 1, {TOKEN_HEX_CHARS}) "
+            "FROM normalized", {"inner": inner, "outer": outer},
+        ).to_arrow_table().column(0).combine_chunks().cast(pa.string())
+    finally:
+        db.close()
 
 
 def generalize(values: pa.Array | pa.ChunkedArray, spec: dict[str, Any]) -> pa.Array:
