@@ -4,6 +4,7 @@ what a dead agent looks like to its caller."""
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow.flight as flight
 import pytest
@@ -182,3 +183,16 @@ def test_a_residual_placed_in_a_silo_over_flight(prod_deployment):
     sent = {e["silo"]: e for e in entries if e["operation"] == "query" and e["destination"] == "US"}
     assert set(sent) == {"eu_core", "sg_lake"}
     assert sum(r.bytes for r in placed.runs if not r.at_site) == pytest.approx(sum(e["bytes"] for e in sent.values()), rel=0.05)
+
+
+def test_a_dead_peer_is_a_clear_error_for_a_placed_residual(prod_deployment):
+    """A residual whose fragment is to come from an agent that is not there fails at once, naming
+    the peer, and leaves no result."""
+    from tests.services import free_port
+
+    dead = f"grpc+tls://127.0.0.1:{free_port()}"
+    request = {"id": "dead-peer", "purpose": "credit_scoring", "destination": "EU", "sql": "SELECT * FROM __f0 JOIN __f1 USING (x)",
+               "local": [{"name": "__f0", "sql": "SELECT customer_id AS x FROM customers"}],
+               "imports": [{"name": "__f1", "silo": "sg_lake", "location": dead, "ticket": "0" * 64}], "semijoins": []}
+    with pytest.raises(FedlakeError, match=re.escape(f"peer agent at {dead}: ") + ".*[Uu]navailable"):
+        client(prod_deployment).residual(request).read_all()
