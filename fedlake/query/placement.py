@@ -22,6 +22,8 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
+from fedlake.query.cut import conjuncts
+
 
 @dataclass
 class Site:
@@ -94,8 +96,10 @@ class _Cardinality:
         else:
             base = self.source(from_.this)
             rows, unique = base.rows, {(from_.this.alias_or_name, c) for c in base.unique}
+        where = select.args.get("where")
+        terms = conjuncts(where.this) if where is not None else []
         for join in select.args.get("joins") or []:
-            rows, unique = self._join(rows, unique, join)
+            rows, unique = self._join(rows, unique, join, terms)
         outputs = {p.alias_or_name: p.unalias() for p in select.expressions}
         group = select.args.get("group")
         if group is not None:
@@ -126,17 +130,20 @@ class _Cardinality:
         key = keys[0]
         return [name for name, e in listed if e == key or (isinstance(key, exp.Column) and not key.table and name == key.name)]
 
-    def _join(self, rows: int, unique: set[tuple[str, str]], join: exp.Join) -> tuple[int, set[tuple[str, str]]]:
+    def _join(
+        self, rows: int, unique: set[tuple[str, str]], join: exp.Join, where: list[exp.Expression]
+    ) -> tuple[int, set[tuple[str, str]]]:
+        """Rows after one more join; its equalities may stand in ON or, for a comma or CROSS JOIN, in WHERE."""
         alias = join.this.alias_or_name
         other = self.source(join.this)
         on = join.args.get("on")
-        if on is None and not join.args.get("using"):
-            return rows * other.rows, set()
         pairs = []
-        for term in on.find_all(exp.EQ) if on is not None else []:
-            a, b = term.left, term.right
-            if isinstance(a, exp.Column) and isinstance(b, exp.Column):
+        for term in conjuncts(on) + ([] if join.args.get("side") else where):
+            a, b = (term.left, term.right) if isinstance(term, exp.EQ) else (None, None)
+            if isinstance(a, exp.Column) and isinstance(b, exp.Column) and a.table != b.table:
                 pairs += [(b, a)] if a.table == alias else [(a, b)] if b.table == alias else []
+        if not pairs and on is None and not join.args.get("using"):
+            return rows * other.rows, set()
         right_unique = any(r.name in other.unique for _, r in pairs) or any(
             u.name in other.unique for u in join.args.get("using") or []
         )

@@ -46,6 +46,10 @@ FRAGMENTS = {"loans": (10_000, NONE), "people": (30_000, frozenset({"id"})), "mo
         ("SELECT * FROM loans UNION ALL SELECT * FROM loans", 20_000),
         ("SELECT * FROM moves ORDER BY 1 LIMIT 25", 25),
         ("SELECT * FROM loans, people", 300_000_000),
+        # the planner's residual keeps a join's equalities in WHERE once it has pushed a join group
+        ('SELECT * FROM "loans" AS "l" CROSS JOIN "people" AS "p" WHERE ((TRUE AND "p"."id" = "l"."person") AND TRUE)', 10_000),
+        ("SELECT * FROM people p, moves m WHERE m.person = p.id AND m.x > 0", 500_000),
+        ("SELECT * FROM loans l JOIN people p ON p.id = l.person OR p.id = l.other", 30_000),
     ],
 )
 def test_result_rows_follow_the_residuals_shape(residual, rows):
