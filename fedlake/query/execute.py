@@ -370,7 +370,12 @@ class Federation:
         def finished(rows: int, nbytes: int) -> None:
             plan.result_rows, plan.result_bytes = rows, nbytes
             plan.seconds = time.perf_counter() - started
-            report = client.action("residual_report", id=rid)
+            try:
+                report = client.action("residual_report", id=rid)
+            except FedlakeError as exc:  # the result is complete; only the counts of what fed it are lost
+                for run in plan.runs:
+                    run.notes.append(f"actual rows and bytes unknown: {exc}")
+                return
             for run in plan.runs:
                 got = report["fragments"].get(run.fragment.name, {})
                 run.rows, run.bytes, run.seconds = got.get("rows"), got.get("bytes"), got.get("seconds")
