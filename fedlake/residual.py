@@ -21,6 +21,10 @@ from fedlake.errors import FedlakeError
 from fedlake.silos.base import counted
 
 
+def _ident(name: str) -> str:
+    return '"' + str(name).replace('"', '""') + '"'
+
+
 class Workspace:
     def __init__(self, memory_limit: str = "2GB"):
         self._spill = tempfile.TemporaryDirectory(prefix="fedlake-residual-")
@@ -37,7 +41,7 @@ class Workspace:
         cursor = self._db.cursor()
         try:
             cursor.register("incoming", pa.RecordBatchReader.from_batches(reader.schema, counted(reader, arrived)))
-            cursor.execute(f'CREATE TABLE "{name}" AS SELECT * FROM incoming')
+            cursor.execute(f"CREATE TABLE {_ident(name)} AS SELECT * FROM incoming")
         finally:
             cursor.close()
 
@@ -45,7 +49,7 @@ class Workspace:
         """The distinct values of these (table, column)s together: the keys of a semi-join."""
         cursor = self._db.cursor()
         try:
-            union = " UNION ".join(f'SELECT DISTINCT "{column}" AS k FROM "{table}"' for table, column in columns)
+            union = " UNION ".join(f"SELECT DISTINCT {_ident(column)} AS k FROM {_ident(table)}" for table, column in columns)
             return cursor.execute(union).to_arrow_table().column("k")
         finally:
             cursor.close()
