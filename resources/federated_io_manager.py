@@ -108,7 +108,7 @@ class FederatedIOManager(dg.IOManager):
         before = ledger.last_seq()
         federation = Federation(self._catalog, {name: self._agent(name) for name in self._silos})
         plan = federation.plan(obj.sql, obj.purpose)
-        denied = [r for r in plan.runs if any(d["action"] == "deny" for d in r.decisions)]
+        denied = [r for r in plan.runs if not r.at_site and any(d["action"] == "deny" for d in r.decisions)]
         if denied:
             raise FedlakeError(
                 f"the planner found no compliant plan for {GOVERNED}.{table} ({obj.purpose}):\n" + render(plan, self._catalog)

@@ -19,14 +19,14 @@ from sqlglot import exp
 from fedlake.agent.gate import SUBJECTS_COLUMN, DerivedColumn, EgressDenied, EgressGate, EgressPlan
 from fedlake.agent.lineage import LineageError, SourceUse, analyse, parse_query
 from fedlake.agent.peers import CAPABILITY_SCHEME, Transfer, TransferRefused, Transfers
-from fedlake.agent.placed import run_placed_residual
+from fedlake.agent.placed import explain_placed_residual, run_placed_residual
 from fedlake.agent.pii import pii_scan
+from fedlake.arrow_types import arrow_width, sql_type
 from fedlake.audit import Ledger
 from fedlake.bloom import BloomFilter, key_family
 from fedlake.catalog import SiloSpec
 from fedlake.errors import FedlakeError
 from fedlake.policy.model import Policy
-from fedlake.policy.transforms import TOKEN_HEX_CHARS
 from fedlake.silos.base import Connector, EgressCounter, check_table_name, counted
 
 
@@ -43,33 +43,6 @@ class Caller:
     identity: str
     purposes: tuple[str, ...]
     transfer: str | None = None  # a peer agent holding a transfer capability, not a client
-
-
-def sql_type(t: pa.DataType) -> str:
-    if pa.types.is_boolean(t):
-        return "BOOLEAN"
-    if pa.types.is_integer(t):
-        return "BIGINT"
-    if pa.types.is_floating(t) or pa.types.is_decimal(t):
-        return "DOUBLE"
-    if pa.types.is_date(t):
-        return "DATE"
-    if pa.types.is_timestamp(t):
-        return "TIMESTAMP"
-    return "VARCHAR"
-
-
-def arrow_width(t: pa.DataType) -> int:
-    """Arrow bytes per value, about: fixed widths as they are; text as its offset and a typical
-    length (a pseudonym is TOKEN_HEX_CHARS characters)."""
-    if pa.types.is_boolean(t):
-        return 1
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return 4 + TOKEN_HEX_CHARS
-    try:
-        return max(1, t.bit_width // 8)
-    except ValueError:
-        return 16
 
 
 SEMIJOIN_WAIT_SECONDS = 600.0
@@ -146,6 +119,7 @@ class SiloAgent:
             "semijoin_keys": self._semijoin_keys,
             "prepare_transfer": self._prepare_transfer,
             "residual_report": self._residual_report,
+            "explain_residual": lambda caller, body: explain_placed_residual(self, caller, body),
         }.items():
             self.register_action(name, handler)
 
@@ -198,7 +172,7 @@ class SiloAgent:
 
     # -- queries through the gate ---------------------------------------------------------------
 
-    def _tables_for(self, sql: str) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, DerivedColumn]]]:
+    def tables_for(self, sql: str) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, DerivedColumn]]]:
         """The silo's schema as the gate needs it: the tables the fragment names, with their columns,
         and for tables fedlake made here, the base columns each of their columns was made of."""
         tree = parse_query(sql)
@@ -225,7 +199,7 @@ class SiloAgent:
             raise Forbidden(f"agent {self.spec.name}: a transfer capability only redeems the fragment it was made for")
         self.check_purpose(caller, purpose)
         try:
-            schema, derived = self._tables_for(sql)
+            schema, derived = self.tables_for(sql)
             return self.gate.plan(sql, caller.identity, purpose, destination, schema, derived)
         except (EgressDenied, LineageError) as exc:
             columns = [c.as_dict() for c in exc.plan.columns] if isinstance(exc, EgressDenied) and exc.plan else []
@@ -427,7 +401,7 @@ class SiloAgent:
         table, sql = check_table_name(body["table"]), body["sql"]
         if table in self.spec.tables:
             raise FedlakeError(f"{self.spec.name}.{table} is a source table declared in {self.spec.source_file}; it may not be replaced")
-        schema, derived = self._tables_for(sql)
+        schema, derived = self.tables_for(sql)
         lineage = analyse(sql, schema)
         annotations = {"lineage": {}, "sql": sql, "by": caller.identity}
         for column in lineage.columns:
@@ -448,7 +422,7 @@ class SiloAgent:
     def _explain(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         """The gate's decision for a fragment, without running it (nothing leaves, nothing is ledgered)."""
         self.check_purpose(caller, body["purpose"])
-        schema, derived = self._tables_for(body["sql"])
+        schema, derived = self.tables_for(body["sql"])
         try:
             plan = self.gate.plan(body["sql"], caller.identity, body["purpose"], body["destination"], schema, derived)
         except EgressDenied as exc:

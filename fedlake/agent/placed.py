@@ -1,15 +1,24 @@
-"""A residual the planner placed in this silo, because running it here moves fewer bytes than
-running it at the governed zone.
+"""A residual the planner placed in this silo: because running it here moves fewer bytes than
+running it at the governed zone, or because only here may it see this silo's rows at all.
 
-The silo's own fragments are gated exactly as if they were leaving for the governed zone, and stay
-here; the other silos' fragments come straight from their agents, under capabilities whose senders
-checked that the policy treats them here as at the governed zone. So the residual reads nothing the
-governed zone could not have received itself, and its result may go there. It runs in a closed
-DuckDB; the semi-join filters its remote fragments wait for are built here and sent to their agents.
+The other silos' fragments come straight from their agents, under capabilities whose senders
+checked that the policy treats them here as at the governed zone. The silo's own fragments stay
+here, in one of two ways:
+
+- gated (the default): exactly as if they were leaving for the governed zone. The residual then
+  reads nothing the governed zone could not have received itself, and its result may go there.
+- raw (`"raw": true`, where the policy lets some of them leave only aggregated): as they are. The
+  residual's result then passes this silo's gate like any fragment, its lineage traced through the
+  residual into the silo's own columns (whose groups must hold k subjects) while the other silos'
+  columns count as released. No local column may be one the policy pseudonymizes or generalizes:
+  joined raw with another silo's pseudonyms it would silently match nothing.
+
+It runs in a closed DuckDB; the semi-join filters its remote fragments wait for are built here and
+sent to their agents.
 
 The request, from the coordinator:
-  {"id", "purpose", "destination": the governed zone's region, "sql": the residual,
-   "local": [{"name", "sql"}], "imports": [{"name", "silo", "location", "ticket"}],
+  {"id", "purpose", "destination": the governed zone's region, "sql": the residual, "raw": bool,
+   "local": [{"name", "sql"}], "imports": [{"name", "silo", "location", "ticket", "schema": {column: SQL type}}],
    "semijoins": [{"condition", "probe": an import's name, "keys": an id, "build": [[name, column]],
                   "limit": the most bytes the filter may cost}]}
 """
@@ -24,7 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from fedlake.agent.gate import SUBJECTS_COLUMN, DerivedColumn, EgressDenied, EgressPlan
+from fedlake.agent.lineage import analyse
 from fedlake.agent.peers import Peer, open_peer
+from fedlake.arrow_types import sql_type
 from fedlake.bloom import filter_if_it_pays
 from fedlake.errors import FedlakeError
 from fedlake.residual import Workspace, check_residual
@@ -35,6 +47,44 @@ if TYPE_CHECKING:
 
 RESIDUAL_MEMORY = "2GB"
 KEPT_REPORTS = 256
+
+
+def raw_residual_plan(agent: SiloAgent, caller: Caller, request: dict[str, Any], ledger: bool = True) -> EgressPlan:
+    """The gate's plan for a residual over this silo's raw fragments and other silos' released ones;
+    a refusal is raised naming the column and the rule (and ledgered, unless only explained)."""
+    purpose, final, sql = request["purpose"], request["destination"], request["sql"]
+    schema: dict[str, dict[str, str]] = {}
+    derived: dict[str, dict[str, DerivedColumn]] = {}
+    for item in request.get("local", []):
+        tables, made_here = agent.tables_for(item["sql"])
+        columns = {}
+        for column in analyse(item["sql"], tables).columns:
+            uses = agent.gate.base_uses(column.uses, made_here)
+            for use in uses:
+                if use.mode == "unknown":
+                    continue  # the residual's gate refuses it, if it reaches the result
+                decision = agent.policy.decide(agent.spec.name, use.table, use.column, final, purpose)
+                if decision.action in ("pseudonymize", "generalize"):
+                    raise EgressDenied(None, f"egress from {agent.spec.name} to {final} for {purpose} denied: the residual "
+                                       f"may not read {agent.spec.name}.{use.table}.{use.column} raw, which the policy "
+                                       f"{decision.action}s [rule {decision.rule}]: other silos' values would not match it")
+            columns[column.name] = DerivedColumn(tuple(uses))
+        derived[item["name"]] = columns
+        empty = agent.connector.execute(f"SELECT * FROM ({item['sql']}) AS q LIMIT 0")
+        schema[item["name"]] = {f.name: sql_type(f.type) for f in empty.schema}
+    for item in request.get("imports", []):
+        schema[item["name"]] = {str(c): str(t) for c, t in item["schema"].items()}
+        derived[item["name"]] = {str(c): DerivedColumn(()) for c in item["schema"]}  # released by their own silo
+    try:
+        return agent.gate.plan(sql, caller.identity, purpose, final, schema, derived)
+    except EgressDenied as exc:
+        if not ledger:
+            raise
+        agent.ledger.record(
+            requester=caller.identity, purpose=purpose, silo=agent.spec.name, destination=final, operation="residual",
+            fragment=sql, columns=[c.as_dict() for c in exc.plan.columns] if exc.plan else [], decision="denied",
+        )
+        raise
 
 
 def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any]) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -51,8 +101,10 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any
         raise FedlakeError(f"agent {agent.spec.name}: a residual request names a fragment twice or a semi-join without its fragment")
     check_residual(sql, set(names))
 
-    # every local fragment is planned (and a refusal ledgered and raised) before anything runs
-    plans = [(item["name"], agent.plan(caller, item["sql"], purpose, final)) for item in local]
+    # every fragment and the residual are planned (and a refusal ledgered and raised) before anything runs
+    raw = bool(request.get("raw"))
+    gate_plan = raw_residual_plan(agent, caller, request) if raw else None
+    plans = [(item["name"], None if raw else agent.plan(caller, item["sql"], purpose, final)) for item in local]
     report: dict[str, Any] = {"requester": caller.identity, "fragments": {}, "filters": {}, "notes": {}}
     lock = threading.Lock()
     workspace = Workspace(RESIDUAL_MEMORY)
@@ -68,7 +120,9 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any
 
         workspace.load(name, source(), arrived)
 
-    def gated(plan: Any) -> Callable[[], pa.RecordBatchReader]:
+    def gated(plan: EgressPlan | None, sql: str) -> Callable[[], pa.RecordBatchReader]:
+        if plan is None:
+            return lambda: agent.connector.execute(sql)  # raw: it never leaves the silo
         return lambda: pa.RecordBatchReader.from_batches(*agent.gated(caller, plan))
 
     def send_keys(semijoin: dict[str, Any]) -> None:
@@ -91,8 +145,8 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any
         for item in imports:
             peers[item["name"]] = open_peer(item["location"], item["ticket"], agent.peer_ca)
         with ThreadPoolExecutor(max_workers=len(plans) + len(imports) + len(semijoins) or 1) as pool:
-            for name, plan in plans:
-                loaded[name] = pool.submit(load, name, gated(plan))
+            for (name, plan), item in zip(plans, local):
+                loaded[name] = pool.submit(load, name, gated(plan, item["sql"]))
             for name, peer in peers.items():
                 loaded[name] = pool.submit(load, name, peer.fetch)
             sent = [pool.submit(send_keys, semijoin) for semijoin in semijoins]
@@ -105,9 +159,10 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any
         for peer in peers.values():
             peer.close()
 
-    over = [f"-- over {name}: {item['sql']}" for (name, _), item in zip(plans, local)]
+    over = [f"-- over {name}: {item['sql']}{' (raw, in the silo)' if raw else ''}" for (name, _), item in zip(plans, local)]
     over += [f"-- over {item['name']}: sent by silo {item['silo']}'s agent" for item in imports]
-    columns = [c.as_dict() for _, plan in plans for c in plan.columns]
+    verdicts = gate_plan.columns if gate_plan else [c for _, plan in plans for c in plan.columns]
+    columns = [c.as_dict() for c in verdicts]
     decision = "rewritten" if any(c["action"] != "allow" for c in columns) else "allowed"
 
     def finished(rows: int, nbytes: int) -> None:
@@ -119,5 +174,31 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any
             agent.residual_reports.pop(next(iter(agent.residual_reports)))
         agent.residual_reports[rid] = report
 
-    result = workspace.run(sql, finished)
-    return result.schema, counted(result, each=agent.egress.add)
+    if gate_plan is None:
+        result = workspace.run(sql, lambda rows, nbytes: None)
+        return result.schema, counted(result, finished, each=agent.egress.add)
+    if gate_plan.k and gate_plan.small_groups == "refuse":
+        smallest = workspace.smallest_group(gate_plan.sql, SUBJECTS_COLUMN)
+        if smallest is not None and smallest < gate_plan.k:
+            workspace.close()
+            agent.ledger.record(
+                requester=caller.identity, purpose=purpose, silo=agent.spec.name, destination=final, operation="residual",
+                fragment="\n".join([sql, *over]), columns=columns, decision="denied",
+            )
+            raise EgressDenied(gate_plan, f"egress from {agent.spec.name} denied: a group of the residual has {smallest} "
+                               f"distinct subjects, under k={gate_plan.k} [rule {agent.policy.path}: aggregate.small_groups = refuse]")
+    result = workspace.run(gate_plan.sql, lambda rows, nbytes: None)
+    schema, batches = agent.gate.apply(gate_plan, result.schema, iter(result))
+    return schema, counted(batches, finished, each=agent.egress.add)
+
+
+def explain_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
+    """Whether a residual over this silo's raw fragments may send its result to the governed zone,
+    and the gate's decision per column; nothing runs, nothing is ledgered."""
+    agent.check_purpose(caller, request["purpose"])
+    check_residual(request["sql"], {item["name"] for item in [*request.get("local", []), *request.get("imports", [])]})
+    try:
+        plan = raw_residual_plan(agent, caller, request, ledger=False)
+    except EgressDenied as exc:
+        return {"denied": str(exc), "columns": [c.as_dict() for c in exc.plan.columns] if exc.plan else []}
+    return {"denied": None, "k": plan.k, "columns": [c.as_dict() for c in plan.columns]}

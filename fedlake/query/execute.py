@@ -20,7 +20,7 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
-from fedlake.agent.agent import arrow_width
+from fedlake.arrow_types import arrow_width, sql_type
 from fedlake.agent.client import AgentClient
 from fedlake.bloom import MAX_FILTER_BYTES, filter_if_it_pays
 from fedlake.catalog import Catalog
@@ -64,6 +64,8 @@ class FederatedPlan:
     cut: Cut
     runs: list[FragmentRun]
     site: str | None = None  # the silo whose agent runs the residual; None: the governed zone
+    raw: bool = False  # the site reads its own rows as they are, and its gate judges the residual's result
+    site_decisions: list[dict[str, Any]] = field(default_factory=list)  # that gate's decision per result column
     sites: list[Site] = field(default_factory=list)  # the sites considered, with their estimated bytes
     result_estimated_rows: int | None = None
     result_estimated_bytes: int | None = None
@@ -159,8 +161,10 @@ class Federation:
     def _place(self, plan: FederatedPlan, explain: _Explanations) -> None:
         """Choose the residual's site: the fewest estimated bytes among the sites the policy allows."""
         runs = plan.runs
-        if any(r.estimated_bytes is None or r.schema is None for r in runs):
-            return  # a fragment the gate refuses: the run will say why
+        refused = [r for r in runs if r.estimated_bytes is None or r.schema is None]
+        if refused:
+            self._place_raw(plan, explain, refused)
+            return
         shapes = {r.fragment.name: (r.estimated_rows or 0, unique_columns(r.fragment.sql)) for r in runs}
         plan.result_estimated_rows = result_rows(plan.cut.residual, shapes)
         plan.result_estimated_bytes = result_bytes(
@@ -183,6 +187,37 @@ class Federation:
                 break
         for run in runs:
             run.at_site = run.fragment.silo == plan.site
+
+    def _place_raw(self, plan: FederatedPlan, explain: _Explanations, refused: list[FragmentRun]) -> None:
+        """Fragments the governed zone may not receive (rows the policy lets leave only aggregated)
+        can still feed a residual in their own silo, if every other fragment may go there and that
+        silo's gate lets the residual's result go to the governed zone. If not, the run fails with
+        the fragments' refusal, and EXPLAIN shows why the silo could not help."""
+        silos = {r.fragment.silo for r in refused}
+        silo = next(iter(silos))
+        if len(silos) != 1 or self.site not in ("auto", silo):
+            return
+        remote = [r for r in plan.runs if r.fragment.silo != silo]
+        if any(r.schema is None for r in remote):
+            return
+        moved = sum(r.estimated_bytes or 0 for r in remote)
+        denied = "; ".join(dict.fromkeys(explain(r.fragment, plan.destination)["denied"] or "" for r in refused))
+        blocked = self._blocked(silo, plan.runs, explain, plan.destination)
+        checked = self.clients[silo].action(
+            "explain_residual", purpose=plan.purpose, destination=plan.destination, sql=plan.cut.residual,
+            local=[{"name": r.fragment.name, "sql": r.fragment.sql} for r in plan.runs if r.fragment.silo == silo],
+            imports=[{"name": r.fragment.name, "schema": {f.name: sql_type(f.type) for f in r.schema}} for r in remote],
+        )
+        plan.sites = [Site(None, sum(r.estimated_bytes or 0 for r in plan.runs), blocked=denied),
+                      Site(silo, moved, blocked=blocked or checked["denied"] or "")]
+        if plan.sites[1].blocked:
+            return
+        plan.site, plan.raw, plan.site_decisions = silo, True, checked["columns"]
+        for run in plan.runs:
+            run.at_site = run.fragment.silo == silo
+            if run.at_site:
+                run.notes.append(f"its rows may not leave {silo} as they are, so the residual runs there, over them, "
+                                 f"and its result leaves through {silo}'s gate")
 
     def _blocked(self, silo: str, runs: list[FragmentRun], explain: _Explanations, destination: str) -> str:
         """Why the residual may not run in `silo`, if it may not: another silo may not send its
@@ -250,6 +285,9 @@ class Federation:
             if run.at_site:
                 note = "no semi-join needed: the residual runs in this silo, so its rows do not cross"
                 run.notes += [note] if note not in run.notes else []
+                continue
+            if plan.raw and any(by_name[k.fragment].at_site for k in semijoin.build):
+                run.notes.append(f"semi-join on {semijoin.condition} not used: its keys are {plan.site}'s raw rows")
                 continue
             region = self.catalog.silo(run.fragment.silo).region
             blocked = []
@@ -358,8 +396,10 @@ class Federation:
         request = {
             "id": rid, "purpose": plan.purpose, "destination": plan.destination, "sql": plan.cut.residual,
             "local": [{"name": r.fragment.name, "sql": r.fragment.sql} for r in plan.runs if r.at_site],
+            "raw": plan.raw,
             "imports": [{"name": r.fragment.name, "silo": r.fragment.silo, "location": self.clients[r.fragment.silo].location,
-                         "ticket": ticket} for r, ticket in zip(remote, tickets)],
+                         "ticket": ticket, "schema": {f.name: sql_type(f.type) for f in r.schema or []}}
+                        for r, ticket in zip(remote, tickets)],
             "semijoins": [{"condition": s.condition, "probe": r.fragment.name, "keys": keys[(r.fragment.name, s.condition)],
                            "build": [[k.fragment, k.name] for k in s.build], "limit": self._filter_limit(r)}
                           for r in remote for s in r.semijoins],

@@ -11,6 +11,12 @@ def _n(value: int | None) -> str:
     return "?" if value is None else f"{value:,}"
 
 
+def _decision(d: dict) -> str:
+    rules = "; ".join(d.get("rules", []))
+    reason = f" ({d['reason']})" if d.get("reason") else ""
+    return f"    policy: {d['output']}: {d['action'].upper()} from {', '.join(d['sources']) or 'no column'} [{rules}]{reason}"
+
+
 def _crossing(source: str, target: str, site: str | None) -> str:
     where = f", to silo {site}'s agent" if site else ""
     return (f"stays in region {source}" if source == target else f"crosses {source} -> {target}") + where
@@ -45,18 +51,17 @@ def render(plan: FederatedPlan, catalog: Catalog, analyze: bool = False) -> str:
         if analyze:
             line += f"; actual {_n(run.rows)} rows, {_n(run.bytes)} bytes in {run.seconds or 0:.3f}s"
         lines.append(line)
-        for d in run.decisions:
-            rules = "; ".join(d.get("rules", []))
-            reason = f" ({d['reason']})" if d.get("reason") else ""
-            lines.append(f"    policy: {d['output']}: {d['action'].upper()} from {', '.join(d['sources']) or 'no column'} [{rules}]{reason}")
+        lines += [_decision(d) for d in run.decisions]
     if plan.site:
         spec = catalog.silo(plan.site)
-        lines.append(f"  residual at silo {plan.site} ({spec.kind}, {spec.region}; DuckDB in its agent): {plan.cut.residual}")
+        gate = f"; over its own rows as they are, its result through {plan.site}'s gate" if plan.raw else ""
+        lines.append(f"  residual at silo {plan.site} ({spec.kind}, {spec.region}; DuckDB in its agent{gate}): {plan.cut.residual}")
         line = (f"    border (result, {_crossing(spec.region, plan.destination, None)}): estimated "
                 f"{_n(plan.result_estimated_rows)} rows, {_n(plan.result_estimated_bytes)} bytes")
         if analyze:
             line += f"; actual {_n(plan.result_rows)} rows, {_n(plan.result_bytes)} bytes"
         lines.append(line)
+        lines += [_decision(d) for d in plan.site_decisions]
     else:
         lines.append(f"  residual at the governed zone ({plan.destination}, DuckDB): {plan.cut.residual}")
     if plan.sites:

@@ -377,24 +377,83 @@ def test_partial_aggregation_goes_into_every_branch_of_a_union_across_silos(fede
     assert visits.rows < TABLES["us"]["visits"] / 5
 
 
-def test_no_partial_aggregation_that_the_policy_would_thin_out(silos):
-    """Where the gate would suppress small groups of the partial aggregates, the planner does not
-    aggregate before the border; where rows may not leave either, the error names column and rule."""
-    policy = {"classifications": {"public": [{"action": "allow"}]}, "subjects": {"visits": "person_id"},
-              "aggregate": {"k": 5, "small_groups": "suppress"},
-              "overrides": {"us.visits.duration": [{"action": "aggregate"}]}}
-    sql = "SELECT p.region, sum(v.duration) AS total, count(*) AS n FROM eu.people p JOIN us.visits v ON v.person_id = p.id GROUP BY p.region"
+AGGREGATE_ONLY = {"classifications": {"public": [{"action": "allow"}]}, "subjects": {"visits": "person_id"},
+                  "aggregate": {"k": 5, "small_groups": "suppress"},
+                  "overrides": {"us.visits.duration": [{"action": "aggregate"}]}}
+BY_REGION = "SELECT p.region, sum(v.duration) AS total, count(*) AS n FROM eu.people p JOIN us.visits v ON v.person_id = p.id GROUP BY p.region"
+
+
+def run_under(silos, policy: dict, sql: str):
     fed, clients = federation_under(silos, policy)
     try:
+        return fed.run(sql, "analytics")
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_no_partial_aggregation_that_the_policy_would_thin_out(silos):
+    """Where the gate would suppress small groups of the partial aggregates, the planner does not
+    aggregate before the border; the visits' rows may not leave either, so the residual runs in
+    the visits' silo, and only its result leaves, through that silo's gate."""
+    fed, clients = federation_under(silos, AGGREGATE_ONLY)
+    try:
+        plan = fed.plan(BY_REGION, "analytics")
+        table, ran = fed.run(BY_REGION, "analytics")
+    finally:
+        for c in clients:
+            c.close()
+    visits = next(r for r in plan.runs if r.fragment.silo == "us")
+    assert not visits.fragment.partial and any("groups of fewer than 5 subjects" in n for n in visits.notes)
+    assert plan.site == "us" and plan.raw and visits.at_site
+    governed = next(s for s in plan.sites if s.silo is None)
+    assert "us.visits.duration may leave only aggregated" in governed.blocked
+    assert {d["output"]: d["action"] for d in plan.site_decisions} == {"region": "allow", "total": "aggregate", "n": "allow"}
+    assert normalized(table) == normalized(silos[2].execute(BY_REGION).fetch_arrow_table())
+    text = render(ran, fed.catalog, analyze=True)
+    assert "residual at silo us (s3, US; DuckDB in its agent; over its own rows as they are, its result through us's gate)" in text
+    assert "policy: total: AGGREGATE from us.visits.duration" in text
+    assert ran.bytes_by_silo() == {"eu": next(r for r in ran.runs if r.fragment.silo == "eu").bytes, "us": ran.result_bytes}
+    # the visits' raw person ids never leave the silo, not even hashed into a semi-join filter
+    people = next(r for r in ran.runs if r.fragment.silo == "eu")
+    assert people.filters == {} and people.semijoins == []
+
+
+def test_a_residual_in_the_silo_keeps_to_its_gates_k(silos):
+    """Per person, every group holds one subject: the silo's gate suppresses them all, as it would
+    any fragment's; with `refuse`, the query fails naming the rule."""
+    sql = "SELECT p.id, sum(v.duration) AS total FROM eu.people p JOIN us.visits v ON v.person_id = p.id GROUP BY p.id"
+    table, plan = run_under(silos, AGGREGATE_ONLY, sql)
+    assert plan.site == "us" and plan.raw and table.num_rows == 0
+    assert silos[2].execute(sql).fetch_arrow_table().num_rows > 0, "co-located, every person has a row"
+    refuse = {**AGGREGATE_ONLY, "aggregate": {"k": 5, "small_groups": "refuse"}}
+    with pytest.raises(EgressDenied, match="distinct subjects, under k=5 .*aggregate.small_groups = refuse"):
+        run_under(silos, refuse, sql)
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        # the people's ids may not reach the US: the silo cannot help, and the fragment's refusal stands
+        ({"eu.people.id": [{"to": ["EU"], "action": "allow"}, {"action": "deny"}]}, "eu may not send"),
+        # the visits' person ids are pseudonymized: joined raw with the people's ids they would match nothing
+        ({"us.visits.person_id": [{"action": "pseudonymize"}]}, "may not read us.visits.person_id raw, which the policy pseudonymizes"),
+    ],
+    ids=["keys may not travel", "key pseudonymized"],
+)
+def test_where_no_site_complies_the_error_names_the_column_and_the_rule(silos, extra, says):
+    policy = {**AGGREGATE_ONLY, "overrides": {**AGGREGATE_ONLY["overrides"], **extra}}
+    fed, clients = federation_under(silos, policy)
+    try:
+        plan = fed.plan(BY_REGION, "analytics")
         with pytest.raises(EgressDenied) as denied:
-            fed.run(sql, "analytics")
-        plan = fed.plan(sql, "analytics", with_estimates=False)
+            fed.run(BY_REGION, "analytics")
     finally:
         for c in clients:
             c.close()
     assert "us.visits.duration may leave only aggregated" in str(denied.value) and "overrides.us.visits.duration[0]" in str(denied.value)
-    visits = next(r for r in plan.runs if r.fragment.silo == "us")
-    assert not visits.fragment.partial and any("groups of fewer than 5 subjects" in n for n in visits.notes)
+    assert plan.site is None and says in next(s for s in plan.sites if s.silo == "us").blocked
+    assert says in render(plan, fed.catalog)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from fedlake.agent.agent import arrow_width
+from fedlake.arrow_types import arrow_width
 from fedlake.query.placement import result_bytes, result_rows, site_costs, unique_columns
 
 NONE = frozenset()
