@@ -32,9 +32,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+from sqlglot import exp
 
 from fedlake.agent.gate import SUBJECTS_COLUMN, DerivedColumn, EgressDenied, EgressPlan
-from fedlake.agent.lineage import analyse
+from fedlake.agent.lineage import analyse, parse_query
 from fedlake.agent.peers import Peer, open_peer
 from fedlake.arrow_types import sql_type
 from fedlake.bloom import filter_if_it_pays
@@ -49,18 +50,40 @@ RESIDUAL_MEMORY = "2GB"
 KEPT_REPORTS = 256
 
 
-def raw_residual_plan(agent: SiloAgent, caller: Caller, request: dict[str, Any], ledger: bool = True) -> EgressPlan:
-    """The gate's plan for a residual over this silo's raw fragments and other silos' released ones;
-    a refusal is raised naming the column and the rule (and ledgered, unless only explained)."""
+SUBJECT_OUTPUT = "__fl_subject"
+
+
+def with_subject(agent: SiloAgent, sql: str) -> str:
+    """A raw fragment that also returns its rows' subject (the first table it reads that declares
+    one), so that the residual's gate can count subjects per group. The residual never sees the
+    column: the planner expanded its stars before the column was added."""
+    tree = parse_query(sql)
+    if (not isinstance(tree, exp.Select) or tree.args.get("group") or tree.args.get("distinct")
+            or any(e.find(exp.AggFunc) for e in tree.expressions) or SUBJECT_OUTPUT in tree.named_selects):
+        return sql
+    from_ = tree.args.get("from_")
+    for table in [from_.this if from_ else None, *(j.this for j in tree.args.get("joins") or [])]:
+        if isinstance(table, exp.Table) and table.name in agent.policy.subjects:
+            subject = exp.column(agent.policy.subjects[table.name], table=table.alias_or_name, quoted=True)
+            return tree.select(exp.alias_(subject, SUBJECT_OUTPUT, quoted=True), copy=True).sql("duckdb")
+    return sql
+
+
+def raw_residual_plan(
+    agent: SiloAgent, caller: Caller, request: dict[str, Any], local: dict[str, str], ledger: bool = True
+) -> EgressPlan:
+    """The gate's plan for a residual over this silo's raw fragments (`local`: name -> SQL, as they
+    will run) and other silos' released ones; a refusal is raised naming the column and the rule
+    (and ledgered, unless only explained)."""
     purpose, final, sql = request["purpose"], request["destination"], request["sql"]
     schema: dict[str, dict[str, str]] = {}
     derived: dict[str, dict[str, DerivedColumn]] = {}
-    for item in request.get("local", []):
-        tables, made_here = agent.tables_for(item["sql"])
+    for name, fragment in local.items():
+        tables, made_here = agent.tables_for(fragment)
         columns = {}
-        for column in analyse(item["sql"], tables).columns:
+        for column in analyse(fragment, tables).columns:
             uses = agent.gate.base_uses(column.uses, made_here)
-            for use in uses:
+            for use in uses if column.name != SUBJECT_OUTPUT else ():  # subjects are only counted
                 if use.mode == "unknown":
                     continue  # the residual's gate refuses it, if it reaches the result
                 decision = agent.policy.decide(agent.spec.name, use.table, use.column, final, purpose)
@@ -69,9 +92,9 @@ def raw_residual_plan(agent: SiloAgent, caller: Caller, request: dict[str, Any],
                                        f"may not read {agent.spec.name}.{use.table}.{use.column} raw, which the policy "
                                        f"{decision.action}s [rule {decision.rule}]: other silos' values would not match it")
             columns[column.name] = DerivedColumn(tuple(uses))
-        derived[item["name"]] = columns
-        empty = agent.connector.execute(f"SELECT * FROM ({item['sql']}) AS q LIMIT 0")
-        schema[item["name"]] = {f.name: sql_type(f.type) for f in empty.schema}
+        derived[name] = columns
+        empty = agent.connector.execute(f"SELECT * FROM ({fragment}) AS q LIMIT 0")
+        schema[name] = {f.name: sql_type(f.type) for f in empty.schema}
     for item in request.get("imports", []):
         schema[item["name"]] = {str(c): str(t) for c, t in item["schema"].items()}
         derived[item["name"]] = {str(c): DerivedColumn(()) for c in item["schema"]}  # released by their own silo
@@ -103,7 +126,9 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any
 
     # every fragment and the residual are planned (and a refusal ledgered and raised) before anything runs
     raw = bool(request.get("raw"))
-    gate_plan = raw_residual_plan(agent, caller, request) if raw else None
+    if raw:
+        local = [{**item, "sql": with_subject(agent, item["sql"])} for item in local]
+    gate_plan = raw_residual_plan(agent, caller, request, {i["name"]: i["sql"] for i in local}) if raw else None
     plans = [(item["name"], None if raw else agent.plan(caller, item["sql"], purpose, final)) for item in local]
     report: dict[str, Any] = {"requester": caller.identity, "fragments": {}, "filters": {}, "notes": {}}
     lock = threading.Lock()
@@ -198,7 +223,8 @@ def explain_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str,
     agent.check_purpose(caller, request["purpose"])
     check_residual(request["sql"], {item["name"] for item in [*request.get("local", []), *request.get("imports", [])]})
     try:
-        plan = raw_residual_plan(agent, caller, request, ledger=False)
+        local = {item["name"]: with_subject(agent, item["sql"]) for item in request.get("local", [])}
+        plan = raw_residual_plan(agent, caller, request, local, ledger=False)
     except EgressDenied as exc:
         return {"denied": str(exc), "columns": [c.as_dict() for c in exc.plan.columns] if exc.plan else []}
     return {"denied": None, "k": plan.k, "columns": [c.as_dict() for c in plan.columns]}

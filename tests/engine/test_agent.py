@@ -196,3 +196,33 @@ def test_a_dead_peer_is_a_clear_error_for_a_placed_residual(prod_deployment):
                "imports": [{"name": "__f1", "silo": "sg_lake", "location": dead, "ticket": "0" * 64}], "semijoins": []}
     with pytest.raises(FedlakeError, match=re.escape(f"peer agent at {dead}: ") + ".*[Uu]navailable"):
         client(prod_deployment).residual(request).read_all()
+
+
+def test_amounts_that_may_leave_only_aggregated_are_aggregated_in_their_own_silo_over_flight(prod_deployment):
+    """For analytics, US amounts may reach the EU only aggregated over 10 accounts: the planner
+    sends the EU channels to us_lake's agent, which joins and aggregates there and lets out only
+    what its gate allows; the sums equal those computed from the silos directly."""
+    import duckdb
+
+    from fedlake.query import Federation
+    from fedlake.silos import open_silo
+
+    catalog = prod_deployment.catalog
+    clients = {s: client(prod_deployment, s) for s in catalog.silos}
+    sql = ("SELECT e.channel, sum(u.amount) AS us_amount, count(*) AS n FROM "
+           "(SELECT DISTINCT channel FROM eu_core.transactions WHERE direction = 'credit') e "
+           "JOIN us_lake.transactions u ON u.channel = e.channel GROUP BY e.channel")
+    table, plan = Federation(catalog, clients).run(sql, "analytics")
+    assert plan.site == "us_lake" and plan.raw
+    assert {d["output"]: d["action"] for d in plan.site_decisions}["us_amount"] == "aggregate"
+    direct = duckdb.connect()
+    for silo in ("eu_core", "us_lake"):
+        with open_silo(catalog.silo(silo), "prod", prod_deployment.home) as connector:
+            direct.register(silo, connector.execute("SELECT channel, direction, amount, account_id FROM transactions").read_all())
+    expected = direct.execute(
+        "SELECT e.channel, sum(u.amount) AS us_amount, count(*) AS n FROM (SELECT DISTINCT channel FROM eu_core "
+        "WHERE direction = 'credit') e JOIN us_lake u ON u.channel = e.channel GROUP BY e.channel "
+        "HAVING count(DISTINCT u.account_id) >= 10").fetch_arrow_table()
+    assert expected.num_rows > 0
+    got = {r["channel"]: (round(r["us_amount"], 6), r["n"]) for r in table.to_pylist()}
+    assert got == {r["channel"]: (round(r["us_amount"], 6), r["n"]) for r in expected.to_pylist()}
