@@ -76,38 +76,44 @@ def raw_residual_plan(
     will run) and other silos' released ones; a refusal is raised naming the column and the rule
     (and ledgered, unless only explained)."""
     purpose, final, sql = request["purpose"], request["destination"], request["sql"]
-    schema: dict[str, dict[str, str]] = {}
-    derived: dict[str, dict[str, DerivedColumn]] = {}
-    for name, fragment in local.items():
-        tables, made_here = agent.tables_for(fragment)
-        columns = {}
-        for column in analyse(fragment, tables).columns:
-            uses = agent.gate.base_uses(column.uses, made_here)
-            for use in uses if column.name != SUBJECT_OUTPUT else ():  # subjects are only counted
-                if use.mode == "unknown":
-                    continue  # the residual's gate refuses it, if it reaches the result
-                decision = agent.policy.decide(agent.spec.name, use.table, use.column, final, purpose)
-                if decision.action in ("pseudonymize", "generalize"):
-                    raise EgressDenied(None, f"egress from {agent.spec.name} to {final} for {purpose} denied: the residual "
-                                       f"may not read {agent.spec.name}.{use.table}.{use.column} raw, which the policy "
-                                       f"{decision.action}s [rule {decision.rule}]: other silos' values would not match it")
-            columns[column.name] = DerivedColumn(tuple(uses))
-        derived[name] = columns
-        empty = agent.connector.execute(f"SELECT * FROM ({fragment}) AS q LIMIT 0")
-        schema[name] = {f.name: sql_type(f.type) for f in empty.schema}
-    for item in request.get("imports", []):
-        schema[item["name"]] = {str(c): str(t) for c, t in item["schema"].items()}
-        derived[item["name"]] = {str(c): DerivedColumn(()) for c in item["schema"]}  # released by their own silo
     try:
+        schema: dict[str, dict[str, str]] = {}
+        derived: dict[str, dict[str, DerivedColumn]] = {}
+        for name, fragment in local.items():
+            schema[name], derived[name] = _raw_fragment(agent, fragment, purpose, final)
+        for item in request.get("imports", []):
+            schema[item["name"]] = {str(c): str(t) for c, t in item["schema"].items()}
+            derived[item["name"]] = {str(c): DerivedColumn(()) for c in item["schema"]}  # released by their own silo
         return agent.gate.plan(sql, caller.identity, purpose, final, schema, derived)
     except EgressDenied as exc:
-        if not ledger:
-            raise
-        agent.ledger.record(
-            requester=caller.identity, purpose=purpose, silo=agent.spec.name, destination=final, operation="residual",
-            fragment=sql, columns=[c.as_dict() for c in exc.plan.columns] if exc.plan else [], decision="denied",
-        )
+        if ledger:
+            agent.ledger.record(
+                requester=caller.identity, purpose=purpose, silo=agent.spec.name, destination=final, operation="residual",
+                fragment=sql, columns=[c.as_dict() for c in exc.plan.columns] if exc.plan else [], decision="denied",
+            )
         raise
+
+
+def _raw_fragment(
+    agent: SiloAgent, fragment: str, purpose: str, final: str
+) -> tuple[dict[str, str], dict[str, DerivedColumn]]:
+    """A raw fragment's columns as the residual's gate sees them: their SQL types, and the base
+    columns each is made of. None may be one the policy pseudonymizes or generalizes."""
+    tables, made_here = agent.tables_for(fragment)
+    columns = {}
+    for column in analyse(fragment, tables).columns:
+        uses = agent.gate.base_uses(column.uses, made_here)
+        for use in uses if column.name != SUBJECT_OUTPUT else ():  # subjects are only counted
+            if use.mode == "unknown":
+                continue  # the residual's gate refuses it, if it reaches the result
+            decision = agent.policy.decide(agent.spec.name, use.table, use.column, final, purpose)
+            if decision.action in ("pseudonymize", "generalize"):
+                raise EgressDenied(None, f"egress from {agent.spec.name} to {final} for {purpose} denied: the residual "
+                                   f"may not read {agent.spec.name}.{use.table}.{use.column} raw, which the policy "
+                                   f"{decision.action}s [rule {decision.rule}]: other silos' values would not match it")
+        columns[column.name] = DerivedColumn(tuple(uses))
+    empty = agent.connector.execute(f"SELECT * FROM ({fragment}) AS q LIMIT 0")
+    return {f.name: sql_type(f.type) for f in empty.schema}, columns
 
 
 def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any]) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:

@@ -10,7 +10,9 @@ side's rows, aggregates without GROUP BY give one row, LIMIT caps, UNION ALL add
 
 Policy is part of the choice: a silo is a site only if every other silo may send its fragments
 there exactly as it sends them to the governed zone (the caller checks that, for the sites that
-would pay, cheapest first).
+would pay, cheapest first). Where the governed zone may not receive one silo's rows at all, that
+silo is the only candidate, and its gate must accept the residual's result (see
+fedlake.agent.placed).
 """
 
 from __future__ import annotations
