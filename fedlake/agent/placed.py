@@ -7,11 +7,12 @@ here, in one of two ways:
 
 - gated (the default): exactly as if they were leaving for the governed zone. The residual then
   reads nothing the governed zone could not have received itself, and its result may go there.
-- raw (`"raw": true`, where the policy lets some of them leave only aggregated): as they are. The
+- raw (`"raw": true`, where the policy lets some of them leave only aggregated): as they are,
+  except that a column the policy pseudonymizes or generalizes is rewritten as it is read (the key
+  at the source), so that it meets other silos' pseudonyms as the governed zone would. The
   residual's result then passes this silo's gate like any fragment, its lineage traced through the
   residual into the silo's own columns (whose groups must hold k subjects) while the other silos'
-  columns count as released. No local column may be one the policy pseudonymizes or generalizes:
-  joined raw with another silo's pseudonyms it would silently match nothing.
+  columns, and the rewritten ones, count as released.
 
 It runs in a closed DuckDB; the semi-join filters its remote fragments wait for are built here and
 sent to their agents.
@@ -35,11 +36,12 @@ import pyarrow as pa
 from sqlglot import exp
 
 from fedlake.agent.gate import SUBJECTS_COLUMN, DerivedColumn, EgressDenied, EgressPlan
-from fedlake.agent.lineage import analyse, parse_query
+from fedlake.agent.lineage import DIRECT, analyse, parse_query
 from fedlake.agent.peers import Peer, open_peer
 from fedlake.arrow_types import sql_type
 from fedlake.bloom import filter_if_it_pays
 from fedlake.errors import FedlakeError
+from fedlake.policy.transforms import generalize, pseudonymize
 from fedlake.residual import Workspace, check_residual
 from fedlake.silos.base import counted
 
@@ -70,17 +72,23 @@ def with_subject(agent: SiloAgent, sql: str) -> str:
 
 
 def raw_residual_plan(
-    agent: SiloAgent, caller: Caller, request: dict[str, Any], local: dict[str, str], ledger: bool = True
+    agent: SiloAgent,
+    caller: Caller,
+    request: dict[str, Any],
+    local: dict[str, str],
+    rewrites: dict[str, dict[str, tuple[str, dict | None]]],
+    ledger: bool = True,
 ) -> EgressPlan:
     """The gate's plan for a residual over this silo's raw fragments (`local`: name -> SQL, as they
-    will run) and other silos' released ones; a refusal is raised naming the column and the rule
-    (and ledgered, unless only explained)."""
+    will run) and other silos' released ones; `rewrites` receives, per raw fragment, the columns to
+    rewrite as they are read. A refusal is raised naming the column and the rule (and ledgered,
+    unless only explained)."""
     purpose, final, sql = request["purpose"], request["destination"], request["sql"]
     try:
         schema: dict[str, dict[str, str]] = {}
         derived: dict[str, dict[str, DerivedColumn]] = {}
         for name, fragment in local.items():
-            schema[name], derived[name] = _raw_fragment(agent, fragment, purpose, final)
+            schema[name], derived[name], rewrites[name] = _raw_fragment(agent, fragment, purpose, final)
         for item in request.get("imports", []):
             schema[item["name"]] = {str(c): str(t) for c, t in item["schema"].items()}
             derived[item["name"]] = {str(c): DerivedColumn(()) for c in item["schema"]}  # released by their own silo
@@ -96,24 +104,52 @@ def raw_residual_plan(
 
 def _raw_fragment(
     agent: SiloAgent, fragment: str, purpose: str, final: str
-) -> tuple[dict[str, str], dict[str, DerivedColumn]]:
-    """A raw fragment's columns as the residual's gate sees them: their SQL types, and the base
-    columns each is made of. None may be one the policy pseudonymizes or generalizes."""
+) -> tuple[dict[str, str], dict[str, DerivedColumn], dict[str, tuple[str, dict | None]]]:
+    """A raw fragment's columns as the residual's gate sees them: their SQL types, the base columns
+    each is made of, and the rewrites due at the source. A column the policy pseudonymizes or
+    generalizes is rewritten as it is read, exactly as the governed zone would receive it (so it
+    meets other silos' pseudonyms), and counts as released; a value computed from one is refused."""
     tables, made_here = agent.tables_for(fragment)
-    columns = {}
+    columns: dict[str, DerivedColumn] = {}
+    rewrites: dict[str, tuple[str, dict | None]] = {}
     for column in analyse(fragment, tables).columns:
         uses = agent.gate.base_uses(column.uses, made_here)
+        columns[column.name] = DerivedColumn(tuple(uses))
         for use in uses if column.name != SUBJECT_OUTPUT else ():  # subjects are only counted
             if use.mode == "unknown":
                 continue  # the residual's gate refuses it, if it reaches the result
             decision = agent.policy.decide(agent.spec.name, use.table, use.column, final, purpose)
-            if decision.action in ("pseudonymize", "generalize"):
-                raise EgressDenied(None, f"egress from {agent.spec.name} to {final} for {purpose} denied: the residual "
-                                   f"may not read {agent.spec.name}.{use.table}.{use.column} raw, which the policy "
-                                   f"{decision.action}s [rule {decision.rule}]: other silos' values would not match it")
-        columns[column.name] = DerivedColumn(tuple(uses))
+            if decision.action not in ("pseudonymize", "generalize"):
+                continue
+            if len(uses) != 1 or use.mode != DIRECT:
+                raise EgressDenied(None, f"egress from {agent.spec.name} to {final} for {purpose} denied: the residual may "
+                                   f"read {agent.spec.name}.{use.table}.{use.column} only {decision.action}d as itself, "
+                                   f"and '{column.name}' is computed from it [rule {decision.rule}]")
+            rewrites[column.name] = (decision.action, decision.generalize)
+            columns[column.name] = DerivedColumn(())
     empty = agent.connector.execute(f"SELECT * FROM ({fragment}) AS q LIMIT 0")
-    return {f.name: sql_type(f.type) for f in empty.schema}, columns
+    types = {f.name: "VARCHAR" if f.name in rewrites else sql_type(f.type) for f in empty.schema}
+    return types, columns, rewrites
+
+
+def _rewritten(reader: pa.RecordBatchReader, rewrites: dict[str, tuple[str, dict | None]], key: bytes) -> pa.RecordBatchReader:
+    """A raw fragment with its pseudonymized and generalized columns rewritten as they are read."""
+    if not rewrites:
+        return reader
+    schema = pa.schema([pa.field(f.name, pa.string()) if f.name in rewrites else f for f in reader.schema])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in reader:
+            arrays = []
+            for f in schema:
+                column = batch.column(f.name)
+                if f.name in rewrites:
+                    action, spec = rewrites[f.name]
+                    column = pseudonymize(column, key) if action == "pseudonymize" else generalize(column, spec or {})
+                arrays.append(column)
+            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any]) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -134,7 +170,8 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any
     raw = bool(request.get("raw"))
     if raw:
         local = [{**item, "sql": with_subject(agent, item["sql"])} for item in local]
-    gate_plan = raw_residual_plan(agent, caller, request, {i["name"]: i["sql"] for i in local}) if raw else None
+    rewrites: dict[str, dict[str, tuple[str, dict | None]]] = {}
+    gate_plan = raw_residual_plan(agent, caller, request, {i["name"]: i["sql"] for i in local}, rewrites) if raw else None
     plans = [(item["name"], None if raw else agent.plan(caller, item["sql"], purpose, final)) for item in local]
     report: dict[str, Any] = {"requester": caller.identity, "fragments": {}, "filters": {}, "notes": {}}
     lock = threading.Lock()
@@ -151,9 +188,9 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any
 
         workspace.load(name, source(), arrived)
 
-    def gated(plan: EgressPlan | None, sql: str) -> Callable[[], pa.RecordBatchReader]:
-        if plan is None:
-            return lambda: agent.connector.execute(sql)  # raw: it never leaves the silo
+    def gated(plan: EgressPlan | None, name: str, sql: str) -> Callable[[], pa.RecordBatchReader]:
+        if plan is None:  # raw: it never leaves the silo
+            return lambda: _rewritten(agent.connector.execute(sql), rewrites.get(name, {}), agent.gate.key)
         return lambda: pa.RecordBatchReader.from_batches(*agent.gated(caller, plan))
 
     def send_keys(semijoin: dict[str, Any]) -> None:
@@ -177,7 +214,7 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any
             peers[item["name"]] = open_peer(item["location"], item["ticket"], agent.peer_ca)
         with ThreadPoolExecutor(max_workers=len(plans) + len(imports) + len(semijoins) or 1) as pool:
             for (name, plan), item in zip(plans, local):
-                loaded[name] = pool.submit(load, name, gated(plan, item["sql"]))
+                loaded[name] = pool.submit(load, name, gated(plan, name, item["sql"]))
             for name, peer in peers.items():
                 loaded[name] = pool.submit(load, name, peer.fetch)
             sent = [pool.submit(send_keys, semijoin) for semijoin in semijoins]
@@ -230,7 +267,7 @@ def explain_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str,
     check_residual(request["sql"], {item["name"] for item in [*request.get("local", []), *request.get("imports", [])]})
     try:
         local = {item["name"]: with_subject(agent, item["sql"]) for item in request.get("local", [])}
-        plan = raw_residual_plan(agent, caller, request, local, ledger=False)
+        plan = raw_residual_plan(agent, caller, request, local, {}, ledger=False)
     except EgressDenied as exc:
         return {"denied": str(exc), "columns": [c.as_dict() for c in exc.plan.columns] if exc.plan else []}
     return {"denied": None, "k": plan.k, "columns": [c.as_dict() for c in plan.columns]}

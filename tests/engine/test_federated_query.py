@@ -419,6 +419,26 @@ def test_no_partial_aggregation_that_the_policy_would_thin_out(silos):
     assert people.filters == {} and people.semijoins == []
 
 
+def test_a_raw_residual_meets_other_silos_pseudonyms_with_keys_pseudonymized_at_the_source(silos):
+    """Person ids leave both silos only as pseudonyms: the visits' ids are pseudonymized as the
+    silo reads them, so they still meet the people's, and the result is the co-located one."""
+    policy = {**AGGREGATE_ONLY, "overrides": {**AGGREGATE_ONLY["overrides"],
+                                              "us.visits.person_id": [{"action": "pseudonymize"}],
+                                              "eu.people.id": [{"action": "pseudonymize"}]}}
+    table, plan = run_under(silos, policy, BY_REGION)
+    assert plan.site == "us" and plan.raw
+    assert normalized(table) == normalized(silos[2].execute(BY_REGION).fetch_arrow_table())
+    fed, clients = federation_under(silos, policy)
+    try:
+        computed = fed.clients["us"].action(
+            "explain_residual", purpose="analytics", destination="EU", sql="SELECT sum(d) AS total FROM __f0",
+            local=[{"name": "__f0", "sql": "SELECT person_id + 1 AS p, duration AS d FROM visits"}], imports=[])
+    finally:
+        for c in clients:
+            c.close()
+    assert "us.visits.person_id only pseudonymized as itself, and 'p' is computed from it" in computed["denied"]
+
+
 def test_a_residual_in_the_silo_keeps_to_its_gates_k(silos):
     """Per person, every group holds one subject: the silo's gate suppresses them all, as it would
     any fragment's; with `refuse`, the query fails naming the rule."""
@@ -436,10 +456,10 @@ def test_a_residual_in_the_silo_keeps_to_its_gates_k(silos):
     [
         # the people's ids may not reach the US: the silo cannot help, and the fragment's refusal stands
         ({"eu.people.id": [{"to": ["EU"], "action": "allow"}, {"action": "deny"}]}, "eu may not send"),
-        # the visits' person ids are pseudonymized: joined raw with the people's ids they would match nothing
-        ({"us.visits.person_id": [{"action": "pseudonymize"}]}, "may not read us.visits.person_id raw, which the policy pseudonymizes"),
+        # the durations may not even be summed per region outside the US
+        ({"us.visits.duration": [{"to": ["US"], "action": "aggregate"}, {"action": "deny"}]}, "us.visits.duration may not leave"),
     ],
-    ids=["keys may not travel", "key pseudonymized"],
+    ids=["keys may not travel", "denied outright"],
 )
 def test_where_no_site_complies_the_error_names_the_column_and_the_rule(silos, extra, says):
     policy = {**AGGREGATE_ONLY, "overrides": {**AGGREGATE_ONLY["overrides"], **extra}}
@@ -451,7 +471,7 @@ def test_where_no_site_complies_the_error_names_the_column_and_the_rule(silos, e
     finally:
         for c in clients:
             c.close()
-    assert "us.visits.duration may leave only aggregated" in str(denied.value) and "overrides.us.visits.duration[0]" in str(denied.value)
+    assert "us.visits.duration may" in str(denied.value) and "overrides.us.visits.duration[" in str(denied.value)
     assert plan.site is None and says in next(s for s in plan.sites if s.silo == "us").blocked
     assert says in render(plan, fed.catalog)
 
