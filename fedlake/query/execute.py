@@ -195,19 +195,23 @@ class Federation:
         the fragments' refusal, and EXPLAIN shows why the silo could not help."""
         silos = {r.fragment.silo for r in refused}
         silo = next(iter(silos))
-        if len(silos) != 1 or self.site not in ("auto", silo):
+        why = [explain(r.fragment, plan.destination)["denied"] for r in refused]
+        if len(silos) != 1 or self.site not in ("auto", silo) or not all(why):
             return
         remote = [r for r in plan.runs if r.fragment.silo != silo]
         if any(r.schema is None for r in remote):
             return
         moved = sum(r.estimated_bytes or 0 for r in remote)
-        denied = "; ".join(dict.fromkeys(explain(r.fragment, plan.destination)["denied"] or "" for r in refused))
+        denied = "; ".join(dict.fromkeys(why))
         blocked = self._blocked(silo, plan.runs, explain, plan.destination)
-        checked = self.clients[silo].action(
-            "explain_residual", purpose=plan.purpose, destination=plan.destination, sql=plan.cut.residual,
-            local=[{"name": r.fragment.name, "sql": r.fragment.sql} for r in plan.runs if r.fragment.silo == silo],
-            imports=[{"name": r.fragment.name, "schema": {f.name: sql_type(f.type) for f in r.schema}} for r in remote],
-        )
+        try:
+            checked = self.clients[silo].action(
+                "explain_residual", purpose=plan.purpose, destination=plan.destination, sql=plan.cut.residual,
+                local=[{"name": r.fragment.name, "sql": r.fragment.sql} for r in plan.runs if r.fragment.silo == silo],
+                imports=[{"name": r.fragment.name, "schema": {f.name: sql_type(f.type) for f in r.schema}} for r in remote],
+            )
+        except FedlakeError as exc:
+            checked = {"denied": str(exc), "columns": []}
         plan.sites = [Site(None, sum(r.estimated_bytes or 0 for r in plan.runs), blocked=denied),
                       Site(silo, moved, blocked=blocked or checked["denied"] or "")]
         if plan.sites[1].blocked:
