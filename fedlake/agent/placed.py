@@ -169,6 +169,9 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any
     # every fragment and the residual are planned (and a refusal ledgered and raised) before anything runs
     raw = bool(request.get("raw"))
     if raw:
+        kept = {item["name"] for item in local}
+        if any(name in kept for s in semijoins for name, _ in s["build"]):
+            raise FedlakeError(f"agent {agent.spec.name}: a semi-join filter may not be built from the silo's raw rows")
         local = [{**item, "sql": with_subject(agent, item["sql"])} for item in local]
     rewrites: dict[str, dict[str, tuple[str, dict | None]]] = {}
     gate_plan = raw_residual_plan(agent, caller, request, {i["name"]: i["sql"] for i in local}, rewrites) if raw else None

@@ -429,10 +429,18 @@ def test_a_raw_residual_meets_other_silos_pseudonyms_with_keys_pseudonymized_at_
     assert plan.site == "us" and plan.raw
     assert normalized(table) == normalized(silos[2].execute(BY_REGION).fetch_arrow_table())
     fed, clients = federation_under(silos, policy)
+    raw_keys = {"id": "r", "purpose": "analytics", "destination": "EU", "sql": "SELECT * FROM __f0 JOIN __f1 USING (person_id)",
+                "raw": True, "local": [{"name": "__f0", "sql": "SELECT person_id, duration FROM visits"}],
+                "imports": [{"name": "__f1", "silo": "eu", "location": "inprocess://nowhere", "ticket": "t",
+                             "schema": {"person_id": "VARCHAR"}}],
+                "semijoins": [{"condition": "c", "probe": "__f1", "keys": "k", "build": [["__f0", "person_id"]], "limit": 1e6}]}
     try:
         computed = fed.clients["us"].action(
             "explain_residual", purpose="analytics", destination="EU", sql="SELECT sum(d) AS total FROM __f0",
             local=[{"name": "__f0", "sql": "SELECT person_id + 1 AS p, duration AS d FROM visits"}], imports=[])
+        # nor does a Bloom filter of raw keys leave, whatever the coordinator asks
+        with pytest.raises(FedlakeError, match="may not be built from the silo's raw rows"):
+            fed.clients["us"].residual(raw_keys)
     finally:
         for c in clients:
             c.close()
