@@ -12,7 +12,7 @@ here, in one of two ways:
   at the source), so that it meets other silos' pseudonyms as the governed zone would. The
   residual's result then passes this silo's gate like any fragment, its lineage traced through the
   residual into the silo's own columns (whose groups must hold k subjects) while the other silos'
-  columns, and the rewritten ones, count as released.
+  columns, and the rewritten ones, count as released. No semi-join filter is built from raw rows.
 
 It runs in a closed DuckDB; the semi-join filters its remote fragments wait for are built here and
 sent to their agents.
@@ -50,8 +50,6 @@ if TYPE_CHECKING:
 
 RESIDUAL_MEMORY = "2GB"
 KEPT_REPORTS = 256
-
-
 SUBJECT_OUTPUT = "__fl_subject"
 
 
