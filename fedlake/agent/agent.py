@@ -248,11 +248,7 @@ class SiloAgent:
         (the `semijoin_keys` action); then only rows whose keys, as they leave (pseudonymized or
         not), may be among them are sent. `note` goes into the ledger entry with the fragment."""
         plan = self.plan(caller, sql, purpose, destination)
-        outputs = {c.output for c in plan.columns}
-        for semijoin in keep or []:
-            if not isinstance(semijoin, dict) or semijoin.get("column") not in outputs:
-                column = semijoin.get("column") if isinstance(semijoin, dict) else semijoin
-                raise FedlakeError(f"agent {self.spec.name}: a semi-join names column '{column}', which the fragment does not return")
+        self._check_semijoins(plan, keep or [])
         schema, batches = self.gated(caller, plan)
         decision = "rewritten" if any(c.action != "allow" for c in plan.columns) else "allowed"
         fragment = [sql, *([note] if note else [])]
@@ -290,9 +286,7 @@ class SiloAgent:
                 raise EgressDenied(there, f"egress from {self.spec.name} to {body['receiver']} ({destination}) denied: "
                                    f"the policy treats {', '.join(differ) or 'its small groups'} there otherwise than at "
                                    f"the governed zone ({final}) [rule {self.policy.path}]")
-        outputs = {c.output for c in there.columns}
-        if any(not isinstance(k, dict) or k.get("column") not in outputs for k in keep):
-            raise FedlakeError(f"agent {self.spec.name}: a semi-join names a column the fragment does not return")
+        self._check_semijoins(there, keep)
         transfer = Transfer(caller, sql, purpose, destination, str(body["receiver"]), keep)
         return {"ticket": self.transfers.add(transfer)}
 
@@ -319,6 +313,14 @@ class SiloAgent:
         if report is None or report["requester"] != caller.identity:
             raise FedlakeError(f"agent {self.spec.name}: no residual '{body['id']}' of yours ran here")
         return report
+
+    def _check_semijoins(self, plan: EgressPlan, keep: list[Any]) -> None:
+        """Every semi-join a fragment is to wait for names a column the fragment returns."""
+        outputs = {c.output for c in plan.columns}
+        for semijoin in keep:
+            if not isinstance(semijoin, dict) or semijoin.get("column") not in outputs:
+                column = semijoin.get("column") if isinstance(semijoin, dict) else semijoin
+                raise FedlakeError(f"agent {self.spec.name}: a semi-join names column '{column}', which the fragment does not return")
 
     def _semijoined(
         self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, keep: list[tuple[str, str]], fragment: list[str]

@@ -221,20 +221,28 @@ class EgressGate:
             fields.append(pa.field(f.name, pa.string()) if verdict.action in ("pseudonymize", "generalize") else f)
         out_schema = pa.schema(fields)
 
+        rewrites = {c.output: (c.action, c.generalize) for c in plan.columns if c.action in ("pseudonymize", "generalize")}
+
         def rewrite() -> Iterator[pa.RecordBatch]:
             for batch in batches:
                 if plan.k:
                     big_enough = pc.greater_equal(batch.column(SUBJECTS_COLUMN), plan.k)
                     batch = batch.filter(big_enough)
-                arrays = []
-                for f in out_schema:
-                    column = batch.column(f.name)
-                    verdict = by_name[f.name]
-                    if verdict.action == "pseudonymize":
-                        column = pseudonymize(column, self.key)
-                    elif verdict.action == "generalize":
-                        column = generalize(column, verdict.generalize or {})
-                    arrays.append(column)
-                yield pa.RecordBatch.from_arrays(arrays, schema=out_schema)
+                yield rewrite_batch(batch, out_schema, rewrites, self.key)
 
         return out_schema, rewrite()
+
+
+def rewrite_batch(
+    batch: pa.RecordBatch, schema: pa.Schema, rewrites: dict[str, tuple[str, dict[str, Any] | None]], key: bytes
+) -> pa.RecordBatch:
+    """The columns of `schema` from `batch`, those in `rewrites` ({column: (action, generalize spec)})
+    pseudonymized or generalized, in the silo."""
+    arrays = []
+    for f in schema:
+        column = batch.column(f.name)
+        if f.name in rewrites:
+            action, spec = rewrites[f.name]
+            column = pseudonymize(column, key) if action == "pseudonymize" else generalize(column, spec or {})
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)

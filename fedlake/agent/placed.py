@@ -35,13 +35,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from sqlglot import exp
 
-from fedlake.agent.gate import SUBJECTS_COLUMN, DerivedColumn, EgressDenied, EgressPlan
+from fedlake.agent.gate import SUBJECTS_COLUMN, DerivedColumn, EgressDenied, EgressPlan, rewrite_batch
 from fedlake.agent.lineage import DIRECT, analyse, parse_query
 from fedlake.agent.peers import Peer, open_peer
 from fedlake.arrow_types import sql_type
 from fedlake.bloom import filter_if_it_pays
 from fedlake.errors import FedlakeError
-from fedlake.policy.transforms import generalize, pseudonymize
 from fedlake.residual import Workspace, check_residual
 from fedlake.silos.base import counted
 
@@ -136,18 +135,7 @@ def _rewritten(reader: pa.RecordBatchReader, rewrites: dict[str, tuple[str, dict
         return reader
     schema = pa.schema([pa.field(f.name, pa.string()) if f.name in rewrites else f for f in reader.schema])
 
-    def batches() -> Iterator[pa.RecordBatch]:
-        for batch in reader:
-            arrays = []
-            for f in schema:
-                column = batch.column(f.name)
-                if f.name in rewrites:
-                    action, spec = rewrites[f.name]
-                    column = pseudonymize(column, key) if action == "pseudonymize" else generalize(column, spec or {})
-                arrays.append(column)
-            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-    return pa.RecordBatchReader.from_batches(schema, batches())
+    return pa.RecordBatchReader.from_batches(schema, (rewrite_batch(batch, schema, rewrites, key) for batch in reader))
 
 
 def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any]) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
