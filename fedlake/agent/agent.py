@@ -40,8 +40,12 @@ class Forbidden(FedlakeError):
 
 @dataclass(frozen=True)
 class Caller:
+    """An authenticated identity: everything here comes from the token, nothing from the request."""
+
     identity: str
     purposes: tuple[str, ...]
+    region: str = ""  # where the caller's results go
+    roles: tuple[str, ...] = ()
     transfer: str | None = None  # a peer agent holding a transfer capability, not a client
 
 
@@ -131,7 +135,8 @@ class SiloAgent:
         identity = self.tokens.get(token)
         if identity is None:
             raise Unauthenticated(f"agent {self.spec.name}: invalid bearer token")
-        return Caller(identity, self.policy.client_purposes(identity))
+        client = self.policy.clients[identity]
+        return Caller(identity, client.purposes, client.region, client.roles)
 
     def authenticate_transfer(self, ticket: str | None) -> Caller:
         """A peer agent presenting a transfer capability: it may redeem that transfer, nothing else."""
@@ -139,13 +144,20 @@ class SiloAgent:
             transfer = self.transfers.get(ticket or "", self.spec.name)
         except TransferRefused as exc:
             raise Unauthenticated(str(exc)) from None
-        return Caller(transfer.caller.identity, (transfer.purpose,), transfer=ticket)
+        return Caller(transfer.caller.identity, (transfer.purpose,), transfer.destination, (), transfer=ticket)
 
     def authenticate_header(self, value: str | None) -> Caller:
         """`Bearer <token>` for clients, `Capability <ticket>` for peer agents."""
         if value and value.startswith(CAPABILITY_SCHEME):
             return self.authenticate_transfer(value[len(CAPABILITY_SCHEME):])
         return self.authenticate(value[len("Bearer "):] if value and value.startswith("Bearer ") else None)
+
+    def check_role(self, caller: Caller, role: str, what: str) -> None:
+        if role not in caller.roles:
+            raise Forbidden(
+                f"agent {self.spec.name}: client '{caller.identity}' may not {what}: it lacks the role '{role}' "
+                f"({self.policy.path}: clients.{caller.identity}.roles)"
+            )
 
     def check_purpose(self, caller: Caller, purpose: str) -> None:
         if purpose not in caller.purposes:

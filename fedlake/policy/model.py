@@ -51,11 +51,20 @@ class Decision:
     generalize: dict[str, Any] | None = None
 
 
+ROLES = ("query", "coordinate", "materialize", "train")
+
+
 @dataclass(frozen=True)
 class Client:
+    """Who holds a token: the region its results go to, the purposes it may declare and the roles
+    it may act in (query through masks; coordinate residuals, transfers and semi-join keys;
+    materialize in a silo; train and evaluate models). The request never says these, the token does."""
+
     identity: str
     token_env: str
     purposes: tuple[str, ...]
+    region: str
+    roles: tuple[str, ...] = ("query",)
 
 
 @dataclass(frozen=True)
@@ -127,12 +136,22 @@ def parse_policy(raw: Any, catalog: Catalog, path: str = "policies.yaml") -> Pol
     for identity, body in (raw.get("clients") or {}).items():
         key = f"clients.{identity}"
         if not isinstance(body, dict) or not isinstance(body.get("token_env"), str):
-            raise ConfigError(path, key, "expected {token_env: VARIABLE, purposes: [...]}")
+            raise ConfigError(path, key, "expected {token_env: VARIABLE, region: REGION, purposes: [...], roles: [...]}")
+        unknown = set(body) - {"token_env", "region", "purposes", "roles"}
+        if unknown:
+            raise ConfigError(path, f"{key}.{sorted(unknown)[0]}", "unknown key (allowed: token_env, region, purposes, roles)")
         client_purposes = body.get("purposes") or []
         for i, p in enumerate(client_purposes):
             if p not in purposes:
                 raise ConfigError(path, f"{key}.purposes[{i}]", f"unknown purpose '{p}' (declared: {', '.join(purposes)})")
-        clients[str(identity)] = Client(str(identity), body["token_env"], tuple(client_purposes))
+        region = body.get("region", catalog.governed_region)
+        if region not in _regions(catalog):
+            raise ConfigError(path, f"{key}.region", f"expected the region the client's results go to, one of {', '.join(sorted(_regions(catalog)))}")
+        roles = body.get("roles") or ["query"]
+        for i, role in enumerate(roles):
+            if role not in ROLES:
+                raise ConfigError(path, f"{key}.roles[{i}]", f"unknown role '{role}' (allowed: {', '.join(ROLES)})")
+        clients[str(identity)] = Client(str(identity), body["token_env"], tuple(client_purposes), region, tuple(roles))
 
     all_tables = {t for spec in catalog.silos.values() for t in spec.tables}
     subjects = {}
