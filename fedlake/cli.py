@@ -163,8 +163,10 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from fedlake.agent import ledger_for
+    from fedlake.signing import public_keys
 
-    result = ledger_for(data_dir()).verify()
+    home = data_dir()
+    result = ledger_for(home).verify(public_keys(home), require_signatures=args.require_signatures)
     print(result)
     return 0 if result.ok else 1
 
@@ -218,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     query.set_defaults(run=cmd_query)
 
     audit = sub.add_parser("audit", help="the audit ledger").add_subparsers(dest="audit_command", required=True)
-    verify = audit.add_parser("verify", help="check the hash chain; names the first broken entry")
+    verify = audit.add_parser("verify", help="check every chain's hashes, signatures and witnessed heads; names what is broken or missing")
+    verify.add_argument("--require-signatures", action="store_true",
+                        help="fail on unsigned entries and on chains without a public key ($FEDLAKE_LEDGER_KEYS or <data>/keys)")
     verify.set_defaults(run=cmd_audit_verify)
     return parser
 
