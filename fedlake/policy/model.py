@@ -42,6 +42,21 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class DomainMember:
+    """A column pattern (silo.table.column, `*` for any silo or table) in a join domain, for the
+    purposes listed (all when None)."""
+
+    domain: str
+    pattern: str
+    purposes: tuple[str, ...] | None = None
+
+    def matches(self, silo: str, table: str, column: str, purpose: str) -> bool:
+        want = self.pattern.split(".")
+        return (all(w in ("*", got) for w, got in zip(want, (silo, table, column)))
+                and (self.purposes is None or purpose in self.purposes))
+
+
+@dataclass(frozen=True)
 class Decision:
     """What may happen to one source column on its way out, and which rule says so."""
 
@@ -79,6 +94,16 @@ class Policy:
     classification_rules: dict[str, tuple[Rule, ...]]
     overrides: dict[str, tuple[Rule, ...]]  # "silo.table.column" pattern -> rules
     catalog: Catalog = field(repr=False)
+    join_domains: tuple[DomainMember, ...] = ()
+    dp: Any = None  # fedlake.policy.dp.DPSettings, or None: aggregate-only data then cannot leave
+
+    def domain(self, silo: str, table: str, column: str, purpose: str) -> str:
+        """The join domain whose key pseudonymizes this column for this purpose: a declared one, or
+        the column's own, so that only columns declared to join line up."""
+        for member in self.join_domains:
+            if member.matches(silo, table, column, purpose):
+                return member.domain
+        return f"{silo}.{table}.{column}"
 
     def rules_for(self, silo: str, table: str, column: str) -> tuple[Rule, ...]:
         rules: list[Rule] = []
@@ -122,7 +147,8 @@ def _regions(catalog: Catalog) -> set[str]:
 def parse_policy(raw: Any, catalog: Catalog, path: str = "policies.yaml") -> Policy:
     if not isinstance(raw, dict):
         raise ConfigError(path, "<file>", "expected a mapping")
-    allowed_top = {"purposes", "clients", "subjects", "aggregate", "generalize", "classifications", "overrides"}
+    allowed_top = {"purposes", "clients", "subjects", "aggregate", "generalize", "classifications", "overrides",
+                   "join_domains", "dp"}
     for key in raw:
         if key not in allowed_top:
             raise ConfigError(path, str(key), f"unknown key (allowed: {', '.join(sorted(allowed_top))})")
@@ -194,7 +220,15 @@ def parse_policy(raw: Any, catalog: Catalog, path: str = "policies.yaml") -> Pol
         _check_pattern(path, key, str(pattern), catalog)
         overrides[str(pattern)] = _parse_rules(path, key, rules, purposes, regions)
 
+    join_domains = _parse_domains(path, raw.get("join_domains") or {}, purposes, catalog)
+    dp = None
+    if raw.get("dp") is not None:
+        from fedlake.policy.dp import parse_dp
+
+        dp = parse_dp(raw["dp"], path)
     policy = Policy(
+        join_domains=join_domains,
+        dp=dp,
         path=path,
         purposes=purposes,
         clients=clients,
@@ -211,6 +245,28 @@ def parse_policy(raw: Any, catalog: Catalog, path: str = "policies.yaml") -> Pol
             if rule.action == "generalize" and pattern.split(".")[-1] not in generalize:
                 raise ConfigError(path, rule.where, f"generalize needs a `generalize.{pattern.split('.')[-1]}` entry")
     return policy
+
+
+def _parse_domains(path: str, raw: Any, purposes: tuple[str, ...], catalog: Catalog) -> tuple[DomainMember, ...]:
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "join_domains", "expected a mapping of domain name to the columns that join in it")
+    members = []
+    for domain, entries in raw.items():
+        key = f"join_domains.{domain}"
+        if not isinstance(entries, list) or not entries:
+            raise ConfigError(path, key, "expected a list of silo.table.column patterns")
+        for i, entry in enumerate(entries):
+            where = f"{key}[{i}]"
+            if isinstance(entry, str):
+                entry = {"column": entry}
+            if not isinstance(entry, dict) or not isinstance(entry.get("column"), str) or set(entry) - {"column", "purposes"}:
+                raise ConfigError(path, where, "expected a pattern or {column: pattern, purposes: [...]}")
+            _check_pattern(path, where, entry["column"], catalog)
+            listed = entry.get("purposes")
+            if listed is not None and (not isinstance(listed, list) or any(p not in purposes for p in listed)):
+                raise ConfigError(path, f"{where}.purposes", f"expected a list of declared purposes ({', '.join(purposes)})")
+            members.append(DomainMember(str(domain), entry["column"], tuple(listed) if listed is not None else None))
+    return tuple(members)
 
 
 def _check_pattern(path: str, key: str, pattern: str, catalog: Catalog) -> None:

@@ -1,0 +1,218 @@
+"""Masks at the reference: every table a request names is bound, before the request's own logic
+runs, to a masked relation for (identity, purpose, destination region).
+
+Allowed columns appear as they are; pseudonymized ones as the keyed HMAC of their value (the key of
+the purpose and the column's join domain); generalized ones generalized; denied ones are absent, and
+naming one is an error naming the column and the rule. Columns the policy lets out only in aggregate
+appear, but may be used only where the DP release can bound them (see fedlake.agent.dp_query). So
+every clause of the request (predicates, joins, ordering, subqueries, errors) sees only masked
+values: enforcement no longer depends on understanding what the request computes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlglot import exp
+from sqlglot.errors import OptimizeError
+from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.scope import build_scope
+
+from fedlake.agent.subset import RESERVED_PREFIX, Refused
+from fedlake.policy.model import Policy
+from fedlake.policy.transforms import derive_key, generalize_sql, hmac_sql, key_params
+
+MASKED_PREFIX = f"{RESERVED_PREFIX}_m_"
+SUBJECT = f"{RESERVED_PREFIX}_subject"
+_STRICTNESS = {"allow": 0, "generalize": 1, "pseudonymize": 1, "aggregate": 2, "deny": 3}
+
+
+class MaskDenied(Refused):
+    """A request names a column its masks leave out; the message names the column and the rule."""
+
+
+@dataclass(frozen=True)
+class ColumnMask:
+    column: str
+    action: str  # allow | pseudonymize | generalize | aggregate | deny
+    rule: str
+    sql_type: str  # the type the masked relation shows
+    domain: str = ""  # pseudonymize: the join domain whose key is used
+    generalize: dict[str, Any] | None = None
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"column": self.column, "action": self.action, "rule": self.rule, "domain": self.domain}
+
+
+@dataclass(frozen=True)
+class TableMask:
+    silo: str
+    table: str
+    columns: dict[str, ColumnMask]
+    subject: str | None = None  # the raw column naming each row's data subject, for DP bounding
+
+    @property
+    def masked_name(self) -> str:
+        return f"{MASKED_PREFIX}{self.table}"
+
+    def visible(self) -> dict[str, str]:
+        """{column: SQL type} of the masked relation: every column but the denied ones."""
+        return {c.column: c.sql_type for c in self.columns.values() if c.action != "deny"}
+
+    def aggregate_only(self) -> set[str]:
+        return {c.column for c in self.columns.values() if c.action == "aggregate"}
+
+
+def table_mask(
+    policy: Policy, silo: str, table: str, types: dict[str, str], purpose: str, destination: str,
+    derived: dict[str, Any] | None = None,
+) -> TableMask:
+    """The mask of one table for a purpose and destination. A declared table's columns follow the
+    policy; a table fedlake materialized here holds values already masked for the purpose it was
+    made for (`derived`: its annotations), so each of its columns takes the strictest decision of
+    the base columns it was made of, and a column still needing a rewrite is denied."""
+    columns = {}
+    declared = table in policy.catalog.silo(silo).tables
+    for column, sql_type in types.items():
+        if declared and column in policy.catalog.silo(silo).tables[table].columns:
+            columns[column] = _declared(policy, silo, table, column, sql_type, purpose, destination)
+        elif derived is not None:
+            columns[column] = _derived(policy, silo, table, column, sql_type, purpose, destination, derived)
+        else:
+            columns[column] = ColumnMask(column, "deny", f"{policy.catalog.path}: silos.{silo}.tables", sql_type,
+                                         reason=f"{silo}.{table}.{column} has no classification")
+    subject = policy.subjects.get(table) if declared else None
+    return TableMask(silo, table, columns, subject if subject in types else None)
+
+
+def _declared(policy: Policy, silo: str, table: str, column: str, sql_type: str, purpose: str, destination: str) -> ColumnMask:
+    decision = policy.decide(silo, table, column, destination, purpose)
+    if decision.action == "deny":
+        return ColumnMask(column, "deny", decision.rule, sql_type, reason=f"it may not leave for {purpose} to {destination}")
+    if decision.action == "pseudonymize":
+        return ColumnMask(column, "pseudonymize", decision.rule, "VARCHAR", domain=policy.domain(silo, table, column, purpose))
+    if decision.action == "generalize":
+        if decision.generalize is None:
+            return ColumnMask(column, "deny", decision.rule, sql_type, reason=f"no `generalize.{column}` method is declared")
+        return ColumnMask(column, "generalize", decision.rule, "VARCHAR", generalize=decision.generalize)
+    return ColumnMask(column, decision.action, decision.rule, sql_type)
+
+
+def _derived(policy: Policy, silo: str, table: str, column: str, sql_type: str, purpose: str, destination: str,
+             derived: dict[str, Any]) -> ColumnMask:
+    rule = f"{policy.path}: (made by fedlake in {silo} for purpose {derived.get('purpose')})"
+    if derived.get("purpose") != purpose:
+        return ColumnMask(column, "deny", rule, sql_type,
+                          reason=f"{silo}.{table} was made for purpose '{derived.get('purpose')}', not '{purpose}'")
+    uses = derived.get("lineage", {}).get(column)
+    if uses is None:
+        return ColumnMask(column, "deny", rule, sql_type, reason=f"{silo}.{table}.{column} has no recorded lineage")
+    strictest = ColumnMask(column, "allow", rule, sql_type)
+    for use in uses:
+        mask = _declared(policy, silo, use["table"], use["column"], sql_type, purpose, destination)
+        was = use.get("mask", "allow")
+        action = "allow" if mask.action in ("pseudonymize", "generalize") and was == mask.action else mask.action
+        if action in ("pseudonymize", "generalize"):
+            action = "deny"  # stored raw, but the policy rewrites it for this destination
+        if _STRICTNESS[action] > _STRICTNESS[strictest.action]:
+            strictest = ColumnMask(column, action, mask.rule, sql_type,
+                                   reason=f"made from {silo}.{use['table']}.{use['column']}")
+    return strictest
+
+
+@dataclass
+class BoundQuery:
+    """A request with its tables bound to masked relations, ready to run in the silo."""
+
+    tree: exp.Query  # the caller's query over the masked relations (qualified), without their definitions
+    masks: dict[str, TableMask]  # by table name
+    used: dict[str, set[str]]  # masked columns each table's relation must provide
+    aggregate_refs: list[tuple[exp.Column, TableMask]] = field(default_factory=list)  # aggregate-only column uses
+
+    def relation(self, mask: TableMask, master: bytes, purpose: str, subject: bool = False) -> tuple[exp.Select, dict[str, bytes]]:
+        """The masked relation of one table, and the key parameters it binds."""
+        params: dict[str, bytes] = {}
+        projections = []
+        for name in sorted(self.used.get(mask.table, set())):
+            column = mask.columns[name]
+            raw = exp.column(name, quoted=True)
+            if column.action == "pseudonymize":
+                param = f"{RESERVED_PREFIX}_k{hashlib.sha256(column.domain.encode()).hexdigest()[:12]}"
+                params.update(key_params(derive_key(master, purpose, column.domain), param))
+                value = hmac_sql(raw, param)
+            elif column.action == "generalize":
+                value = generalize_sql(raw, column.generalize or {})
+            else:
+                value = raw
+            projections.append(exp.alias_(value, name, quoted=True))
+        if subject and mask.subject:
+            projections.append(exp.alias_(exp.column(mask.subject, quoted=True), SUBJECT, quoted=True))
+        if not projections:
+            projections.append(exp.alias_(exp.Literal.number(1), f"{RESERVED_PREFIX}_row", quoted=True))
+        return exp.select(*projections).from_(exp.table_(mask.table, quoted=True)), params
+
+    def sql(self, master: bytes, purpose: str, subject_tables: set[str] = frozenset(), tree: exp.Query | None = None) -> tuple[str, dict[str, bytes]]:
+        """The whole statement: the masked relations as CTEs ahead of the caller's query."""
+        tree = (tree or self.tree).copy()
+        params: dict[str, bytes] = {}
+        ctes = []
+        for mask in self.masks.values():
+            relation, bound = self.relation(mask, master, purpose, subject=mask.table in subject_tables)
+            params.update(bound)
+            ctes.append(exp.CTE(this=relation, alias=exp.TableAlias(this=exp.to_identifier(mask.masked_name, quoted=True))))
+        existing = tree.args.get("with_")
+        if existing is not None:
+            ctes += existing.expressions
+        tree.set("with_", exp.With(expressions=ctes))
+        return tree.sql("duckdb"), params
+
+
+def bind(tree: exp.Query, masks: dict[str, TableMask], policy_path: str) -> BoundQuery:
+    """Point every table reference at its masked relation and qualify the query against the masked
+    schemas; naming a denied column is a MaskDenied naming the column and its rule."""
+    tree = tree.copy()
+    ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    clash = ctes & set(masks)
+    if clash:
+        raise Refused(f"a CTE may not take the name of the silo's table {sorted(clash)[0]}")
+    for table in list(tree.find_all(exp.Table)):
+        if table.name in ctes:
+            continue
+        mask = masks[table.name]
+        if not table.alias:
+            table.set("alias", exp.TableAlias(this=exp.to_identifier(table.name, quoted=True)))
+        table.set("this", exp.to_identifier(mask.masked_name, quoted=True))
+    schema = {mask.masked_name: mask.visible() for mask in masks.values()}
+    try:
+        qualified = qualify(tree, schema=schema, dialect="duckdb", validate_qualify_columns=True, quote_identifiers=True,
+                            expand_alias_refs=True)
+    except (OptimizeError, KeyError, ValueError) as exc:
+        raise _explain_unknown(tree, masks, str(exc)) from None
+    bound = BoundQuery(qualified, masks, {})
+    by_masked = {mask.masked_name: mask for mask in masks.values()}
+    root = build_scope(qualified)
+    for scope in root.traverse() if root else ():
+        for column in scope.columns:
+            source = scope.sources.get(column.table)
+            if isinstance(source, exp.Table) and source.name in by_masked:
+                mask = by_masked[source.name]
+                bound.used.setdefault(mask.table, set()).add(column.name)
+                if mask.columns[column.name].action == "aggregate":
+                    bound.aggregate_refs.append((column, mask))
+    return bound
+
+
+def _explain_unknown(tree: exp.Expression, masks: dict[str, TableMask], problem: str) -> Refused:
+    """A column the query names that its masks leave out becomes a denial naming it and the rule;
+    anything else stays an unknown-column error."""
+    named = {c.name for c in tree.find_all(exp.Column)}
+    for mask in masks.values():
+        for column in mask.columns.values():
+            if column.action == "deny" and column.column in named:
+                reason = f": {column.reason}" if column.reason else ""
+                return MaskDenied(f"column {column.column} of {mask.silo}.{mask.table} is denied for this request{reason} "
+                                  f"[rule {column.rule}]")
+    return Refused(f"the query does not fit the silo's tables: {problem.splitlines()[0]}")
