@@ -10,6 +10,8 @@ module says exactly what one release spent (ReleaseReport), read from OpenDP's p
 
 Privacy unit: one subject. A subject has at most `max_rows` rows in the query, so it touches at
 most max_rows groups (l0), at most max_rows rows of one group (linf) and max_rows rows in all (l1).
+Caveat: sums arrive as floats computed by the silo's engine, outside OpenDP, so the sensitivity
+assumes exact arithmetic (float rounding in a long sum is not accounted for).
 """
 
 from __future__ import annotations
@@ -194,8 +196,8 @@ def _selection_params(max_rows: int, epsilon: float, delta: float) -> tuple[floa
 
 
 def _vector_space(integer: bool):
-    t = "i64" if integer else float
-    return dp.vector_domain(dp.atom_domain(T=t) if integer else dp.atom_domain(T=t, nan=False)), dp.l1_distance(T=t)
+    atom = dp.atom_domain(T="i64") if integer else dp.atom_domain(T=float, nan=False)
+    return dp.vector_domain(atom), dp.l1_distance(T="i64" if integer else float)
 
 
 @lru_cache(maxsize=256)
@@ -249,13 +251,11 @@ def release(groups: pa.Table, keys: list[str], aggregates: list[Aggregate], max_
         raise ValueError("nothing to release: no aggregates")
     share = epsilon / len(measured)
     spent_eps, spent_delta, scales, noisy, threshold = 0.0, 0.0, {}, {}, 0.0
-
     if grouped:
         if delta <= 0:
             raise ValueError("a GROUP BY release needs delta > 0 for partition selection")
-        missing = [k for k in keys if k not in groups.column_names]
-        if missing:
-            raise ValueError(f"groups table has no key column {missing[0]!r}")
+        if any(k not in groups.column_names for k in keys):
+            raise ValueError(f"groups table lacks a key column of {keys}")
         labels = [json.dumps(row, default=str) for row in zip(*(groups.column(k).to_pylist() for k in keys))]
         if len(set(labels)) != len(labels):
             raise ValueError("groups table holds the same group key twice")
@@ -294,5 +294,6 @@ def release(groups: pa.Table, keys: list[str], aggregates: list[Aggregate], max_
             pairs = zip(noisy[agg.input], noisy[agg.count_input])
             columns.append(pa.array([min(agg.hi, max(agg.lo, s / max(c, 1))) for s, c in pairs], pa.float64()))
     out = pa.Table.from_arrays(columns, names=names)
-    report = ReleaseReport(spent_eps, spent_delta, groups.num_rows, len(kept), scales, threshold)
-    return out, report
+    if spent_eps > epsilon * (1 + 1e-9) or spent_delta > delta:  # OpenDP's maps, summed, vs. what was granted
+        raise RuntimeError(f"release would spend ({spent_eps}, {spent_delta}), more than ({epsilon}, {delta})")
+    return out, ReleaseReport(spent_eps, spent_delta, groups.num_rows, len(kept), scales, threshold)
