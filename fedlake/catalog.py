@@ -20,8 +20,10 @@ CLASSIFICATIONS = ("public", "financial", "pii.quasi", "pii.direct", "free_text"
 DEPLOYMENTS = ("local", "prod")
 
 # Which connection keys each kind accepts per deployment; anything else is a typo worth reporting.
+# postgres: `dsn` is the agent's read-only role, `writer_dsn` the role that materializes into
+# `writer_schema`, `owner_dsn` the data owner's (seeding, role set-up); `embedded` derives all three.
 CONNECTION_KEYS = {
-    "postgres": {"dsn", "embedded", "schema", "engine"},
+    "postgres": {"dsn", "writer_dsn", "owner_dsn", "writer_schema", "embedded", "schema", "engine"},
     "s3": {"bucket", "prefix", "endpoint_url", "region", "access_key_id", "secret_access_key", "path"},
     "parquet": {"path"},
 }
@@ -159,10 +161,27 @@ def _parse_silo(path: str, name: str, body: Any) -> SiloSpec:
     for table, columns in tables_raw.items():
         tables[str(table)] = _parse_table(path, f"{key}.tables.{table}", str(table), columns)
     connections = _parse_connections(path, f"{key}.connection", body.get("connection", {}), CONNECTION_KEYS[kind], f"kind {kind}")
+    if kind == "postgres":
+        for deployment, settings in connections.items():
+            _check_postgres_roles(path, f"{key}.connection.{deployment}", settings)
     agents = _parse_connections(path, f"{key}.agent", body.get("agent", {}), AGENT_KEYS, "an agent")
     return SiloSpec(
         name=name, kind=kind, region=region, tables=tables, connections=connections, agents=agents, source_file=path
     )
+
+
+def _check_postgres_roles(path: str, key: str, settings: dict[str, str | EnvRef]) -> None:
+    """A postgres silo reads and writes as two roles: an embedded server derives them, a DSN names both."""
+    if "embedded" in settings:
+        for setting in ("dsn", "writer_dsn", "owner_dsn"):
+            if setting in settings:
+                raise ConfigError(path, f"{key}.{setting}", "an embedded silo derives its roles' DSNs; drop this key or embedded")
+    elif "dsn" in settings and "writer_dsn" not in settings:
+        raise ConfigError(path, f"{key}.writer_dsn", "required beside dsn: the read-only dsn cannot materialize")
+    elif "dsn" not in settings and ("writer_dsn" in settings or "owner_dsn" in settings):
+        raise ConfigError(path, f"{key}.dsn", "required: the agent's read-only DSN")
+    if settings.get("writer_schema", "fedlake_made") == settings.get("schema", "public"):
+        raise ConfigError(path, f"{key}.writer_schema", "must differ from schema: made tables live apart from the source")
 
 
 def _parse_table(path: str, key: str, name: str, columns: Any) -> TableSpec:

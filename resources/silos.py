@@ -72,15 +72,28 @@ class SiloResource(dg.ConfigurableResource):
 
 
 class PostgresSiloResource(SiloResource):
-    """A PostgreSQL silo: a DSN, or an embedded server whose data folder is named (local)."""
+    """A PostgreSQL silo: its reader, writer and owner DSNs, or an embedded server whose data folder
+    is named (local) and whose roles are derived from it."""
 
     kind: ClassVar[str] = "postgres"
     dsn: str = ""
+    writer_dsn: str = ""
+    owner_dsn: str = ""
     embedded: str = ""
     db_schema: str = "public"
+    writer_schema: str = ""
+    engine: str = ""
 
     def _settings(self) -> dict[str, str]:
-        return {"dsn": self.dsn, "embedded": self.embedded, "schema": self.db_schema}
+        return {
+            "dsn": self.dsn,
+            "writer_dsn": self.writer_dsn,
+            "owner_dsn": self.owner_dsn,
+            "embedded": self.embedded,
+            "schema": self.db_schema,
+            "writer_schema": self.writer_schema,
+            "engine": self.engine,
+        }
 
 
 class S3SiloResource(SiloResource):

@@ -16,7 +16,7 @@ import pytest
 from fedlake.catalog import Catalog, load_catalog
 from fedlake.synth.seed import SeedReport, seed_demo_bank
 from fedlake.agent.tls import make_tls
-from tests.services import agent_process, create_bucket, postgres_server, s3_server
+from tests.services import agent_process, create_bucket, postgres_server, s3_server, silo_role_dsns
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_SCALE = 0.05
@@ -77,8 +77,12 @@ def tls(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def prod_env(postgres_dsn, s3_endpoint, tmp_path_factory, tls) -> dict[str, str]:
+    # eu_core's agent reads and materializes as its own roles; the superuser stays the owner's
+    eu_core_reader, eu_core_writer = silo_role_dsns(postgres_dsn, "eu_core")
     env = {
-        "EU_CORE_DSN": postgres_dsn,
+        "EU_CORE_DSN": eu_core_reader,
+        "EU_CORE_WRITER_DSN": eu_core_writer,
+        "EU_CORE_OWNER_DSN": postgres_dsn,
         "US_LAKE_BUCKET": "fedlake-us",
         "US_LAKE_ENDPOINT_URL": s3_endpoint,
         "AWS_ACCESS_KEY_ID": "fedlake-test",

