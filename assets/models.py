@@ -132,20 +132,23 @@ def aml_model_asset(catalog: Catalog) -> dg.AssetsDefinition:
             on_round=lambda r, w, record: context.log.info(f"round {r}: {record.get('participants')}"),
         )
         result = trainer.fit()
-        evaluation = trainer.evaluate(result.weights)
+        # registered first: the silos evaluate registered versions only, named by their hash
         version = registry.register(
             AML_MODEL,
             result.spec,
             result.weights,
-            metrics=evaluation["pooled"],
             hyper_parameters={**config.model_dump(), "strategy": strategy.to_dict()},
-            per_region={catalog.silo(s).region: m for s, m in evaluation["per_silo"].items()},
             fingerprints=result.fingerprints,
             policy_decisions=[{"silo": s, "output": "model_weights", "action": "allow", "rule": "training: only weights leave"} for s in silos],
             epsilon=result.epsilon,
             delta=result.delta,
             training={"rounds": result.rounds, "resumed_from": result.resumed_from, "history": result.history},
             description="Scores accounts from behaviour and memo text; labels are each silo's own confirmed cases.",
+        )
+        evaluation = trainer.evaluate(version)
+        version = registry.record_evaluation(
+            AML_MODEL, version.version, evaluation["pooled"],
+            per_region={catalog.silo(s).region: m for s, m in evaluation["per_silo"].items()},
         )
         return dg.MaterializeResult(
             metadata={
@@ -154,6 +157,7 @@ def aml_model_asset(catalog: Catalog) -> dg.AssetsDefinition:
                 "resumed_from_round": result.resumed_from,
                 "epsilon": {s: e for s, e in result.epsilon.items()},
                 "left_out": evaluation["left_out"],
+                "suppressed_rows": evaluation["suppressed_rows"],
             }
         )
 

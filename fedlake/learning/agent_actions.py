@@ -1,10 +1,15 @@
-"""The training actions a silo agent serves: a local round, and an evaluation of a given model.
+"""The training actions a silo agent serves: a local round, and an evaluation of a registered model.
 
 Both build the silo's AML examples in place, from its own tables, inside the agent's process; the
-memos and the rows never leave it. What leaves is, for train_round, the new weights, the number of
-training accounts, aggregate metrics and the spent epsilon; for evaluate_round, aggregate metrics
-and a score histogram (counts per score bin, no account named). Each answer is ledgered like a
-query's egress (operation, decision, bytes; rows 0) and counted in the agent's egress counter.
+memos and the rows never leave it. Only a client holding the `train` role (the coordinator) may
+call them. What leaves is, for train_round, the new weights (DP-SGD clipped and noised where the
+silo requires it), the number of training accounts and the spent epsilon: no loss or metric,
+which a crafted global model would turn into a question about chosen accounts. evaluate_round
+scores a version found in the model registry by its hash, never weights sent in the request (a
+crafted model would isolate one account, or count the memos holding a chosen word), and releases
+only a score histogram whose every bin holds at least min_count accounts, Laplace-noised where
+the silo requires DP. Each answer is ledgered like a query's egress (operation, decision, bytes;
+rows 0) and counted in the agent's egress counter.
 
 Evaluation against the bank's full ground truth is not an agent action: sending the truth's
 account ids in and per-account scores out would move per-account data across the boundary. The
@@ -16,6 +21,7 @@ direct access to each silo.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,15 +30,20 @@ from fedlake.agent.agent import Caller, SiloAgent
 from fedlake.errors import FedlakeError
 from fedlake.learning import weights as wire
 from fedlake.learning.data import AMLData, aml_examples, data_fingerprint, held_out_mask
-from fedlake.learning.metrics import evaluate, score_histogram, summary
+from fedlake.learning.metrics import release_histogram
 from fedlake.learning.models import ModelSpec
+from fedlake.learning.registry import ModelRegistry, RegistryError
 from fedlake.learning.train import DPConfig, TrainConfig, predict, train_local
 
 TRAIN_ACTION = "train_round"
 EVALUATE_ACTION = "evaluate_round"
 DEFAULT_PURPOSE = "aml"
 TRAIN_RULE = "training: only weights leave"
-EVALUATE_RULE = "evaluation: only aggregate metrics leave"
+EVALUATE_RULE = "evaluation: only a score histogram of registered models leaves, min_count per bin"
+TRAIN_ROLE = "train"
+MIN_COUNT = 10  # the fewest accounts a released histogram bin may hold
+RELEASE_EPSILON = 1.0  # the histogram's epsilon where the silo requires DP and none is given
+EVALUATE_FIELDS = ("model", "split", "purpose", "destination")
 
 
 class TrainingRefused(FedlakeError):
@@ -73,6 +84,10 @@ def _spec(body: dict[str, Any], silo: str) -> ModelSpec:
         spec = ModelSpec.from_dict(body["spec"])
     except (KeyError, TypeError, ValueError) as exc:
         raise TrainingRefused(f"agent {silo}: the request needs a valid model 'spec': {exc}") from None
+    return _aml_only(spec, silo)
+
+
+def _aml_only(spec: ModelSpec, silo: str) -> ModelSpec:
     if spec.kind != "aml":
         raise TrainingRefused(
             f"agent {silo}: only AML models train on a silo's own rows (got kind '{spec.kind}'); "
@@ -103,26 +118,48 @@ def _enforce_dp(config: TrainConfig, required: DPConfig | None) -> tuple[TrainCo
 
 
 def register_learning_actions(
-    agent: SiloAgent, dp_required: DPConfig | None = None, domestic_countries: tuple[str, ...] | None = None
+    agent: SiloAgent,
+    dp_required: DPConfig | None = None,
+    domestic_countries: tuple[str, ...] | None = None,
+    registry: ModelRegistry | str | os.PathLike | None = None,
+    min_count: int = MIN_COUNT,
+    release_epsilon: float | None = None,
 ) -> None:
     """Serve train_round and evaluate_round on this agent.
 
     dp_required: where the silo's policy asks for differential privacy, every local round runs
-    DP-SGD with at least this noise (whatever the coordinator asks). domestic_countries: the
-    counterparty countries that are not cross-border for this silo's accounts; by default those of
-    its region in the demo bank.
+    DP-SGD with at least this noise (whatever the coordinator asks), and evaluation histograms are
+    Laplace-noised with release_epsilon (RELEASE_EPSILON unless given; given without dp_required,
+    it noises the histograms alone). domestic_countries: the counterparty countries that are not
+    cross-border for this silo's accounts; by default those of its region in the demo bank.
+    registry: the model registry (the governed zone's models folder) whose versions evaluate_round
+    may score; without one, evaluation is refused. min_count: the fewest accounts a released
+    histogram bin may hold.
     """
     if domestic_countries is None:
         from fedlake.synth.default_model import REGION_COUNTRIES
 
         domestic_countries = tuple(REGION_COUNTRIES.get(agent.spec.region, ()))
+    if min_count < 1:
+        raise ValueError(f"min_count must be at least 1, got {min_count}")
+    if release_epsilon is None and dp_required is not None:
+        release_epsilon = RELEASE_EPSILON
+    models = registry if isinstance(registry, ModelRegistry) or registry is None else ModelRegistry(registry)
     examples = _Examples(agent, domestic_countries)
     silo = agent.spec.name
+    # One noised release per (model, split, data): asking again returns it, not a fresh draw that
+    # averaging would strip of its noise.
+    released: dict[tuple[str, str, str], dict[str, Any]] = {}
+    released_lock = threading.Lock()
+
+    def admit(caller: Caller, body: dict[str, Any]) -> None:
+        agent.check_role(caller, TRAIN_ROLE, "train or evaluate models")
+        agent.check_purpose(caller, body.get("purpose", DEFAULT_PURPOSE))
 
     def leave(caller: Caller, body: dict[str, Any], operation: str, output: str, action: str, rule: str, result: dict[str, Any]) -> dict[str, Any]:
         """Ledger and count what leaves, then let it go."""
         payload = json.dumps(result)
-        description = json.dumps({k: body.get(k) for k in ("spec", "config", "round", "split")}, sort_keys=True, default=str)
+        description = json.dumps({k: body.get(k) for k in ("spec", "config", "round", "model", "split")}, sort_keys=True, default=str)
         agent.ledger.record(
             requester=caller.identity, purpose=body.get("purpose", DEFAULT_PURPOSE), silo=silo,
             destination=body.get("destination") or agent.policy.catalog.governed_region,
@@ -134,7 +171,7 @@ def register_learning_actions(
         return result
 
     def train_round(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-        agent.check_purpose(caller, body.get("purpose", DEFAULT_PURPOSE))
+        admit(caller, body)
         spec = _spec(body, silo)
         try:
             config = TrainConfig.from_dict(dict(body.get("config") or {}))
@@ -144,36 +181,44 @@ def register_learning_actions(
         config, enforced = _enforce_dp(config, dp_required)
         model = _model(spec, body, silo)
         split = examples.get(spec.params["buckets"])
-        data, train, test = split.all, split.train, split.held_out
         history = [tuple(h) for h in body.get("dp_history") or []]
-        local = train_local(model, train, config, dp_history=history)
-        metrics: dict[str, Any] = {"steps": local.steps, "train_seconds": local.seconds, "data_fingerprint": data.fingerprint}
+        local = train_local(model, split.train, config, dp_history=history)
+        metrics: dict[str, Any] = {"steps": local.steps, "train_seconds": local.seconds, "data_fingerprint": split.all.fingerprint}
         if local.dp_record:
-            # epsilon covers the weights only: loss and held-out metrics, computed from the same
-            # accounts without noise, would leak outside that guarantee, so they stay here
             metrics["dp"] = {"record": list(local.dp_record), "delta": config.dp.delta, "enforced_by_silo": enforced}
-            metrics["withheld"] = "train_loss and held-out metrics are not released under differential privacy"
-        else:
-            metrics["train_loss"] = local.loss
-            metrics["train_positives"] = int(train.labels.sum())
-            metrics["held_out"] = summary(evaluate(predict(model, test), test.labels)) if len(test) else None
         result = {"weights": wire.encode(wire.to_numpy(local.state)), "n_samples": local.n_samples,
                   "metrics": metrics, "epsilon": local.epsilon}
         return leave(caller, body, "train_round", "model_weights", "allow", TRAIN_RULE, result)
 
     def evaluate_round(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-        agent.check_purpose(caller, body.get("purpose", DEFAULT_PURPOSE))
-        spec = _spec(body, silo)
-        model = _model(spec, body, silo)
+        admit(caller, body)
+        extra = sorted(set(body) - set(EVALUATE_FIELDS))
+        if extra:
+            raise TrainingRefused(
+                f"agent {silo}: evaluate_round scores registered model versions only, by their registry hash in 'model'; "
+                f"the request also carries {extra}, refused"
+            )
+        if models is None:
+            raise TrainingRefused(f"agent {silo}: no model registry to evaluate from: evaluation is refused")
+        reference = body.get("model")
+        try:
+            version = models.by_hash(reference)
+            spec = _aml_only(version.spec, silo)
+            model = wire.load_into(spec.build(), version.verified_weights())
+        except (RegistryError, wire.WeightsError, OSError) as exc:
+            raise TrainingRefused(f"agent {silo}: model {reference!r} cannot be evaluated: {exc}") from None
         which = body.get("split", "held_out")
         if which not in ("held_out", "all"):
             raise TrainingRefused(f"agent {silo}: split must be 'held_out' or 'all', got {which!r}")
         split = examples.get(spec.params["buckets"])
         data = split.held_out if which == "held_out" else split.all
-        scores = predict(model, data)
-        result = {"metrics": summary(evaluate(scores, data.labels)), "histogram": score_histogram(scores, data.labels),
-                  "data_fingerprint": data.fingerprint}
-        return leave(caller, body, "evaluate_round", "model_metrics", "aggregate", EVALUATE_RULE, result)
+        key = (version.sha256, which, split.all.fingerprint)
+        with released_lock:
+            histogram = released.get(key)
+            if histogram is None:
+                histogram = released[key] = release_histogram(predict(model, data), data.labels, min_count, release_epsilon)
+        result = {"model": version.sha256, "histogram": histogram, "data_fingerprint": split.all.fingerprint}
+        return leave(caller, body, "evaluate_round", "score_histogram", "aggregate", EVALUATE_RULE, result)
 
     agent.register_action(TRAIN_ACTION, train_round)
     agent.register_action(EVALUATE_ACTION, evaluate_round)

@@ -5,6 +5,9 @@ thread per silo, one deadline for the round). A silo that fails or answers late 
 that round and the reason recorded; with fewer than min_silos answers the round fails with an
 error naming each missing silo and why. After every completed round the global model is
 checkpointed atomically, so a restarted training resumes from the last completed round.
+
+The silos evaluate registered versions only: the trained weights are registered first, evaluate()
+names the version by its registry hash, and ModelRegistry.record_evaluation stores the metrics.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from fedlake.errors import FedlakeError
 from fedlake.learning import weights as wire
 from fedlake.learning.agent_actions import DEFAULT_PURPOSE, EVALUATE_ACTION, TRAIN_ACTION
 from fedlake.learning.aggregate import Strategy
-from fedlake.learning.metrics import metrics_from_histograms
+from fedlake.learning.metrics import metrics_from_histograms, summary
 from fedlake.learning.models import ModelSpec
+from fedlake.learning.registry import ModelVersion
 from fedlake.learning.train import TrainConfig, dp_epsilon
 from fedlake.learning.weights import Weights
 
@@ -226,8 +230,6 @@ class FederatedTrainer:
                     fingerprints[silo] = record["metrics"][silo]["data_fingerprint"]
             self._quorum(f"round {round_}", len(results), left_out)
             weights = self.strategy.aggregate(results)
-            losses = [(record["metrics"][s]["train_loss"], n) for s, n in record["samples"].items() if "train_loss" in record["metrics"][s]]
-            record["train_loss"] = sum(loss * n for loss, n in losses) / sum(n for _, n in losses) if losses else None
             record["silo_seconds"] = {silo: seconds[silo] for silo in record["participants"]}
             record["bytes_out"] = len(payload) * len(self.clients)
             record["seconds"] = time.perf_counter() - started  # the whole round, checkpoint excepted
@@ -242,18 +244,27 @@ class FederatedTrainer:
         delta = {silo: spent["delta"] for silo, spent in dp_history.items()}
         return FederatedResult(self.spec, weights, history, epsilon, delta, self.rounds, resumed_from, fingerprints)
 
-    def evaluate(self, weights: Weights, split: str = "held_out") -> dict[str, Any]:
-        """Federated evaluation: each silo scores its own (held-out) accounts against its own labels
-        and returns aggregate metrics and a score histogram; the pooled metrics come from the merged
-        histograms. Returns {"pooled": metrics, "per_silo": {silo: metrics}, "left_out": {...}}."""
-        payload = wire.encode(weights)
-        bodies = {silo: {"spec": self.spec.to_dict(), "weights": payload, "split": split, "purpose": self.purpose,
-                         "destination": self.destination} for silo in self.clients}
+    def evaluate(self, model: ModelVersion | str, split: str = "held_out") -> dict[str, Any]:
+        """Federated evaluation of a registered version (or its registry hash): each silo scores its
+        own (held-out) accounts against its own labels and releases a score histogram of bins of at
+        least its min_count accounts; per-silo and pooled metrics are computed here from those.
+        Returns {"model", "pooled", "per_silo", "suppressed_rows", "fingerprints", "left_out"}."""
+        if isinstance(model, ModelVersion):
+            reference = model.sha256
+        elif isinstance(model, str):
+            reference = model
+        else:
+            raise TypeError(f"evaluate takes a registered model version or its registry hash, not {type(model).__name__}: register the weights first")
+        bodies = {silo: {"model": reference, "split": split, "purpose": self.purpose, "destination": self.destination}
+                  for silo in self.clients}
         answers, left_out, _ = self._ask_all(EVALUATE_ACTION, bodies)
         self._quorum("evaluation", len(answers), left_out)
+        histograms = {silo: a["histogram"] for silo, a in sorted(answers.items())}
         return {
-            "pooled": metrics_from_histograms([a["histogram"] for a in answers.values()]),
-            "per_silo": {silo: a["metrics"] for silo, a in sorted(answers.items())},
+            "model": reference,
+            "pooled": metrics_from_histograms(list(histograms.values())),
+            "per_silo": {silo: summary(metrics_from_histograms([h])) for silo, h in histograms.items()},
+            "suppressed_rows": {silo: h.get("suppressed_rows", 0) for silo, h in histograms.items()},
             "fingerprints": {silo: a.get("data_fingerprint") for silo, a in sorted(answers.items())},
             "left_out": left_out,
         }

@@ -3,21 +3,28 @@
 Layout under the registry root (the governed zone's models folder, <home>/governed/models):
 
     <name>/<version>/weights.npz        the weights (npz: loads without unpickling)
-    <name>/<version>/model.json         spec, hyper-parameters, metrics (held-out, per region),
-                                        data fingerprints, policy decisions, epsilon, training summary
+    <name>/<version>/model.json         spec, the weights' sha256, hyper-parameters, metrics (held-out,
+                                        per region), data fingerprints, policy decisions, epsilon, training summary
     <name>/<version>/model_card.md      the card, with roc.png and calibration.png beside it
     <name>/champion.json                which version serves, and why it was promoted
 
 A version is written to a temporary folder and renamed into place, so a reader never sees half of
 one; the champion pointer is replaced atomically. A challenger is promoted only when it beats the
 champion (or, without a champion, a floor) on held-out data.
+
+A version is also addressed by the sha256 of its weights file: silo agents evaluate only versions
+found here by that hash (never weights a client sends), so every model a silo ever scored its
+accounts with is on record. A federated model is therefore registered before it is evaluated, and
+its held-out metrics are recorded once, afterwards (record_evaluation); weights and spec never change.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
+import re
 import os
 import shutil
 import tempfile
@@ -38,6 +45,12 @@ RECORD = "model.json"
 WEIGHTS = "weights.npz"
 CHAMPION = "champion.json"
 PLOTS = ("roc.png", "calibration.png")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def weights_hash(raw: bytes) -> str:
+    """The registry hash of a version: the sha256 of its weights file's bytes."""
+    return hashlib.sha256(raw).hexdigest()
 
 
 class RegistryError(FedlakeError):
@@ -63,11 +76,24 @@ class ModelVersion:
     def card_path(self) -> Path:
         return self.path / CARD
 
+    @property
+    def sha256(self) -> str:
+        """The registry hash (recorded at registration; computed for versions registered before)."""
+        return self.record.get("weights_sha256") or weights_hash((self.path / WEIGHTS).read_bytes())
+
     def weights(self) -> Weights:
         return wire.load(self.path / WEIGHTS)
 
-    def load_model(self) -> nn.Module:
-        return wire.load_into(self.spec.build(), self.weights())
+    def verified_weights(self) -> Weights:
+        """The weights, read once and checked against the recorded hash: a weights file replaced
+        behind the registry's back is refused rather than scored."""
+        raw = (self.path / WEIGHTS).read_bytes()
+        if weights_hash(raw) != self.sha256:
+            raise RegistryError(f"{self.path / WEIGHTS} does not match its recorded sha256 {self.sha256}: refusing to load it")
+        return wire.from_bytes(raw)
+
+    def load_model(self, verified: bool = False) -> nn.Module:
+        return wire.load_into(self.spec.build(), self.verified_weights() if verified else self.weights())
 
     def card(self, inline_images: bool = False) -> str:
         """The model card; with inline_images the plots are embedded as data URIs, for viewers
@@ -197,7 +223,7 @@ class ModelRegistry:
         spec: ModelSpec,
         weights: Weights,
         *,
-        metrics: dict[str, Any],
+        metrics: dict[str, Any] | None = None,
         hyper_parameters: dict[str, Any] | None = None,
         per_region: dict[str, dict[str, Any]] | None = None,
         fingerprints: dict[str, str] | None = None,
@@ -209,20 +235,23 @@ class ModelRegistry:
         description: str = "",
     ) -> ModelVersion:
         """Record a new version. `metrics` are held-out metrics as metrics.evaluate returns them
-        (with roc and calibration, which the card plots)."""
+        (with roc and calibration, which the card plots); a federated model has none yet: it is
+        registered so that the silos may evaluate it, and record_evaluation adds them."""
         wire.load_into(spec.build(), weights)
         folder = self._folder(name)
         folder.mkdir(parents=True, exist_ok=True)
+        raw = wire.to_bytes(weights)
+        metrics = metrics or {}
         record = {
             "name": name, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "spec": spec.to_dict(), "hyper_parameters": hyper_parameters or {}, "metrics": metrics,
+            "spec": spec.to_dict(), "weights_sha256": weights_hash(raw), "hyper_parameters": hyper_parameters or {}, "metrics": metrics,
             "per_region": per_region or {}, "fingerprints": fingerprints or {}, "policy_decisions": policy_decisions or [],
             "epsilon": epsilon or {}, "delta": delta or {}, "comparisons": comparisons or {}, "training": training or {},
             "description": description,
         }
         staging = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
         try:
-            wire.save(staging / WEIGHTS, weights)
+            wire.write_atomic(staging / WEIGHTS, raw)
             plots = _plots(staging, metrics)
             while True:
                 version = max((v.version for v in self.versions(name)), default=0) + 1
@@ -239,6 +268,30 @@ class ModelRegistry:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return self.version(name, version)
+
+    def record_evaluation(self, name: str, version: int, metrics: dict[str, Any],
+                          per_region: dict[str, dict[str, Any]] | None = None) -> ModelVersion:
+        """Add the held-out metrics of a version registered without them (the federated evaluation
+        runs on registered versions only); a version's metrics are recorded once."""
+        current = self.version(name, version)
+        if current.record.get("metrics"):
+            raise RegistryError(f"model {name!r} v{version} already has its held-out metrics: register a new version instead")
+        record = {**current.record, "metrics": metrics, "per_region": per_region or current.record.get("per_region") or {}}
+        plots = _plots(current.path, metrics)
+        wire.write_atomic(current.path / CARD, _card(name, int(version), record, plots).encode())
+        wire.write_atomic(current.path / RECORD, json.dumps(record, indent=1, default=str).encode())
+        return self.version(name, version)
+
+    def by_hash(self, sha256: str) -> ModelVersion:
+        """The registered version whose weights hash is `sha256`, over every model name."""
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            raise RegistryError(f"{sha256!r} is not a registry hash (64 lowercase hex digits, the sha256 of a version's weights)")
+        names = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) if self.root.exists() else []
+        for name in names:
+            for version in self.versions(name):
+                if version.sha256 == sha256:
+                    return version
+        raise RegistryError(f"no registered model version has weights sha256 {sha256} in {self.root}")
 
     def versions(self, name: str) -> list[ModelVersion]:
         folder = self._folder(name)

@@ -1,5 +1,6 @@
 """Federated AML training through real silo agents: what crosses (only weights, ledgered and
-counted), what happens when an agent dies or is late mid-training, the resume from the
+counted; for evaluation of a registered version, a histogram of bins of at least min_count
+accounts), what happens when an agent dies or is late mid-training, the resume from the
 checkpoint, and differential privacy."""
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def test_aml_examples_are_one_per_account_labelled_by_the_silos_own_cases(local_
 
 def test_federated_training_moves_only_weights_through_the_agents(local_deployment, policy, tmp_path):
     deployment = local_deployment
-    clients = {silo: Recording(learning_client(deployment, policy, silo)) for silo in SILOS}
+    registry = ModelRegistry(tmp_path / "models")
+    clients = {silo: Recording(learning_client(deployment, policy, silo, registry=registry.root)) for silo in SILOS}
     before_seq = last_seq(deployment)
     before = {silo: c.inner.agent.egress.snapshot() for silo, c in clients.items()}
 
@@ -156,20 +158,23 @@ def test_federated_training_moves_only_weights_through_the_agents(local_deployme
     # the model found the laundering (evaluated against the full truth by the bank's evaluator)
     assert full_truth_auc(deployment, result.weights) > 0.9
 
-    # federated evaluation: aggregate metrics per silo and pooled, ledgered as such
+    # the version is registered first: the silos evaluate registered versions only, by hash
+    version = registry.register(
+        "aml_model", SPEC, result.weights, fingerprints=result.fingerprints, epsilon=result.epsilon, hyper_parameters=CONFIG.to_dict(),
+        policy_decisions=[{"operation": e["operation"], "silo": e["silo"], "decision": e["decision"], "rows": e["rows"]} for e in entries],
+    )
+
+    # federated evaluation: metrics per silo and pooled from released histograms, ledgered as such
     seq = last_seq(deployment)
-    evaluation = trainer.evaluate(result.weights)
+    evaluation = trainer.evaluate(version)
+    assert evaluation["model"] == version.sha256
     assert set(evaluation["per_silo"]) == set(SILOS) and evaluation["left_out"] == {}
     assert evaluation["pooled"]["n"] == sum(m["n"] for m in evaluation["per_silo"].values())
     assessed = [e for e in ledger_for(deployment.home).entries() if e["seq"] > seq]
     assert {(e["operation"], e["rows"]) for e in assessed} == {("evaluate_round", 0)} and len(assessed) == 3
 
     # the version that the registry keeps: pooled and per-region held-out metrics, fingerprints
-    version = ModelRegistry(tmp_path / "models").register(
-        "aml_model", SPEC, result.weights, metrics=evaluation["pooled"], per_region=evaluation["per_silo"],
-        fingerprints=result.fingerprints, epsilon=result.epsilon, hyper_parameters=CONFIG.to_dict(),
-        policy_decisions=[{"operation": e["operation"], "silo": e["silo"], "decision": e["decision"], "rows": e["rows"]} for e in entries],
-    )
+    version = registry.record_evaluation("aml_model", version.version, evaluation["pooled"], per_region=evaluation["per_silo"])
     card = version.card()
     assert all(f"| {silo} |" in card for silo in SILOS) and result.fingerprints["sg_lake"] in card
     assert (version.path / "roc.png").exists()
@@ -282,7 +287,5 @@ def test_the_agent_refuses_what_it_should_not_train(local_deployment, policy):
         client.action("train_round", spec={"name": "c", "kind": "credit"}, weights=weights, config={})
     with pytest.raises(Exception, match="were they made for another model spec"):
         client.action("train_round", spec=ModelSpec("aml_model", "aml", {"buckets": 64}).to_dict(), weights=weights, config={})
-    with pytest.raises(Exception, match="may not declare purpose"):
-        analyst = local_agent_client(local_deployment.catalog, policy, "us_lake", local_deployment.home, identity="analyst")
-        register_learning_actions(analyst.agent)
-        analyst.action("train_round", spec=SPEC.to_dict(), weights=weights, config={}, purpose="aml")
+    with pytest.raises(Exception, match="may not declare purpose 'marketing'"):
+        client.action("train_round", spec=SPEC.to_dict(), weights=weights, config={}, purpose="marketing")
