@@ -98,25 +98,27 @@ def _single_silo_sql(sql: str, catalog, silo: str | None) -> tuple[str, str]:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from sqlglot import exp
+
     from fedlake.agent.gate import EgressDenied, EgressGate
-    from fedlake.agent.lineage import LineageError
+    from fedlake.agent.subset import Refused, parse_subset
 
     catalog = load_catalog(args.silos)
     policy = _policy(args, catalog)
     silo, fragment = _single_silo_sql(args.sql, catalog, args.silo)
     spec = catalog.silo(silo)
-    schema = {name: {column: "VARCHAR" for column in table.columns} for name, table in spec.tables.items()}
     gate = EgressGate(spec, policy, key=b"explain")
     try:
-        plan = gate.plan(fragment, "explain", args.purpose, args.to, schema, {})
-    except EgressDenied as exc:
-        if exc.plan:
-            print(exc.plan.explain())
+        tree = parse_subset(fragment)
+        named = {t.name for t in tree.find_all(exp.Table)} - {c.alias_or_name for c in tree.find_all(exp.CTE)}
+        unknown = sorted(named - set(spec.tables))
+        if unknown:
+            raise Refused(f"silo {silo} declares no table '{unknown[0]}'")
+        tables = {name: {column: "VARCHAR" for column in spec.tables[name].columns} for name in named}
+        plan = gate.plan(tree, "explain", args.purpose, args.to, tables, {})
+    except (EgressDenied, Refused) as exc:
         print(f"DENIED: {exc}")
         return 1
-    except LineageError as exc:
-        print(f"cannot explain: {exc}", file=sys.stderr)
-        return 2
     print(plan.explain())
     print("ALLOWED" if all(c.action == "allow" for c in plan.columns) else "ALLOWED after rewriting in the silo")
     return 0

@@ -12,6 +12,7 @@ from fedlake.audit import Ledger, open_ledger
 from fedlake.catalog import Catalog
 from fedlake.policy.model import Policy
 from fedlake.policy.transforms import local_secret, pseudonym_key
+from fedlake.signing import signing_key
 from fedlake.silos import Connector, open_silo
 
 LEDGER_ENV = "FEDLAKE_LEDGER"
@@ -35,10 +36,11 @@ __all__ = [
 ]
 
 
-def ledger_for(home: Path) -> Ledger:
-    """The governed zone's ledger: FEDLAKE_LEDGER (a PostgreSQL DSN or a DuckDB path), else the
-    local governed zone's DuckDB file."""
-    return open_ledger(os.environ.get(LEDGER_ENV) or str(home / "governed" / "audit.duckdb"))
+def ledger_for(home: Path, signer: str | None = None) -> Ledger:
+    """The ledger: FEDLAKE_LEDGER (a PostgreSQL DSN or a DuckDB path), else the local governed zone's
+    DuckDB file. `signer` names the chain whose key signs what this ledger appends (an agent's silo)."""
+    key = signing_key(home, signer) if signer else None
+    return open_ledger(os.environ.get(LEDGER_ENV) or str(home / "governed" / "audit.duckdb"), signer=key)
 
 
 def client_token(policy: Policy, identity: str, deployment: str, home: Path) -> str:
@@ -76,7 +78,7 @@ def build_agent(
         spec,
         connector or open_silo(spec, deployment, home),
         policy,
-        ledger or ledger_for(home),
+        ledger or ledger_for(home, silo),
         pseudonym_key(home if deployment == "local" else None),
         agent_tokens(policy, deployment, home),
         peer_ca=Path(os.environ[AGENT_CA_ENV]).read_bytes() if os.environ.get(AGENT_CA_ENV) else None,

@@ -1,13 +1,17 @@
 """The silo agent: the one way into a silo. Runs next to it, through the egress gate and the ledger.
 
 The same class serves in-process (the local deployment, fast tests) and behind the Arrow Flight
-server (prod): both authenticate a bearer token to an identity, check the declared purpose against
-what that identity may declare, plan every request through the gate, and ledger every decision.
+server (prod): both authenticate a bearer token to an identity, whose region decides where results
+go and whose roles decide what it may ask; the request's purpose must be one the identity holds.
+Every request is bound to masked relations by the gate before it runs, every error that could quote
+a value is contained, and every request, allowed, refused or failed, is ledgered.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
+import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,18 +20,21 @@ from typing import Any
 import pyarrow as pa
 from sqlglot import exp
 
-from fedlake.agent.gate import SUBJECTS_COLUMN, DerivedColumn, EgressDenied, EgressGate, EgressPlan
-from fedlake.agent.lineage import LineageError, SourceUse, analyse, parse_query
+from fedlake.agent.mailbox import Mailbox
+from fedlake.agent.failures import AgentFailure, contain, guarded
+from fedlake.agent.gate import EgressDenied, EgressGate, EgressPlan
 from fedlake.agent.peers import CAPABILITY_SCHEME, Transfer, TransferRefused, Transfers
-from fedlake.agent.placed import explain_placed_residual, run_placed_residual
 from fedlake.agent.pii import pii_scan
+from fedlake.agent.placed import run_placed_residual
+from fedlake.agent.subset import Refused, parse_subset
 from fedlake.arrow_types import arrow_width, sql_type
-from fedlake.audit import Ledger
+from fedlake.audit import Budget, BudgetExceeded, Ledger
 from fedlake.bloom import BloomFilter, key_family
 from fedlake.catalog import SiloSpec
 from fedlake.errors import FedlakeError
+from fedlake.policy.dp import release
 from fedlake.policy.model import Policy
-from fedlake.silos.base import Connector, EgressCounter, check_table_name, counted
+from fedlake.silos.base import Connector, EgressCounter, counted
 
 
 class Unauthenticated(FedlakeError):
@@ -35,7 +42,11 @@ class Unauthenticated(FedlakeError):
 
 
 class Forbidden(FedlakeError):
-    """A known client asked for something it may not (a purpose it may not declare)."""
+    """A known client asked for something it may not (a purpose, a role or a destination it lacks)."""
+
+
+# Refusals are decided from the request, the policy and the identity: their messages may leave.
+REFUSALS = (EgressDenied, Forbidden, Unauthenticated, Refused, TransferRefused, BudgetExceeded, AgentFailure)
 
 
 @dataclass(frozen=True)
@@ -51,38 +62,6 @@ class Caller:
 
 SEMIJOIN_WAIT_SECONDS = 600.0
 SEMIJOIN_BUFFER_BYTES = 256 * 1024 * 1024  # what a fragment may compute ahead of its keys
-
-
-class _Mailbox:
-    """Semi-join keys by id: they may arrive before or after the fragment that waits for them starts."""
-
-    def __init__(self, capacity: int = 1024):
-        self._lock = threading.Lock()
-        self._slots: dict[str, tuple[threading.Event, list]] = {}
-        self._capacity = capacity
-
-    def _slot(self, key: str) -> tuple[threading.Event, list]:
-        with self._lock:
-            if key not in self._slots and len(self._slots) >= self._capacity:
-                self._slots.pop(next(iter(self._slots)))  # keys nobody came for
-            return self._slots.setdefault(key, (threading.Event(), []))
-
-    def arrived(self, key: str) -> bool:
-        return self._slot(key)[0].is_set()
-
-    def put(self, key: str, value: Any) -> None:
-        event, box = self._slot(key)
-        box.append(value)
-        event.set()
-
-    def take(self, key: str, timeout: float, silo: str) -> Any:
-        event, box = self._slot(key)
-        if not event.wait(timeout):
-            raise FedlakeError(f"agent {silo}: the semi-join keys '{key}' did not arrive within {timeout:.0f} s")
-        with self._lock:
-            self._slots.pop(key, None)
-        return box[0]
-
 
 ActionHandler = Callable[[Caller, dict[str, Any]], Any]
 
@@ -105,25 +84,19 @@ class SiloAgent:
         self.ledger = ledger
         self.gate = EgressGate(spec, policy, key)
         self.egress = EgressCounter()  # what left through this agent, after the gate
-        self.semijoin_keys = _Mailbox()
+        self.semijoin_keys = Mailbox()
         self.transfers = Transfers()  # capabilities handed out for fragments bound for a peer agent
         self.peer_ca = peer_ca  # the CA that signs peer agents' certificates
         self.residual_reports: dict[str, dict[str, Any]] = {}  # what each residual placed here received
         self._actions: dict[str, ActionHandler] = {}
+        from fedlake.agent.silo_actions import register_silo_actions
+
+        register_silo_actions(self)
         for name, handler in {
-            "list_tables": self._list_tables,
-            "schema": self._schema,
-            "row_count": self._row_count,
-            "statistics": self._statistics,
-            "materialize": self._materialize,
-            "pii_scan": self._pii_scan,
-            "egress": self._egress,
-            "explain": self._explain,
-            "watermark": self._watermark,
             "semijoin_keys": self._semijoin_keys,
             "prepare_transfer": self._prepare_transfer,
             "residual_report": self._residual_report,
-            "explain_residual": lambda caller, body: explain_placed_residual(self, caller, body),
+            "ledger_head": self._ledger_head,
         }.items():
             self.register_action(name, handler)
 
@@ -166,6 +139,14 @@ class SiloAgent:
                 f"(may declare: {', '.join(caller.purposes) or 'none'}; {self.policy.path}: clients.{caller.identity})"
             )
 
+    def destination(self, caller: Caller, requested: str | None) -> str:
+        """Where the caller's results go: its identity's region. A request naming another is refused."""
+        if requested not in (None, "", caller.region):
+            raise Forbidden(f"agent {self.spec.name}: client '{caller.identity}' receives its results in {caller.region}, "
+                            f"not {requested}: the destination comes from the identity "
+                            f"({self.policy.path}: clients.{caller.identity}.region)")
+        return caller.region
+
     # -- actions --------------------------------------------------------------------------------
 
     def register_action(self, name: str, handler: ActionHandler) -> None:
@@ -180,126 +161,186 @@ class SiloAgent:
             raise Forbidden(f"agent {self.spec.name}: a transfer capability does not allow action '{name}'")
         if name not in self._actions:
             raise FedlakeError(f"agent {self.spec.name}: unknown action '{name}' (known: {', '.join(self.action_names())})")
-        return self._actions[name](caller, body)
+        try:
+            return self._actions[name](caller, body)
+        except REFUSALS:
+            raise
+        except KeyError as exc:
+            raise FedlakeError(f"agent {self.spec.name}: action {name} needs {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - contained: only a code and an id leave
+            raise self.failed(caller, exc, name, str(body.get("purpose", "")), json_text(body)) from None
+
+    def failed(self, caller: Caller, exc: BaseException, operation: str, purpose: str, fragment: str) -> AgentFailure:
+        """Contain an error (its text stays in the silo's log) and ledger the failed request."""
+        failure = exc if isinstance(exc, AgentFailure) else contain(self.spec.name, exc, operation)
+        self.ledger.record(requester=caller.identity, purpose=purpose or "-", silo=self.spec.name, destination=caller.region,
+                           operation=operation, fragment=fragment, columns=[], decision="failed",
+                           error=f"{failure.code}:{failure.error_id}")
+        return failure
 
     # -- queries through the gate ---------------------------------------------------------------
 
-    def tables_for(self, sql: str) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, DerivedColumn]]]:
-        """The silo's schema as the gate needs it: the tables the fragment names, with their columns,
-        and for tables fedlake made here, the base columns each of their columns was made of."""
-        tree = parse_query(sql)
+    def tables_for(self, tree: exp.Query) -> tuple[dict[str, dict[str, str]], dict[str, dict]]:
+        """The tables a request names, with their SQL types, and for tables fedlake made here, what
+        was recorded when they were made (their purpose and each column's base columns)."""
         ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
         names = {t.name for t in tree.find_all(exp.Table)} - ctes
         present = set(self.connector.list_tables())
-        schema: dict[str, dict[str, str]] = {}
-        derived: dict[str, dict[str, DerivedColumn]] = {}
-        for name in names:
+        tables: dict[str, dict[str, str]] = {}
+        derived: dict[str, dict] = {}
+        for name in sorted(names):
             if name not in present:
-                raise LineageError(f"silo {self.spec.name} has no table '{name}' (tables: {', '.join(sorted(present))})")
-            schema[name] = {f.name: sql_type(f.type) for f in self.connector.schema(name)}
+                raise Refused(f"silo {self.spec.name} has no table '{name}' (tables: {', '.join(sorted(present))})")
+            tables[name] = {f.name: sql_type(f.type) for f in self.connector.schema(name)}
             if name not in self.spec.tables:
-                lineage = (self.connector.annotations(name) or {}).get("lineage", {})
-                derived[name] = {
-                    column: DerivedColumn(tuple(SourceUse(u["table"], u["column"], u["mode"]) for u in uses))
-                    for column, uses in lineage.items()
-                }
-        return schema, derived
+                derived[name] = self.connector.annotations(name) or {}
+        return tables, derived
 
-    def plan(self, caller: Caller, sql: str, purpose: str, destination: str) -> EgressPlan:
-        """Decide a fragment; a refusal is ledgered before it is raised."""
+    def plan(self, caller: Caller, sql: str, purpose: str, destination: str | None = None) -> EgressPlan:
+        """Decide a request for the caller's own region; a refusal is ledgered before it is raised."""
         if caller.transfer:
             raise Forbidden(f"agent {self.spec.name}: a transfer capability only redeems the fragment it was made for")
+        self.check_role(caller, "query", "query this silo")
         self.check_purpose(caller, purpose)
+        return self.plan_for(caller, sql, purpose, self.destination(caller, destination))
+
+    def plan_for(self, caller: Caller, sql: str, purpose: str, region: str, operation: str = "query") -> EgressPlan:
+        """Decide a request for `region` (the caller's own, or, for a coordinator's transfer, the
+        receiving silo's), ledgering a refusal or a failure."""
         try:
-            schema, derived = self.tables_for(sql)
-            return self.gate.plan(sql, caller.identity, purpose, destination, schema, derived)
-        except (EgressDenied, LineageError) as exc:
-            columns = [c.as_dict() for c in exc.plan.columns] if isinstance(exc, EgressDenied) and exc.plan else []
+            tree = parse_subset(sql)
+            tables, derived = self.tables_for(tree)
+            return self.gate.plan(tree, caller.identity, purpose, region, tables, derived)
+        except (EgressDenied, Refused) as exc:
             self.ledger.record(
-                requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=destination,
-                operation="query", fragment=sql, columns=columns, decision="denied",
+                requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=region,
+                operation=operation, fragment=sql, columns=[], decision="denied", error="REFUSED",
             )
-            raise
+            if isinstance(exc, EgressDenied):
+                raise
+            raise EgressDenied(None, f"egress from {self.spec.name} to {region} for {purpose} denied: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - contained
+            raise self.failed(caller, exc, operation, purpose, sql) from None
+
+    def _execute(self, plan: EgressPlan, sql: str | None = None) -> pa.RecordBatchReader:
+        return self.connector.execute(sql or plan.sql, params=plan.params)
 
     def planned_schema(self, plan: EgressPlan) -> pa.Schema:
         """The schema the plan will send, without running it over any row."""
-        empty = self.connector.execute(f"SELECT * FROM ({plan.sql}) AS q LIMIT 0")
-        schema, _ = self.gate.apply(plan, empty.schema, iter(()))
-        return schema
+        empty = self._execute(plan, f"SELECT * FROM ({plan.sql}) AS q LIMIT 0").schema
+        return plan.dp.output_schema(empty) if plan.dp else empty
 
     def estimate(self, plan: EgressPlan, schema: pa.Schema | None = None) -> tuple[int, int]:
-        """Rows and bytes the plan would send: rows from the silo engine's own planner (its
-        statistics), else the largest table it reads; bytes from the width of what leaves."""
-        rows = self.connector.estimate_rows(plan.sql)
+        """Rows and bytes the plan would send, from the silo engine's own planner over the masked
+        statement (so the estimate, too, sees only masked values)."""
+        rows = self.connector.estimate_rows(plan.sql, params=plan.params)
         if rows is None:
-            tables = {t.name for t in parse_query(plan.sql).find_all(exp.Table)} & set(self.connector.list_tables())
-            rows = max((self.connector.row_count(t) for t in tables), default=1)
+            rows = max((self.connector.row_count(t) for t in plan.masks), default=1)
         schema = schema if schema is not None else self.planned_schema(plan)
         return rows, rows * sum(arrow_width(f.type) for f in schema)
 
+    def estimated(self, caller: Caller, sql: str, purpose: str, destination: str | None = None) -> tuple[EgressPlan, pa.Schema, int, int]:
+        """Plan a request and estimate what it would send, without running it over any row."""
+        plan = self.plan(caller, sql, purpose, destination)
+        try:
+            schema = self.planned_schema(plan)
+            rows, nbytes = self.estimate(plan, schema)
+        except REFUSALS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - contained
+            raise self.failed(caller, exc, "estimate", purpose, sql) from None
+        return plan, schema, rows, nbytes
+
     def gated(self, caller: Caller, plan: EgressPlan) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        """Run a planned fragment inside the silo and rewrite what it returns through the gate."""
-        if plan.k and plan.small_groups == "refuse":
-            self._refuse_small_groups(caller, plan)
-        reader = self.connector.execute(plan.sql)
-        return self.gate.apply(plan, reader.schema, iter(reader))
+        """Run a planned request inside the silo: the masked statement, or for aggregate-only data the
+        bounded aggregation and its differentially private release (its budget charged first)."""
+        if plan.dp is None:
+            reader = self._execute(plan)
+            return reader.schema, iter(reader)
+        settings = plan.dp.settings
+        since = settings.period_start(dt.datetime.now(dt.timezone.utc)).isoformat()
+        self.ledger.record(
+            requester=caller.identity, purpose=plan.purpose, silo=self.spec.name, destination=plan.destination,
+            operation="dp_charge", fragment=plan.fragment, columns=[c.as_dict() for c in plan.columns], decision="dp",
+            epsilon=settings.epsilon, delta=settings.delta,
+            budget=Budget(settings.budget_epsilon, settings.budget_delta, since),
+        )
+        groups = self._execute(plan).read_all()
+        released, _ = release(groups, plan.dp.keys, plan.dp.aggregates, settings.max_rows, settings.epsilon, settings.delta)
+        released = released.cast(plan.dp.output_schema(groups.schema))
+        return released.schema, iter(released.to_batches())
 
     def stream(
         self,
         caller: Caller,
         sql: str,
         purpose: str,
-        destination: str,
+        destination: str | None = None,
         keep: list[dict[str, Any]] | None = None,
         note: str = "",
+        plan: EgressPlan | None = None,
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        """Plan, run inside the silo, rewrite through the gate, count and ledger what leaves.
+        """Plan, run inside the silo through the masks, count and ledger what leaves.
 
         `keep` lists semi-joins, [{"column": an output column, "keys": an id}]: the fragment runs at
-        once and its gated batches wait here until a Bloom filter of join keys arrives under each id
-        (the `semijoin_keys` action); then only rows whose keys, as they leave (pseudonymized or
-        not), may be among them are sent. `note` goes into the ledger entry with the fragment."""
-        plan = self.plan(caller, sql, purpose, destination)
+        once and its batches wait here until a Bloom filter of join keys arrives under each id (the
+        `semijoin_keys` action); then only rows whose (masked) keys may be among them are sent.
+        `note` goes into the ledger entry with the fragment."""
+        plan = plan or self.plan(caller, sql, purpose, destination)
         self._check_semijoins(plan, keep or [])
-        schema, batches = self.gated(caller, plan)
-        decision = "rewritten" if any(c.action != "allow" for c in plan.columns) else "allowed"
         fragment = [sql, *([note] if note else [])]
+        try:
+            schema, batches = self.gated(caller, plan)
+        except REFUSALS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - contained
+            raise self.failed(caller, exc, "query", purpose, sql) from None
+        decision = "rewritten" if any(c.action != "allow" for c in plan.columns) else "allowed"
         if keep:
             batches = self._semijoined(batches, schema, [(k["column"], str(k.get("keys"))) for k in keep], fragment)
+        outcome: dict[str, str] = {}
+
+        def fail(exc: BaseException) -> AgentFailure:
+            failure = contain(self.spec.name, exc, "query")
+            outcome.update(decision="failed", error=f"{failure.code}:{failure.error_id}")
+            return failure
 
         def record(rows: int, nbytes: int) -> None:
             self.ledger.record(
-                requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=destination,
+                requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=plan.destination,
                 operation="query", fragment="\n".join(fragment), columns=[c.as_dict() for c in plan.columns],
-                decision=decision, rows=rows, nbytes=nbytes,
+                decision=outcome.get("decision", decision), rows=rows, nbytes=nbytes, error=outcome.get("error", ""),
             )
 
-        return schema, counted(batches, record, each=self.egress.add)
+        return schema, counted(guarded(batches, fail), record, each=self.egress.add)
 
     # -- residuals placed in a silo, and the transfers that feed them ---------------------------
 
     def _prepare_transfer(self, caller: Caller, body: dict[str, Any]) -> dict[str, str]:
-        """A fragment bound for the agent of silo `receiver` (in region `destination`), where a residual
-        whose result goes to the governed zone (region `final`) will read it. Allowed only where the
-        policy treats the fragment there exactly as it does at the governed zone, so that the
-        residual's result holds nothing the governed zone could not have received itself."""
-        sql, purpose, destination, final = body["sql"], body["purpose"], body["destination"], body["final"]
+        """A fragment bound for the agent of silo `receiver`, where a residual whose result comes back
+        to the coordinator's region will read it. Only a coordinator may ask, and only where the
+        masks for the receiver's region are those for the coordinator's own, so that the residual's
+        result holds nothing the coordinator could not have received itself."""
+        self.check_role(caller, "coordinate", "prepare transfers to other agents")
+        sql, purpose, receiver = body["sql"], body["purpose"], str(body["receiver"])
+        self.check_purpose(caller, purpose)
+        if receiver not in self.policy.catalog.silos or receiver == self.spec.name:
+            raise Forbidden(f"agent {self.spec.name}: '{receiver}' is not another silo of the catalog")
+        region = self.policy.catalog.silo(receiver).region
         keep = body.get("keep") or []
-        there = self.plan(caller, sql, purpose, destination)
-        if destination != final:
-            here = self.plan(caller, sql, purpose, final)
-            actions = {c.output: c.action for c in here.columns}
-            differ = [c.output for c in there.columns if actions.get(c.output) != c.action]
-            if differ or there.k != here.k:
-                self.ledger.record(
-                    requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=destination,
-                    operation="query", fragment=sql, columns=[c.as_dict() for c in there.columns], decision="denied",
-                )
-                raise EgressDenied(there, f"egress from {self.spec.name} to {body['receiver']} ({destination}) denied: "
-                                   f"the policy treats {', '.join(differ) or 'its small groups'} there otherwise than at "
-                                   f"the governed zone ({final}) [rule {self.policy.path}]")
+        there = self.plan_for(caller, sql, purpose, region)
+        here = self.plan_for(caller, sql, purpose, caller.region) if region != caller.region else there
+        if there.mask_actions() != here.mask_actions() or (there.dp is None) != (here.dp is None) or there.dp:
+            differ = sorted(k for k, v in there.mask_actions().items() if here.mask_actions().get(k) != v)
+            self.ledger.record(
+                requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=region,
+                operation="transfer", fragment=sql, columns=[c.as_dict() for c in there.columns], decision="denied",
+            )
+            raise EgressDenied(there, f"egress from {self.spec.name} to {receiver} ({region}) denied: the policy masks "
+                               f"{', '.join(differ) or 'its aggregate-only columns'} there otherwise than in {caller.region} "
+                               f"[rule {self.policy.path}]")
         self._check_semijoins(there, keep)
-        transfer = Transfer(caller, sql, purpose, destination, str(body["receiver"]), keep)
+        transfer = Transfer(caller, sql, purpose, region, receiver, keep)
         return {"ticket": self.transfers.add(transfer)}
 
     def redeem(self, caller: Caller) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -310,13 +351,15 @@ class SiloAgent:
             transfer = self.transfers.take(caller.transfer, self.spec.name)
         except TransferRefused as exc:
             raise Unauthenticated(str(exc)) from None
+        plan = self.plan_for(transfer.caller, transfer.sql, transfer.purpose, transfer.destination)
         return self.stream(
             transfer.caller, transfer.sql, transfer.purpose, transfer.destination, transfer.keep or None,
-            note=f"-- sent to the agent of silo {transfer.receiver}, for a residual placed there",
+            note=f"-- sent to the agent of silo {transfer.receiver}, for a residual placed there", plan=plan,
         )
 
     def residual(self, caller: Caller, request: dict[str, Any]) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        """Run a residual the planner placed in this silo; only its result leaves, for the governed zone."""
+        """Run a residual the coordinator placed in this silo; only its result leaves, to the coordinator."""
+        self.check_role(caller, "coordinate", "run residuals")
         return run_placed_residual(self, caller, request)
 
     def _residual_report(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
@@ -325,6 +368,11 @@ class SiloAgent:
         if report is None or report["requester"] != caller.identity:
             raise FedlakeError(f"agent {self.spec.name}: no residual '{body['id']}' of yours ran here")
         return report
+
+    def _ledger_head(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        """This silo's chain head, for the coordinator (or Dagster) to witness elsewhere."""
+        seq, head = self.ledger.head(self.spec.name)
+        return {"chain": self.spec.name, "seq": seq, "hash": head}
 
     def _check_semijoins(self, plan: EgressPlan, keep: list[Any]) -> None:
         """Every semi-join a fragment is to wait for names a column the fragment returns."""
@@ -337,8 +385,8 @@ class SiloAgent:
     def _semijoined(
         self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, keep: list[tuple[str, str]], fragment: list[str]
     ) -> Iterator[pa.RecordBatch]:
-        """Compute and gate while the keys are on their way (holding at most SEMIJOIN_BUFFER_BYTES);
-        then send only the rows that may join."""
+        """Compute while the keys are on their way (holding at most SEMIJOIN_BUFFER_BYTES); then send
+        only the rows that may join."""
         buffered, held = [], 0
         for batch in batches:
             buffered.append(batch)
@@ -359,105 +407,20 @@ class SiloAgent:
             yield batch
 
     def _semijoin_keys(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-        """The keys a running fragment waits for, or None: send it all."""
-        if caller.transfer and str(body["id"]) not in self.transfers.get(caller.transfer, self.spec.name).keys_ids:
-            raise Forbidden(f"agent {self.spec.name}: the transfer capability does not cover semi-join keys '{body['id']}'")
+        """The keys a running fragment waits for, or None: send it all. Only a coordinator, or a peer
+        agent whose capability covers these keys, may post them."""
+        if caller.transfer:
+            if str(body["id"]) not in self.transfers.get(caller.transfer, self.spec.name).keys_ids:
+                raise Forbidden(f"agent {self.spec.name}: the transfer capability does not cover semi-join keys '{body['id']}'")
+        else:
+            self.check_role(caller, "coordinate", "send semi-join keys")
         raw = body.get("filter")
         if raw is not None:
             BloomFilter.from_dict(raw)
         self.semijoin_keys.put(str(body["id"]), raw)
         return {"id": body["id"]}
 
-    def _refuse_small_groups(self, caller: Caller, plan: EgressPlan) -> None:
-        smallest = self.connector.execute(f'SELECT min("{SUBJECTS_COLUMN}") AS m FROM ({plan.sql}) AS q').read_all()
-        value = smallest.column(0)[0].as_py()
-        if value is not None and value < plan.k:
-            self.ledger.record(
-                requester=caller.identity, purpose=plan.purpose, silo=self.spec.name, destination=plan.destination,
-                operation="query", fragment=plan.fragment, columns=[c.as_dict() for c in plan.columns], decision="denied",
-            )
-            raise EgressDenied(plan, f"egress from {self.spec.name} denied: a group has {value} distinct subjects, under "
-                               f"k={plan.k} [rule {self.policy.path}: aggregate.small_groups = refuse]")
 
-    # -- built-in actions -----------------------------------------------------------------------
-
-    def _list_tables(self, caller: Caller, body: dict[str, Any]) -> list[str]:
-        return self.connector.list_tables()
-
-    def _schema(self, caller: Caller, body: dict[str, Any]) -> list[list[str]]:
-        """[name, Arrow type, the SQL type the planner qualifies the column as] per column."""
-        return [[f.name, str(f.type), sql_type(f.type)] for f in self.connector.schema(body["table"])]
-
-    def _row_count(self, caller: Caller, body: dict[str, Any]) -> int:
-        return self.connector.row_count(body["table"])
-
-    def _statistics(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-        """Statistics computed in place; a column's min and max leave only where the policy lets
-        its values leave as they are."""
-        purpose, destination = body["purpose"], body["destination"]
-        self.check_purpose(caller, purpose)
-        table = body["table"]
-        stats = self.connector.statistics(table)
-        columns = []
-        for c in stats.columns:
-            revealable = table in self.spec.tables and c.name in self.spec.tables[table].columns and (
-                self.policy.decide(self.spec.name, table, c.name, destination, purpose).action == "allow"
-            )
-            columns.append(
-                {"name": c.name, "type": c.type, "distinct": c.distinct, "null_fraction": c.null_fraction,
-                 "min": c.min if revealable else None, "max": c.max if revealable else None}
-            )
-        return {"table": table, "rows": stats.rows, "bytes": stats.bytes, "columns": columns}
-
-    def _materialize(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-        """Materialize inside the silo: nothing leaves, so no egress rule applies, but the new
-        table remembers the base columns each of its columns was made of, for the gate later."""
-        table, sql = check_table_name(body["table"]), body["sql"]
-        if table in self.spec.tables:
-            raise FedlakeError(f"{self.spec.name}.{table} is a source table declared in {self.spec.source_file}; it may not be replaced")
-        schema, derived = self.tables_for(sql)
-        lineage = analyse(sql, schema)
-        annotations = {"lineage": {}, "sql": sql, "by": caller.identity}
-        for column in lineage.columns:
-            uses = self.gate.base_uses(column.uses, derived)
-            annotations["lineage"][column.name] = [{"table": u.table, "column": u.column, "mode": u.mode} for u in uses]
-        made = self.connector.materialize(table, sql, annotations)
-        self.ledger.record(
-            requester=caller.identity, purpose=body.get("purpose", "materialize"), silo=self.spec.name,
-            destination=self.spec.region, operation="materialize", fragment=sql,
-            columns=[{"output": f.name} for f in made.schema], decision="in_silo", rows=0, nbytes=0,
-        )
-        return {"silo": self.spec.name, "table": table, "columns": [[f.name, str(f.type)] for f in made.schema],
-                "rows": made.rows, "bytes": made.bytes}
-
-    def _pii_scan(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-        return pii_scan(self.connector, self.spec, body["table"])
-
-    def _explain(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-        """The gate's decision for a fragment, without running it (nothing leaves, nothing is ledgered)."""
-        self.check_purpose(caller, body["purpose"])
-        schema, derived = self.tables_for(body["sql"])
-        try:
-            plan = self.gate.plan(body["sql"], caller.identity, body["purpose"], body["destination"], schema, derived)
-        except EgressDenied as exc:
-            return {"denied": str(exc), "columns": [c.as_dict() for c in exc.plan.columns] if exc.plan else []}
-        return {"denied": None, "sql": plan.sql, "k": plan.k, "columns": [c.as_dict() for c in plan.columns]}
-
-    def _watermark(self, caller: Caller, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """Each declared table's high-water mark: its row count and its latest timestamp, computed in
-        place. Only these two numbers leave; a new-data sensor compares them tick to tick."""
-        marks = {}
-        present = set(self.connector.list_tables())
-        for table in self.spec.tables:
-            if table not in present:
-                continue
-            schema = self.connector.schema(table)
-            stamp = next((f.name for f in schema if pa.types.is_timestamp(f.type)), None)
-            latest = f', CAST(max("{stamp}") AS VARCHAR) AS latest' if stamp else ", NULL AS latest"
-            row = self.connector.execute(f'SELECT count(*) AS n{latest} FROM "{table}"').read_all().to_pylist()[0]
-            marks[table] = {"rows": int(row["n"]), "latest": row["latest"]}
-        return marks
-
-    def _egress(self, caller: Caller, body: dict[str, Any]) -> dict[str, int]:
-        rows, nbytes = self.egress.snapshot()
-        return {"rows": rows, "bytes": nbytes}
+def json_text(body: dict[str, Any]) -> str:
+    """A request body as ledgered text (only its hash is stored)."""
+    return json.dumps(body, sort_keys=True, default=str)

@@ -97,9 +97,7 @@ class InProcessAgentClient(AgentClient):
         return pa.RecordBatchReader.from_batches(schema, batches)
 
     def estimate(self, sql: str, purpose: str, destination: str) -> dict[str, Any]:
-        plan = self.agent.plan(self.caller, sql, purpose, destination)
-        schema = self.agent.planned_schema(plan)
-        rows, nbytes = self.agent.estimate(plan, schema)
+        plan, schema, rows, nbytes = self.agent.estimated(self.caller, sql, purpose, destination)
         return {"rows": rows, "bytes": nbytes, "schema": schema, "plan": plan}
 
     def action(self, name: str, **body: Any) -> Any:

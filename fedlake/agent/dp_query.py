@@ -24,8 +24,7 @@ from fedlake.agent.subset import RESERVED_PREFIX, Refused
 from fedlake.policy.dp import Aggregate, DPSettings
 
 ROWS = f"{RESERVED_PREFIX}_rows"
-_NUMERIC = {exp.DataType.Type.INT, exp.DataType.Type.BIGINT, exp.DataType.Type.DOUBLE, exp.DataType.Type.FLOAT,
-            exp.DataType.Type.DECIMAL, exp.DataType.Type.SMALLINT, exp.DataType.Type.TINYINT, exp.DataType.Type.HUGEINT}
+_NUMERIC = {getattr(exp.DataType.Type, name) for name in ("INT", "BIGINT", "DOUBLE", "FLOAT", "DECIMAL", "SMALLINT", "TINYINT", "INT128")}
 
 
 class DPRefused(Refused):

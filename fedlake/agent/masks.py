@@ -20,7 +20,7 @@ from sqlglot.errors import OptimizeError
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import build_scope
 
-from fedlake.agent.subset import RESERVED_PREFIX, Refused
+from fedlake.agent.subset import RESERVED_PREFIX, Refused, check_subset
 from fedlake.policy.model import Policy
 from fedlake.policy.transforms import derive_key, generalize_sql, hmac_sql, key_params
 
@@ -191,6 +191,10 @@ def bind(tree: exp.Query, masks: dict[str, TableMask], policy_path: str) -> Boun
                             expand_alias_refs=True)
     except (OptimizeError, KeyError, ValueError) as exc:
         raise _explain_unknown(tree, masks, str(exc)) from None
+    for node in qualified.walk():
+        if isinstance(node, exp.TableColumn):
+            raise Refused(f"whole-row reference {node.sql('duckdb')} is not in the accepted SQL subset (name its columns)")
+    check_subset(qualified, bound=True)
     bound = BoundQuery(qualified, masks, {})
     by_masked = {mask.masked_name: mask for mask in masks.values()}
     root = build_scope(qualified)

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from fedlake.agent.agent import Caller, Forbidden, SiloAgent, Unauthenticated
+from fedlake.agent.failures import contain
 from fedlake.agent.gate import EgressDenied
 from fedlake.errors import FedlakeError
 
@@ -42,6 +43,8 @@ class BearerAuth(flight.ServerMiddlewareFactory):
 
 
 def _as_flight_error(exc: Exception) -> Exception:
+    """Refusals keep their message (it names the rule); anything else reaching here was contained
+    by the agent already, so only its code and error id are in its message."""
     if isinstance(exc, (EgressDenied, Forbidden)):
         return flight.FlightUnauthorizedError(str(exc))
     if isinstance(exc, Unauthenticated):
@@ -75,11 +78,11 @@ class AgentFlightServer(flight.FlightServerBase):
     def get_flight_info(self, context, descriptor):
         request = self._request(descriptor.command)
         try:
-            plan = self.agent.plan(self._caller(context), request["sql"], request["purpose"], request["destination"])
-            schema = self.agent.planned_schema(plan)
-            rows, nbytes = self.agent.estimate(plan, schema)
+            _, schema, rows, nbytes = self.agent.estimated(self._caller(context), request["sql"], request["purpose"], request["destination"])
         except FedlakeError as exc:
             raise _as_flight_error(exc) from None
+        except Exception as exc:  # noqa: BLE001 - a bug's text may quote a value too: contained
+            raise _as_flight_error(contain(self.agent.spec.name, exc, "request")) from None
         endpoint = flight.FlightEndpoint(flight.Ticket(descriptor.command), [])
         return flight.FlightInfo(schema, descriptor, [endpoint], rows, nbytes)
 
@@ -104,6 +107,8 @@ class AgentFlightServer(flight.FlightServerBase):
                 )
         except FedlakeError as exc:
             raise _as_flight_error(exc) from None
+        except Exception as exc:  # noqa: BLE001 - a bug's text may quote a value too: contained
+            raise _as_flight_error(contain(self.agent.spec.name, exc, "request")) from None
         return flight.GeneratorStream(schema, batches)
 
     def do_action(self, context, action):
@@ -112,8 +117,8 @@ class AgentFlightServer(flight.FlightServerBase):
             result = self.agent.action(self._caller(context), action.type, body)
         except FedlakeError as exc:
             raise _as_flight_error(exc) from None
-        except KeyError as exc:
-            raise flight.FlightServerError(f"action {action.type} needs {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a bug's text may quote a value too: contained
+            raise _as_flight_error(contain(self.agent.spec.name, exc, "request")) from None
         return [flight.Result(pa.py_buffer(json.dumps(result, default=str).encode()))]
 
     def list_actions(self, context):

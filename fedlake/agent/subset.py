@@ -53,13 +53,10 @@ ALLOWED = _STRUCTURE + _OPERATORS + _AGGREGATES + _WINDOW_FUNCTIONS + _SCALARS
 # Functions sqlglot leaves unparsed (exp.Anonymous) that are plain and safe over masked values.
 ALLOWED_ANONYMOUS = {"date_diff", "datediff", "date_part", "epoch", "hour", "minute", "second", "isodow", "strlen",
                      "log10", "log2", "least", "greatest", "ifnull", "nullif", "date_add", "yearweek"}
-CAST_TYPES = {
-    exp.DataType.Type.BOOLEAN, exp.DataType.Type.TINYINT, exp.DataType.Type.SMALLINT, exp.DataType.Type.INT,
-    exp.DataType.Type.BIGINT, exp.DataType.Type.HUGEINT, exp.DataType.Type.FLOAT, exp.DataType.Type.DOUBLE,
-    exp.DataType.Type.DECIMAL, exp.DataType.Type.VARCHAR, exp.DataType.Type.TEXT, exp.DataType.Type.CHAR,
-    exp.DataType.Type.DATE, exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPTZ, exp.DataType.Type.UBIGINT,
-    exp.DataType.Type.UINT, exp.DataType.Type.USMALLINT, exp.DataType.Type.UTINYINT,
-}
+CAST_TYPES = {getattr(exp.DataType.Type, name) for name in (
+    "BOOLEAN", "TINYINT", "SMALLINT", "INT", "BIGINT", "INT128", "FLOAT", "DOUBLE", "DECIMAL", "VARCHAR", "TEXT",
+    "CHAR", "DATE", "TIMESTAMP", "TIMESTAMPTZ", "UBIGINT", "UINT", "USMALLINT", "UTINYINT",
+) if hasattr(exp.DataType.Type, name)}
 _NAMES = {exp.Union: "UNION", exp.Intersect: "INTERSECT", exp.Except: "EXCEPT"}
 
 
@@ -101,23 +98,25 @@ def parse_subset(sql: str) -> exp.Query:
     return tree
 
 
-def check_subset(tree: exp.Expression) -> None:
+def check_subset(tree: exp.Expression, bound: bool = False) -> None:
+    """Every node of `tree` is in the subset; `bound`: the tree is the agent's own rewrite, whose
+    masked relations carry the reserved names."""
     nodes = 0
     for node in tree.walk():
         nodes += 1
         if nodes > MAX_NODES:
             raise Refused(f"the query has more than {MAX_NODES} expression nodes")
-        _check_node(node)
+        _check_node(node, bound)
 
 
-def _check_node(node: exp.Expression) -> None:
+def _check_node(node: exp.Expression, bound: bool = False) -> None:
     if isinstance(node, exp.Anonymous):
         if node.name.lower() not in ALLOWED_ANONYMOUS:
             raise Refused(f"function {node.name}() is not in the accepted SQL subset")
         return
     if not isinstance(node, ALLOWED):
         raise Refused(f"{_describe(node)} is not in the accepted SQL subset")
-    if isinstance(node, exp.Identifier) and node.name.lower().startswith(RESERVED_PREFIX):
+    if isinstance(node, exp.Identifier) and node.name.lower().startswith(RESERVED_PREFIX) and not bound:
         raise Refused(f"names starting with {RESERVED_PREFIX} are reserved for the agent ('{node.name}')")
     if isinstance(node, exp.Table):
         if node.args.get("db") or node.args.get("catalog"):

@@ -64,8 +64,6 @@ class FederatedPlan:
     cut: Cut
     runs: list[FragmentRun]
     site: str | None = None  # the silo whose agent runs the residual; None: the governed zone
-    raw: bool = False  # the site reads its own rows as they are, and its gate judges the residual's result
-    site_decisions: list[dict[str, Any]] = field(default_factory=list)  # that gate's decision per result column
     sites: list[Site] = field(default_factory=list)  # the sites considered, with their estimated bytes
     result_estimated_rows: int | None = None
     result_estimated_bytes: int | None = None
@@ -161,10 +159,8 @@ class Federation:
     def _place(self, plan: FederatedPlan, explain: _Explanations) -> None:
         """Choose the residual's site: the fewest estimated bytes among the sites the policy allows."""
         runs = plan.runs
-        refused = [r for r in runs if r.estimated_bytes is None or r.schema is None]
-        if refused:
-            self._place_raw(plan, explain, refused)
-            return
+        if any(r.estimated_bytes is None or r.schema is None for r in runs):
+            return  # a fragment the gate refuses: the run fails with its refusal, naming the column and rule
         shapes = {r.fragment.name: (r.estimated_rows or 0, unique_columns(r.fragment.sql)) for r in runs}
         plan.result_estimated_rows = result_rows(plan.cut.residual, shapes)
         plan.result_estimated_bytes = result_bytes(
@@ -188,41 +184,6 @@ class Federation:
         for run in runs:
             run.at_site = run.fragment.silo == plan.site
 
-    def _place_raw(self, plan: FederatedPlan, explain: _Explanations, refused: list[FragmentRun]) -> None:
-        """Fragments the governed zone may not receive (rows the policy lets leave only aggregated)
-        can still feed a residual in their own silo, if every other fragment may go there and that
-        silo's gate lets the residual's result go to the governed zone. If not, the run fails with
-        the fragments' refusal, and EXPLAIN shows why the silo could not help."""
-        silos = {r.fragment.silo for r in refused}
-        silo = next(iter(silos))
-        why = [explain(r.fragment, plan.destination)["denied"] for r in refused]
-        if len(silos) != 1 or self.site not in ("auto", silo) or not all(why):
-            return
-        remote = [r for r in plan.runs if r.fragment.silo != silo]
-        if any(r.schema is None for r in remote):
-            return
-        moved = sum(r.estimated_bytes or 0 for r in remote)
-        denied = "; ".join(dict.fromkeys(why))
-        blocked = self._blocked(silo, plan.runs, explain, plan.destination)
-        try:
-            checked = self.clients[silo].action(
-                "explain_residual", purpose=plan.purpose, destination=plan.destination, sql=plan.cut.residual,
-                local=[{"name": r.fragment.name, "sql": r.fragment.sql} for r in plan.runs if r.fragment.silo == silo],
-                imports=[{"name": r.fragment.name, "schema": {f.name: sql_type(f.type) for f in r.schema}} for r in remote],
-            )
-        except FedlakeError as exc:
-            checked = {"denied": str(exc), "columns": []}
-        plan.sites = [Site(None, sum(r.estimated_bytes or 0 for r in plan.runs), blocked=denied),
-                      Site(silo, moved, blocked=blocked or checked["denied"] or "")]
-        if plan.sites[1].blocked:
-            return
-        plan.site, plan.raw, plan.site_decisions = silo, True, checked["columns"]
-        for run in plan.runs:
-            run.at_site = run.fragment.silo == silo
-            if run.at_site:
-                run.notes.append(f"its rows may not leave {silo} as they are, so the residual runs there, over them, "
-                                 f"and its result leaves through {silo}'s gate")
-
     def _blocked(self, silo: str, runs: list[FragmentRun], explain: _Explanations, destination: str) -> str:
         """Why the residual may not run in `silo`, if it may not: another silo may not send its
         fragment there as it sends it to the governed zone (so the result could hold what the
@@ -238,10 +199,10 @@ class Federation:
             if there["denied"]:
                 reasons.append(f"{run.fragment.silo} may not send {run.fragment.name} to {region}: {there['denied']}")
                 continue
-            actions = {c["output"]: c["action"] for c in here["columns"]}
-            differ = [c["output"] for c in there["columns"] if actions.get(c["output"]) != c["action"]]
-            if differ or there.get("k") != here.get("k"):
-                reasons.append(f"{run.fragment.silo} may not send {', '.join(differ) or 'its small groups'} to "
+            masks = here.get("masks", {})
+            differ = [column for column, action in there.get("masks", {}).items() if masks.get(column) != action]
+            if differ or there.get("dp") or here.get("dp"):
+                reasons.append(f"{run.fragment.silo} may not send {', '.join(differ) or 'its aggregate-only columns'} to "
                                f"{region} as it sends them to the governed zone ({destination})")
         return "; ".join(reasons)
 
@@ -251,9 +212,9 @@ class Federation:
         aggregate the gate would hold back for small groups would make the combined result wrong."""
         if explained["denied"]:
             return f"partial aggregation ({fragment.partial}) not used: {explained['denied']}"
-        if explained.get("k"):
-            return (f"partial aggregation ({fragment.partial}) not used: the policy would hold back groups of fewer "
-                    f"than {explained['k']} subjects, and the combined aggregates would be wrong")
+        if explained.get("dp"):
+            return (f"partial aggregation ({fragment.partial}) not used: the policy releases these aggregates only "
+                    "with differential privacy, and combining noisy partials would be wrong")
         return ""
 
     def _estimate(self, run: FragmentRun, purpose: str, destination: str) -> tuple[int, int] | None:
@@ -289,9 +250,6 @@ class Federation:
             if run.at_site:
                 note = "no semi-join needed: the residual runs in this silo, so its rows do not cross"
                 run.notes += [note] if note not in run.notes else []
-                continue
-            if plan.raw and any(by_name[k.fragment].at_site for k in semijoin.build):
-                run.notes.append(f"semi-join on {semijoin.condition} not used: its keys are {plan.site}'s raw rows")
                 continue
             region = self.catalog.silo(run.fragment.silo).region
             blocked = []
@@ -400,7 +358,6 @@ class Federation:
         request = {
             "id": rid, "purpose": plan.purpose, "destination": plan.destination, "sql": plan.cut.residual,
             "local": [{"name": r.fragment.name, "sql": r.fragment.sql} for r in plan.runs if r.at_site],
-            "raw": plan.raw,
             "imports": [{"name": r.fragment.name, "silo": r.fragment.silo, "location": self.clients[r.fragment.silo].location,
                          "ticket": ticket, "schema": {f.name: sql_type(f.type) for f in r.schema or []}}
                         for r, ticket in zip(remote, tickets)],

@@ -54,14 +54,12 @@ def render(plan: FederatedPlan, catalog: Catalog, analyze: bool = False) -> str:
         lines += [_decision(d) for d in run.decisions]
     if plan.site:
         spec = catalog.silo(plan.site)
-        gate = f"; over its own rows as they are, its result through {plan.site}'s gate" if plan.raw else ""
-        lines.append(f"  residual at silo {plan.site} ({spec.kind}, {spec.region}; DuckDB in its agent{gate}): {plan.cut.residual}")
+        lines.append(f"  residual at silo {plan.site} ({spec.kind}, {spec.region}; DuckDB in its agent): {plan.cut.residual}")
         line = (f"    border (result, {_crossing(spec.region, plan.destination, None)}): estimated "
                 f"{_n(plan.result_estimated_rows)} rows, {_n(plan.result_estimated_bytes)} bytes")
         if analyze:
             line += f"; actual {_n(plan.result_rows)} rows, {_n(plan.result_bytes)} bytes"
         lines.append(line)
-        lines += [_decision(d) for d in plan.site_decisions]
     else:
         lines.append(f"  residual at the governed zone ({plan.destination}, DuckDB): {plan.cut.residual}")
     if plan.sites:

@@ -114,11 +114,12 @@ class Connector(ABC):
     def row_count(self, table: str) -> int: ...
 
     @abstractmethod
-    def _stream(self, sql: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]: ...
+    def _stream(self, sql: str, batch_rows: int, params: dict | None = None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]: ...
 
     @abstractmethod
-    def materialize(self, table: str, sql: str, annotations: dict | None = None) -> MaterializedTable:
-        """Create or replace `table` inside the silo from `sql`, atomically: all or nothing.
+    def materialize(self, table: str, sql: str, annotations: dict | None = None, params: dict | None = None) -> MaterializedTable:
+        """Create or replace `table` inside the silo from `sql` (with named `params`, DuckDB style
+        `$name`), atomically: all or nothing.
         `annotations` (JSON-able: e.g. the lineage of each column) are stored with the table, in the
         same commit, so a table and what fedlake knows about it can never disagree."""
 
@@ -136,13 +137,14 @@ class Connector(ABC):
     def close(self) -> None:
         """Release connections; the silo itself keeps running."""
 
-    def estimate_rows(self, sql: str) -> int | None:
+    def estimate_rows(self, sql: str, params: dict | None = None) -> int | None:
         """The silo engine's own estimate of the rows `sql` returns, from its statistics; None if it has none."""
         return None
 
-    def execute(self, sql: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
-        """Run `sql` inside the silo and stream the result out, counting what leaves."""
-        schema, batches = self._stream(sql, batch_rows)
+    def execute(self, sql: str, batch_rows: int = DEFAULT_BATCH_ROWS, params: dict | None = None) -> pa.RecordBatchReader:
+        """Run `sql` inside the silo (named `params` bound as `$name`) and stream the result out,
+        counting what leaves."""
+        schema, batches = self._stream(sql, batch_rows, params)
         return pa.RecordBatchReader.from_batches(schema, counted(batches, each=self.egress.add))
 
     def __enter__(self) -> Connector:

@@ -121,10 +121,10 @@ class LakeConnector(Connector):
                 db.execute(f"CREATE OR REPLACE VIEW {quote_ident(table)} AS SELECT * FROM read_parquet([{files}])")
         return db.cursor()
 
-    def _run(self, sql: str):
+    def _run(self, sql: str, params: dict | None = None):
         cursor = self._cursor(sql)
         try:
-            return cursor, cursor.execute(sql)
+            return cursor, cursor.execute(sql, params) if params else cursor.execute(sql)
         except duckdb.Error as exc:
             cursor.close()
             raise SiloError(f"silo {self.name}: {exc}") from exc
@@ -152,9 +152,9 @@ class LakeConnector(Connector):
             cursor.close()
         return stats_from_row(table, schema, row, self._size(files))
 
-    def estimate_rows(self, sql: str) -> int | None:
+    def estimate_rows(self, sql: str, params: dict | None = None) -> int | None:
         try:
-            cursor, result = self._run(f"EXPLAIN (FORMAT JSON) {sql}")
+            cursor, result = self._run(f"EXPLAIN (FORMAT JSON) {sql}", params)
         except SiloError:
             return None
         try:
@@ -162,8 +162,8 @@ class LakeConnector(Connector):
         finally:
             cursor.close()
 
-    def _stream(self, sql: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        cursor, result = self._run(sql)
+    def _stream(self, sql: str, batch_rows: int, params: dict | None = None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        cursor, result = self._run(sql, params)
         reader = result.fetch_record_batch(batch_rows)
 
         def batches() -> Iterator[pa.RecordBatch]:
@@ -199,13 +199,13 @@ class LakeConnector(Connector):
             except (FileNotFoundError, OSError):
                 pass
 
-    def materialize(self, table: str, sql: str, annotations: dict | None = None) -> MaterializedTable:
+    def materialize(self, table: str, sql: str, annotations: dict | None = None, params: dict | None = None) -> MaterializedTable:
         check_table_name(table)
         version = self._new_version()
         target = self._uri(table, version, "part-00000.parquet")
         self._fs.create_dir(self._path(table, version), recursive=True)
         try:
-            cursor, result = self._run(f"COPY ({sql}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
+            cursor, result = self._run(f"COPY ({sql}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)", params)
             try:
                 rows = int(result.fetchone()[0])
             finally:

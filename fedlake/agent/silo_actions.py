@@ -1,0 +1,146 @@
+"""The agent's built-in actions about its silo: tables, schemas, statistics, watermarks, EXPLAIN,
+PII discovery and in-silo materialization. Each checks the caller's role; those that compute over
+data compute over the caller's masked relations, as a query would."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from fedlake.agent.gate import EgressDenied
+from fedlake.agent.pii import pii_scan
+from fedlake.arrow_types import sql_type
+from fedlake.errors import FedlakeError
+from fedlake.silos.base import check_table_name, stats_from_row, stats_sql
+
+if TYPE_CHECKING:
+    from fedlake.agent.agent import Caller, SiloAgent
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def register_silo_actions(agent: SiloAgent) -> None:
+    def table_of(body: dict[str, Any]) -> str:
+        """A table the silo holds, by plain name: never a path, never an unknown name."""
+        try:
+            name = check_table_name(str(body["table"]))
+        except ValueError as exc:
+            raise EgressDenied(None, f"agent {agent.spec.name}: {exc}") from None
+        if name not in agent.connector.list_tables():
+            raise FedlakeError(f"silo {agent.spec.name} has no table '{name}'")
+        return name
+
+    def list_tables(caller: Caller, body: dict[str, Any]) -> list[str]:
+        agent.check_role(caller, "query", "list the silo's tables")
+        return agent.connector.list_tables()
+
+    def schema(caller: Caller, body: dict[str, Any]) -> list[list[str]]:
+        """[name, Arrow type, the SQL type the planner qualifies the column as] per column."""
+        agent.check_role(caller, "query", "read schemas")
+        return [[f.name, str(f.type), sql_type(f.type)] for f in agent.connector.schema(table_of(body))]
+
+    def row_count(caller: Caller, body: dict[str, Any]) -> int:
+        agent.check_role(caller, "query", "count rows")
+        return agent.connector.row_count(table_of(body))
+
+    def statistics(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        """Statistics over the caller's masked relation of a table, computed in place: a denied
+        column is absent, an aggregate-only one shows only its type; min and max leave only for
+        columns allowed as they are."""
+        table = table_of(body)
+        plan = agent.plan(caller, f"SELECT * FROM {_quote(table)}", body["purpose"], body.get("destination"))
+        mask = plan.masks[table]
+        types = agent.planned_schema(plan)
+        counted = pa.schema([f for f in types if mask.columns[f.name].action != "aggregate"])
+        row = agent.connector.execute(stats_sql(f"({plan.sql}) AS q", counted, _quote), params=plan.params).read_all()
+        stats = stats_from_row(table, counted, tuple(row.to_pylist()[0].values()), 0)
+        columns = []
+        for c in stats.columns:
+            revealable = mask.columns[c.name].action == "allow"
+            columns.append({"name": c.name, "type": c.type, "distinct": c.distinct, "null_fraction": c.null_fraction,
+                            "min": c.min if revealable else None, "max": c.max if revealable else None})
+        hidden = [{"name": f.name, "type": str(f.type), "aggregate_only": True} for f in types if f.name not in counted.names]
+        return {"table": table, "rows": stats.rows, "bytes": 0, "columns": columns + hidden}
+
+    def materialize(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        """Materialize inside the silo, over the caller's masked relations for its purpose: nothing
+        leaves, and what is made holds only values the caller could have received. The table
+        records its purpose, its maker and each column's base columns and masks, so that reading it
+        back is decided as strictly as reading its sources."""
+        agent.check_role(caller, "materialize", "materialize tables in the silo")
+        table, sql, purpose = check_table_name(str(body["table"])), body["sql"], body["purpose"]
+        agent.check_purpose(caller, purpose)
+        if table in agent.spec.tables:
+            raise EgressDenied(None, f"{agent.spec.name}.{table} is a source table declared in {agent.spec.source_file}; "
+                               "it may not be replaced")
+        if table in agent.connector.list_tables():
+            maker = (agent.connector.annotations(table) or {}).get("by")
+            if maker != caller.identity:
+                raise EgressDenied(None, f"{agent.spec.name}.{table} was made by '{maker}'; only its maker may replace it")
+        plan = agent.plan_for(caller, sql, purpose, caller.region, operation="materialize")
+        if plan.dp is not None:
+            raise EgressDenied(plan, f"{agent.spec.name}: aggregate-only columns leave only as differentially private "
+                               "releases, which are not materialized")
+        lineage = {}
+        for verdict in plan.columns:
+            uses = []
+            for source in verdict.sources:
+                _, source_table, column = source.split(".")
+                mask = plan.masks[source_table].columns[column]
+                uses.append({"table": source_table, "column": column, "mask": mask.action})
+            lineage[verdict.output] = uses
+        annotations = {"lineage": lineage, "purpose": purpose, "by": caller.identity, "region": caller.region}
+        made = agent.connector.materialize(table, plan.sql, annotations, params=plan.params)
+        agent.ledger.record(
+            requester=caller.identity, purpose=purpose, silo=agent.spec.name, destination=agent.spec.region,
+            operation="materialize", fragment=sql, columns=[c.as_dict() for c in plan.columns], decision="in_silo",
+        )
+        return {"silo": agent.spec.name, "table": table, "columns": [[f.name, str(f.type)] for f in made.schema],
+                "rows": made.rows, "bytes": made.bytes}
+
+    def explain(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        """The gate's decision for a request, for any region (what the policy says is no secret);
+        nothing runs, nothing leaves but the decision and the masked statement's text."""
+        agent.check_role(caller, "query", "explain requests")
+        agent.check_purpose(caller, body["purpose"])
+        region = body.get("destination") or caller.region
+        try:
+            plan = agent.plan_for(caller, body["sql"], body["purpose"], region, operation="explain")
+        except EgressDenied as exc:
+            return {"denied": str(exc), "columns": [c.as_dict() for c in exc.plan.columns] if exc.plan else []}
+        return {"denied": None, "sql": plan.sql, "dp": plan.dp is not None, "masks": plan.mask_actions(),
+                "columns": [c.as_dict() for c in plan.columns]}
+
+    def watermark(caller: Caller, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Each declared table's row count and latest timestamp, computed in place: a new-data sensor
+        compares them tick to tick."""
+        agent.check_role(caller, "query", "read watermarks")
+        marks = {}
+        present = set(agent.connector.list_tables())
+        for table in agent.spec.tables:
+            if table not in present:
+                continue
+            columns = agent.connector.schema(table)
+            stamp = next((f.name for f in columns if pa.types.is_timestamp(f.type)), None)
+            latest = f", CAST(max({_quote(stamp)}) AS VARCHAR) AS latest" if stamp else ", NULL AS latest"
+            row = agent.connector.execute(f"SELECT count(*) AS n{latest} FROM {_quote(table)}").read_all().to_pylist()[0]
+            marks[table] = {"rows": int(row["n"]), "latest": row["latest"]}
+        return marks
+
+    def scan(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        agent.check_role(caller, "coordinate", "scan for undeclared personal data")
+        return pii_scan(agent.connector, agent.spec, table_of(body))
+
+    def egress(caller: Caller, body: dict[str, Any]) -> dict[str, int]:
+        agent.check_role(caller, "query", "read egress counters")
+        rows, nbytes = agent.egress.snapshot()
+        return {"rows": rows, "bytes": nbytes}
+
+    for name, handler in {
+        "list_tables": list_tables, "schema": schema, "row_count": row_count, "statistics": statistics,
+        "materialize": materialize, "explain": explain, "watermark": watermark, "pii_scan": scan, "egress": egress,
+    }.items():
+        agent.register_action(name, handler)
