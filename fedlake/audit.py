@@ -109,42 +109,18 @@ class Ledger(ABC):
         self.signer = signer
 
     def record(
-        self,
-        *,
-        requester: str,
-        purpose: str,
-        silo: str,
-        destination: str,
-        operation: str,
-        fragment: str,
-        columns: list[dict[str, Any]],
-        decision: str,
-        rows: int = 0,
-        nbytes: int = 0,
-        epsilon: float = 0.0,
-        delta: float = 0.0,
-        error: str = "",
-        budget: Budget | None = None,
+        self, *, requester: str, purpose: str, silo: str, destination: str, operation: str, fragment: str,
+        columns: list[dict[str, Any]], decision: str, rows: int = 0, nbytes: int = 0,
+        epsilon: float = 0.0, delta: float = 0.0, error: str = "", budget: Budget | None = None,
     ) -> int:
         """Append one entry to chain `silo`; returns its ledger seq. With a budget, the spend is
         checked and recorded in one transaction: a request over it is recorded as over_budget
         (spending nothing) and BudgetExceeded is raised."""
         entry = {
-            "recorded_at": _utc(dt.datetime.now(dt.timezone.utc)),
-            "requester": requester,
-            "purpose": purpose,
-            "silo": silo,
-            "chain": silo,
-            "destination": destination,
-            "operation": operation,
-            "fragment_sha256": fragment_hash(fragment),
-            "columns": json.dumps(columns, sort_keys=True),
-            "decision": decision,
-            "rows": int(rows),
-            "bytes": int(nbytes),
-            "epsilon": float(epsilon),
-            "delta": float(delta),
-            "error": str(error),
+            "recorded_at": _utc(dt.datetime.now(dt.timezone.utc)), "requester": requester, "purpose": purpose,
+            "silo": silo, "chain": silo, "destination": destination, "operation": operation,
+            "fragment_sha256": fragment_hash(fragment), "columns": json.dumps(columns, sort_keys=True), "decision": decision,
+            "rows": int(rows), "bytes": int(nbytes), "epsilon": float(epsilon), "delta": float(delta), "error": str(error),
         }
         refusal = None
         with self._lock, self._exclusive() as run:
@@ -224,12 +200,8 @@ class Ledger(ABC):
         """The ledger seq of the last entry (0 when empty)."""
         return int(self._read("SELECT coalesce(max(seq), 0) FROM {table}", [])[0][0])
 
-    def verify(
-        self,
-        public_keys: dict[str, Ed25519PublicKey] | None = None,
-        require_signatures: bool = False,
-        witnessed: dict[str, dict[str, tuple[int, str]]] | None = None,
-    ) -> Verification:
+    def verify(self, public_keys: dict[str, Ed25519PublicKey] | None = None, require_signatures: bool = False,
+               witnessed: dict[str, dict[str, tuple[int, str]]] | None = None) -> Verification:
         """Check every chain (numbering, links, hashes, signatures) and every witnessed head, those
         recorded in the ledger and those kept outside it (`witnessed`: witness -> chain -> head)."""
         return _Verifier(self.entries(), public_keys or {}, require_signatures).run(witnessed or {})
@@ -441,7 +413,11 @@ class PostgresLedger(Ledger):
 
         conn = psycopg.connect(self.dsn, autocommit=True)
         if not self._prepared:
-            self._prepare(conn)
+            errors = psycopg.errors
+            try:
+                self._prepare(conn)
+            except (errors.UniqueViolation, errors.DuplicateObject, errors.DuplicateTable, errors.DuplicateSchema):
+                self._prepare(conn)  # another process created it at the same moment: now it is there
         return conn
 
     def _prepare(self, conn) -> None:
