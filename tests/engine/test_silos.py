@@ -10,6 +10,7 @@ import pytest
 
 from fedlake.errors import SiloError
 from fedlake.silos import ParquetConnector, PostgresConnector, S3Connector
+from fedlake.silos.postgres import with_user
 from tests.services import create_bucket
 
 PAYMENTS = pa.table(
@@ -25,7 +26,7 @@ PAYMENTS = pa.table(
 )
 
 
-@pytest.fixture(params=["parquet", "s3", "postgres", "postgres-executor"])
+@pytest.fixture(params=["parquet", "s3", "postgres", "postgres-executor", "postgres-roles"])
 def connector(request, tmp_path):
     if request.param == "parquet":
         c = ParquetConnector("sg_test", "SG", tmp_path / "lake")
@@ -43,7 +44,20 @@ def connector(request, tmp_path):
             conn.execute(f"CREATE SCHEMA {schema}")
         # by default DuckDB runs fragments over the attached database; the other engine is PostgreSQL's own
         engine = "postgres" if request.param == "postgres-executor" else "duckdb"
-        c = PostgresConnector("eu_test", "EU", dsn, schema=schema, engine=engine)
+        if request.param == "postgres-roles":
+            # as a prod agent runs: reads as a read-only role, materializes as a writer into its own schema
+            c = PostgresConnector(
+                "eu_test",
+                "EU",
+                with_user(dsn, f"{schema}_reader", uuid.uuid4().hex),
+                schema=schema,
+                writer_dsn=with_user(dsn, f"{schema}_writer", uuid.uuid4().hex),
+                owner_dsn=dsn,
+                writer_schema=f"{schema}_made",
+            )
+            c.ensure_roles()
+        else:
+            c = PostgresConnector("eu_test", "EU", dsn, schema=schema, engine=engine)
     c.load("payments", PAYMENTS.schema, PAYMENTS.to_batches(max_chunksize=2))
     yield c
     c.close()
