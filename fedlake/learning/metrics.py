@@ -198,6 +198,20 @@ def _lowest_filled(counts: np.ndarray, below: int) -> int:
     return int(filled[0]) if len(filled) else 0
 
 
+def _as_released(histogram: dict[str, Any]) -> dict[str, Any]:
+    """A fine histogram (score_histogram, as the bank's evaluator may hold one) in the released
+    form, one bin per filled fine bin; a released histogram as it is."""
+    if "bins" in histogram:
+        return histogram
+    filled = [b for b in range(LOGIT_BINS) if histogram["positives"][b] + histogram["negatives"][b] > 0]
+    return {
+        "bins": [[b, b + 1] for b in filled],
+        **{k: [histogram[k][b] for b in filled] for k in ("positives", "negatives", "score_sums")},
+        "squared_error_sum": float(sum(histogram["squared_errors"])),
+        "suppressed_rows": 0,
+    }
+
+
 def _bin_probability(edge: int) -> float:
     if edge <= 0:
         return 0.0
@@ -213,6 +227,7 @@ def metrics_from_histograms(histograms: list[dict[str, Any]], bins: int = CALIBR
     silo suppressed are counted in suppressed_rows, not in n."""
     if not histograms:
         raise ValueError("metrics_from_histograms: no histograms to merge")
+    histograms = [_as_released(h) for h in histograms]
     keys, positives, negatives, score_sums = [], [], [], []
     for h in histograms:
         for (lo, hi), p, q, s in zip(h["bins"], h["positives"], h["negatives"], h["score_sums"]):
