@@ -118,8 +118,10 @@ def agent_process(silo: str, env: dict[str, str], tls: dict[str, Path], log: Pat
         sys.executable, "-m", "fedlake.cli", "--deployment", "prod", "agent", "serve", "--silo", silo,
         "--host", "127.0.0.1", "--port", str(port), "--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"]),
     ]
+    # the agent reads and materializes as its silo's roles: the data owner's credentials stay behind
+    env = {k: v for k, v in {**os.environ, **env}.items() if not k.endswith("_OWNER_DSN")}
     with open(log, "w") as out:
-        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         try:
             wait_for_port(port, timeout=60)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from fedlake.catalog import Catalog, EnvRef, SiloSpec
-from fedlake.errors import ConfigError
+from fedlake.errors import ConfigError, SiloError
 from fedlake.silos.base import Connector, EgressCounter, MaterializedTable, TableStats
 from fedlake.silos.parquet import ParquetConnector
 from fedlake.silos.postgres import MADE_SCHEMA, PostgresConnector, embedded_dsn, embedded_roles, ensure_roles
@@ -64,7 +64,10 @@ def connector_for(kind: str, name: str, region: str, settings: dict[str, str], h
         elif settings.get("embedded"):
             # the local server is the silo's alone: its superuser is the owner, the agent gets the roles
             owner_dsn = embedded_dsn(under_home(settings["embedded"]))
-            dsn, writer_dsn = embedded_roles(owner_dsn, schema, writer_schema)
+            try:
+                dsn, writer_dsn = embedded_roles(owner_dsn, schema, writer_schema)
+            except SiloError as exc:
+                raise SiloError(f"silo {name}: {exc}") from exc
         else:
             raise ConfigError("silos.yaml", f"silos.{name}.connection", "a postgres silo needs dsn or embedded")
         return PostgresConnector(

@@ -34,6 +34,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlglot
+from sqlglot import exp
 from psycopg.types.numeric import FloatLoader
 
 from fedlake.errors import SiloError
@@ -113,10 +114,21 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _postgres_functions(node: exp.Expression) -> exp.Expression:
+    """DuckDB functions sqlglot carries over by name but PostgreSQL spells otherwise: the masks'
+    UNHEX (bytes from hex) and ENCODE (text to UTF-8 bytes)."""
+    if isinstance(node, exp.Unhex):
+        return exp.func("decode", node.this, exp.Literal.string("hex"))
+    if isinstance(node, exp.Encode) and node.args.get("charset") is None:
+        return exp.func("convert_to", node.this, exp.Literal.string("UTF8"))
+    return node
+
+
 def to_postgres_sql(sql: str) -> str:
-    """DuckDB dialect in, PostgreSQL dialect out."""
+    """DuckDB dialect in, PostgreSQL dialect out; `$name` parameters become psycopg's `%(name)s`."""
     try:
-        return sqlglot.transpile(sql, read="duckdb", write="postgres")[0]
+        tree = sqlglot.parse_one(sql, read="duckdb").transform(_postgres_functions)
+        return tree.sql("postgres")
     except sqlglot.errors.ParseError as exc:
         raise SiloError(f"cannot parse fragment: {exc}") from exc
 
@@ -178,13 +190,17 @@ def ensure_roles(
                     statement += sql_lib.SQL(" PASSWORD {}").format(sql_lib.Literal(password))
                 conn.execute(statement)
                 granted = conn.execute(
-                    "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
-                    "JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = %s",
+                    "SELECT g.rolname, b.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+                    "JOIN pg_roles r ON r.oid = m.member JOIN pg_roles b ON b.oid = m.grantor WHERE r.rolname = %s",
                     (role,),
                 ).fetchall()
-                for (group,) in granted:
-                    conn.execute(sql_lib.SQL("REVOKE {} FROM {}").format(ident(group), ident(role)))
-            conn.execute(sql_lib.SQL("ALTER ROLE {} SET statement_timeout = {}").format(ident(reader), sql_lib.Literal(statement_timeout)))
+                for group, grantor in granted:
+                    conn.execute(
+                        sql_lib.SQL("REVOKE {} FROM {} GRANTED BY {}").format(ident(group), ident(role), ident(grantor))
+                    )
+            conn.execute(
+                sql_lib.SQL("ALTER ROLE {} SET statement_timeout = {}").format(ident(reader), sql_lib.Literal(statement_timeout))
+            )
             conn.execute(sql_lib.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident(reader)))
 
             source, made = ident(schema), ident(writer_schema)
@@ -200,6 +216,17 @@ def ensure_roles(
             conn.execute(sql_lib.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(made, ident(writer)))
             conn.execute(sql_lib.SQL("ALTER SCHEMA {} OWNER TO {}").format(made, ident(writer)))
             conn.execute(sql_lib.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(made))
+            # tables the agent made in the source schema before it had a writer role move to its schema
+            legacy = conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relkind = 'r' AND obj_description(c.oid, 'pg_class') LIKE %s "
+                "AND NOT EXISTS (SELECT 1 FROM pg_class m JOIN pg_namespace mn ON mn.oid = m.relnamespace "
+                "WHERE mn.nspname = %s AND m.relname = c.relname)",
+                (schema, ANNOTATION_PREFIX + "%", writer_schema),
+            ).fetchall()
+            for (table,) in legacy:
+                conn.execute(sql_lib.SQL("ALTER TABLE {}.{} SET SCHEMA {}").format(source, ident(table), made))
+                conn.execute(sql_lib.SQL("ALTER TABLE {}.{} OWNER TO {}").format(made, ident(table), ident(writer)))
             conn.execute(sql_lib.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(made, ident(reader)))
             conn.execute(sql_lib.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(made, ident(reader)))
             conn.execute(
@@ -210,10 +237,10 @@ def ensure_roles(
             for role in (reader, writer):
                 reach = conn.execute(
                     "SELECT r.rolsuper OR r.rolcreaterole OR r.rolcreatedb "
-                    "OR bool_or(pg_has_role(r.oid, s.rolname, 'USAGE')) "
-                    "FROM pg_roles r, pg_roles s WHERE r.rolname = %s AND s.rolname = ANY(%s) "
-                    "GROUP BY r.rolsuper, r.rolcreaterole, r.rolcreatedb",
-                    (role, list(SERVER_ACCESS_ROLES)),
+                    "OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) "
+                    "OR EXISTS (SELECT 1 FROM unnest(%s::text[]) s WHERE pg_has_role(r.oid, s, 'USAGE')) "
+                    "FROM pg_roles r WHERE r.rolname = %s",
+                    (list(SERVER_ACCESS_ROLES), role),
                 ).fetchone()
                 if reach is None or reach[0]:
                     raise SiloError(f"role {role} still reaches the server's files or other roles after set-up")
@@ -310,7 +337,10 @@ class PostgresConnector(Connector):
             raise SiloError(f"silo {self.name}: connection key {key} names no user")
         if reader == dsn_user(owner)[0] or writer == dsn_user(owner)[0] or reader == writer:
             raise SiloError(f"silo {self.name}: dsn, writer_dsn and owner_dsn must log in as three different roles")
-        ensure_roles(owner, self._schema, reader, writer, self._made, reader_password, writer_password)
+        try:
+            ensure_roles(owner, self._schema, reader, writer, self._made, reader_password, writer_password)
+        except SiloError as exc:
+            raise SiloError(f"silo {self.name}: {exc}") from exc
 
     def _shared(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -385,22 +415,30 @@ class PostgresConnector(Connector):
         cursor.execute(f"SET search_path = '{path}'")
         return cursor
 
-    def estimate_rows(self, sql: str) -> int | None:
+    def estimate_rows(self, sql: str, params: dict | None = None) -> int | None:
         """PostgreSQL's planner estimate from its statistics (DuckDB's scanner of it has none)."""
         try:
-            plan = self._query(f"EXPLAIN (FORMAT JSON) {to_postgres_sql(sql)}")[0][0]
+            plan = self._bound(f"EXPLAIN (FORMAT JSON) {to_postgres_sql(sql)}", params)[0][0]
             return int(plan[0]["Plan"]["Plan Rows"])
         except (SiloError, KeyError, IndexError, TypeError, ValueError):
             return None
 
-    def _stream(self, sql: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    def _bound(self, sql: str, params: dict | None) -> list[tuple]:
+        """A statement PostgreSQL will not take parameters for (EXPLAIN), bound on the client."""
+        with self._lock:
+            try:
+                return psycopg.ClientCursor(self._shared()).execute(sql, params or None).fetchall()
+            except psycopg.Error as exc:
+                raise SiloError(f"silo {self.name}: {exc}") from exc
+
+    def _stream(self, sql: str, batch_rows: int, params: dict | None = None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         if self.engine == "duckdb":
-            return self._stream_duckdb(sql, batch_rows)
+            return self._stream_duckdb(sql, batch_rows, params)
         conn = self._connect()
         conn.autocommit = False
         cursor = conn.cursor(name=f"fl_{uuid.uuid4().hex[:12]}")
         try:
-            cursor.execute(to_postgres_sql(sql))
+            cursor.execute(to_postgres_sql(sql), params or None)
             first = cursor.fetchmany(batch_rows)
         except psycopg.Error as exc:
             conn.close()
@@ -422,10 +460,10 @@ class PostgresConnector(Connector):
 
         return schema, batches()
 
-    def _stream_duckdb(self, sql: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    def _stream_duckdb(self, sql: str, batch_rows: int, params: dict | None = None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         cursor = self._attached()
         try:
-            reader = cursor.execute(sql).fetch_record_batch(batch_rows)
+            reader = (cursor.execute(sql, params) if params else cursor.execute(sql)).fetch_record_batch(batch_rows)
         except duckdb.Error as exc:
             cursor.close()
             raise SiloError(f"silo {self.name}: {exc}") from exc
@@ -452,7 +490,7 @@ class PostgresConnector(Connector):
             (schema, table),
         ).fetchone() is not None
 
-    def materialize(self, table: str, sql: str, annotations: dict | None = None) -> MaterializedTable:
+    def materialize(self, table: str, sql: str, annotations: dict | None = None, params: dict | None = None) -> MaterializedTable:
         """As the writer, in its schema: a made table may not take the name of a source table."""
         check_table_name(table)
         staging = f"{STAGING_PREFIX}{table}_{uuid.uuid4().hex[:8]}"
@@ -466,7 +504,9 @@ class PostgresConnector(Connector):
                             f"silo {self.name}: '{table}' is a source table of schema {self._schema}; "
                             "a made table may not shadow it"
                         )
-                    cursor = conn.execute(f"CREATE TABLE {made}.{quote_ident(staging)} AS {to_postgres_sql(sql)}")
+                    # CREATE TABLE AS takes no server-side parameters: the keys are bound on the client
+                    cursor = psycopg.ClientCursor(conn).execute(
+                        f"CREATE TABLE {made}.{quote_ident(staging)} AS {to_postgres_sql(sql)}", params or None)
                     rows = cursor.rowcount
                     self._replace(conn, self._made, staging, table)
                     if annotations is not None:

@@ -100,7 +100,8 @@ def test_the_agent_connects_as_the_reader_and_writer_never_as_the_owner(silo):
             f"FROM pg_roles WHERE rolname = '{role}'",
         )
         assert attributes == [(False, False, False, False, False, True)]
-        assert rows(silo.owner, f"SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = '{role}'") == [(0,)]
+        memberships = f"SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = '{role}'"
+        assert rows(silo.owner, memberships) == [(0,)]
     assert rows(silo.reader, "SHOW statement_timeout") == [("5min",)]
 
 
@@ -169,7 +170,11 @@ def test_materialize_lands_in_the_writer_schema_and_reads_back(silo, engine):
         table, "SELECT customer_id, sum(amount) AS total FROM payments GROUP BY 1", annotations={"by": "test"}
     )
     assert made.rows == 3
-    where = rows(silo.owner, f"SELECT schemaname, tableowner FROM pg_tables WHERE tablename = '{table}'")
+    where = rows(
+        silo.owner,
+        f"SELECT schemaname, tableowner FROM pg_tables "
+        f"WHERE tablename = '{table}' AND schemaname IN ('{silo.schema}', '{silo.made}')",
+    )
     assert where == [(silo.made, silo.writer_role)]
     assert {"payments", table} <= set(silo.connector.list_tables())
     assert silo.connector.annotations(table) == {"by": "test"}
@@ -207,17 +212,36 @@ def test_role_set_up_is_idempotent_and_narrows_a_widened_role(tcp_silo):
     with psycopg.connect(tcp_silo.owner, autocommit=True) as conn:
         conn.execute(f'ALTER ROLE "{tcp_silo.reader_role}" CREATEDB')
         conn.execute(f'GRANT pg_read_server_files TO "{tcp_silo.reader_role}"')
+        conn.execute(f'GRANT "{tcp_silo.writer_role}" TO "{tcp_silo.reader_role}"')
     reaches = "SELECT pg_has_role('pg_read_server_files', 'USAGE')"
     assert rows(tcp_silo.reader, reaches) == [(True,)]
     tcp_silo.connector.ensure_roles()
     tcp_silo.connector.ensure_roles()
     assert rows(tcp_silo.reader, reaches) == [(False,)]
+    refused(tcp_silo.reader, f'SET ROLE "{tcp_silo.writer_role}"')
     assert rows(tcp_silo.owner, f"SELECT rolcreatedb FROM pg_roles WHERE rolname = '{tcp_silo.reader_role}'") == [(False,)]
     assert rows(tcp_silo.reader, f'SELECT count(*) FROM "{tcp_silo.schema}".payments') == [(4,)]
     # the password in the DSN still logs in, and a wrong one does not
     wrong = with_user(tcp_silo.owner, tcp_silo.reader_role, "not-the-password")
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(wrong).close()
+
+
+def test_tables_made_before_the_roles_move_to_the_writer_schema(tcp_silo):
+    """A silo upgraded from one superuser: what the agent made (annotated) moves, the source stays."""
+    source = f'"{tcp_silo.schema}"'
+    with psycopg.connect(tcp_silo.owner, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {source}.made_long_ago AS SELECT 1 AS n")
+        conn.execute(f"COMMENT ON TABLE {source}.made_long_ago IS 'fedlake:{{\"by\": \"coordinator\"}}'")
+    tcp_silo.connector.ensure_roles()
+    where = rows(
+        tcp_silo.owner,
+        f"SELECT schemaname, tableowner FROM pg_tables WHERE tablename IN ('made_long_ago', 'payments') "
+        f"AND schemaname IN ('{tcp_silo.schema}', '{tcp_silo.made}') ORDER BY tablename",
+    )
+    assert where == [(tcp_silo.made, tcp_silo.writer_role), (tcp_silo.schema, "postgres")]
+    assert tcp_silo.connector.annotations("made_long_ago") == {"by": "coordinator"}
+    assert tcp_silo.connector.materialize("made_long_ago", "SELECT 2 AS n").rows == 1
 
 
 def test_roles_need_their_own_schema(postgres_dsn):
@@ -237,7 +261,8 @@ def test_seeding_sets_the_roles_up_and_runs_twice(tmp_path):
         owner = rows(connector._owner_dsn, f"SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = '{MADE_SCHEMA}'")
         assert owner == [(EMBEDDED_WRITER,)]
         made = connector.materialize("loan_count", "SELECT count(*) AS n FROM loans")
-        assert made.rows == 1 and connector.execute("SELECT n > 0 AS ok FROM loan_count").read_all().column("ok").to_pylist() == [True]
+        assert made.rows == 1
+        assert connector.execute("SELECT n > 0 AS ok FROM loan_count").read_all().column("ok").to_pylist() == [True]
 
 
 def test_the_agent_opens_its_silo_without_the_owner_dsn(catalog, monkeypatch):
@@ -278,3 +303,15 @@ def test_catalog_accepts_the_three_dsns():
         _catalog_with({"dsn": {"env": "R"}, "writer_dsn": {"env": "W"}, "owner_dsn": {"env": "O"}, "writer_schema": "made"})
     )
     assert set(catalog.silo("eu_core").connection("prod")) == {"dsn", "writer_dsn", "owner_dsn", "writer_schema"}
+
+
+def test_the_prod_deployment_gives_eu_core_its_roles(prod_env):
+    """What the eu_core agent process is handed: the reader and the writer, each locked down."""
+    assert rows(prod_env["EU_CORE_DSN"], "SELECT current_user, current_setting('default_transaction_read_only')") == [
+        ("eu_core_reader", "on")
+    ]
+    assert rows(prod_env["EU_CORE_WRITER_DSN"], "SELECT current_user") == [("eu_core_writer",)]
+    for dsn in (prod_env["EU_CORE_DSN"], prod_env["EU_CORE_WRITER_DSN"]):
+        refused(dsn, "SELECT pg_read_file('postgresql.conf')")
+        refused(dsn, "SET ROLE postgres")
+    refused(prod_env["EU_CORE_WRITER_DSN"], "CREATE TABLE public.stolen (a int)")
