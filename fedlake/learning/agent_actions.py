@@ -26,8 +26,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fedlake.agent.agent import Caller, SiloAgent
-from fedlake.errors import FedlakeError
+from fedlake.agent.agent import Caller, Forbidden, SiloAgent
 from fedlake.learning import weights as wire
 from fedlake.learning.data import AMLData, aml_examples, data_fingerprint, held_out_mask
 from fedlake.learning.metrics import release_histogram
@@ -46,8 +45,10 @@ RELEASE_EPSILON = 1.0  # the histogram's epsilon where the silo requires DP and 
 EVALUATE_FIELDS = ("model", "split", "purpose", "destination")
 
 
-class TrainingRefused(FedlakeError):
-    """The silo will not train or evaluate as asked (wrong model kind, unreadable weights...)."""
+class TrainingRefused(Forbidden):
+    """The silo will not train or evaluate as asked (wrong model kind, weights to evaluate, an
+    unregistered version...). Decided from the request, the registry and the policy alone, so its
+    message may leave the agent, as any refusal's does."""
 
 
 @dataclass
