@@ -286,7 +286,7 @@ class ModelRegistry:
         """The registered version whose weights hash is `sha256`, over every model name."""
         if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
             raise RegistryError(f"{sha256!r} is not a registry hash (64 lowercase hex digits, the sha256 of a version's weights)")
-        names = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) if self.root.exists() else []
+        names = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")) if self.root.exists() else []
         for name in names:
             for version in self.versions(name):
                 if version.sha256 == sha256:
