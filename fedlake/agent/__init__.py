@@ -88,7 +88,7 @@ def build_agent(
     from fedlake.quality import load_suites, register_quality_actions
 
     register_quality_actions(agent, load_suites(catalog.path, catalog))
-    register_learning_actions(agent)
+    register_learning_actions(agent, registry=home / "governed" / "models")
     return agent
 
 

@@ -31,7 +31,7 @@ from fedlake.arrow_types import arrow_width, sql_type
 from fedlake.audit import Budget, BudgetExceeded, Ledger
 from fedlake.bloom import BloomFilter, key_family
 from fedlake.catalog import SiloSpec
-from fedlake.errors import FedlakeError
+from fedlake.errors import FedlakeError, SiloError
 from fedlake.policy.dp import release
 from fedlake.policy.model import Policy
 from fedlake.silos.base import Connector, EgressCounter, counted
@@ -45,8 +45,14 @@ class Forbidden(FedlakeError):
     """A known client asked for something it may not (a purpose, a role or a destination it lacks)."""
 
 
-# Refusals are decided from the request, the policy and the identity: their messages may leave.
+# Refusals are decided from the request, the policy and the identity: their messages may leave. So may
+# fedlake's own deliberate errors about the request (a malformed semi-join, an unknown action), but
+# not a SiloError, which carries what the silo's engine said.
 REFUSALS = (EgressDenied, Forbidden, Unauthenticated, Refused, TransferRefused, BudgetExceeded, AgentFailure)
+
+
+def may_leave(exc: BaseException) -> bool:
+    return isinstance(exc, REFUSALS) or (isinstance(exc, FedlakeError) and not isinstance(exc, SiloError))
 
 
 @dataclass(frozen=True)
@@ -163,11 +169,11 @@ class SiloAgent:
             raise FedlakeError(f"agent {self.spec.name}: unknown action '{name}' (known: {', '.join(self.action_names())})")
         try:
             return self._actions[name](caller, body)
-        except REFUSALS:
-            raise
         except KeyError as exc:
             raise FedlakeError(f"agent {self.spec.name}: action {name} needs {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - contained: only a code and an id leave
+        except Exception as exc:  # noqa: BLE001 - contained unless it may leave: then only a code and an id do
+            if may_leave(exc):
+                raise
             raise self.failed(caller, exc, name, str(body.get("purpose", "")), json_text(body)) from None
 
     def failed(self, caller: Caller, exc: BaseException, operation: str, purpose: str, fragment: str) -> AgentFailure:
@@ -219,7 +225,9 @@ class SiloAgent:
             if isinstance(exc, EgressDenied):
                 raise
             raise EgressDenied(None, f"egress from {self.spec.name} to {region} for {purpose} denied: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - contained
+        except Exception as exc:  # noqa: BLE001 - contained unless it may leave
+            if may_leave(exc):
+                raise
             raise self.failed(caller, exc, operation, purpose, sql) from None
 
     def _execute(self, plan: EgressPlan, sql: str | None = None) -> pa.RecordBatchReader:
@@ -245,9 +253,9 @@ class SiloAgent:
         try:
             schema = self.planned_schema(plan)
             rows, nbytes = self.estimate(plan, schema)
-        except REFUSALS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - contained
+        except Exception as exc:  # noqa: BLE001 - contained unless it may leave
+            if may_leave(exc):
+                raise
             raise self.failed(caller, exc, "estimate", purpose, sql) from None
         return plan, schema, rows, nbytes
 
@@ -291,9 +299,9 @@ class SiloAgent:
         fragment = [sql, *([note] if note else [])]
         try:
             schema, batches = self.gated(caller, plan)
-        except REFUSALS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - contained
+        except Exception as exc:  # noqa: BLE001 - contained unless it may leave
+            if may_leave(exc):
+                raise
             raise self.failed(caller, exc, "query", purpose, sql) from None
         decision = "rewritten" if any(c.action != "allow" for c in plan.columns) else "allowed"
         if keep:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 
-from fedlake.errors import FedlakeError
+from fedlake.errors import FedlakeError, SiloError
 
 log = logging.getLogger("fedlake.agent")
 
@@ -51,10 +51,15 @@ def contain(silo: str, exc: BaseException, what: str) -> AgentFailure:
 
 
 def guarded(batches: Iterator[pa.RecordBatch], fail: Callable[[BaseException], AgentFailure]) -> Iterator[pa.RecordBatch]:
-    """Batches whose errors, raised while streaming, are contained like any other."""
+    """Batches whose engine errors, raised while streaming, are contained like any other; fedlake's
+    own deliberate errors (a semi-join's keys that never came) pass."""
     try:
         yield from batches
     except AgentFailure:
         raise
-    except Exception as exc:  # noqa: BLE001 - every error that is not a refusal is contained here
+    except FedlakeError as exc:
+        if isinstance(exc, SiloError):
+            raise fail(exc) from None
+        raise
+    except Exception as exc:  # noqa: BLE001 - every other error is contained here
         raise fail(exc) from None

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from fedlake.agent.agent import Caller, Forbidden, SiloAgent, Unauthenticated
+from fedlake.agent.agent import Caller, Forbidden, SiloAgent, Unauthenticated, may_leave
 from fedlake.agent.failures import contain
 from fedlake.agent.gate import EgressDenied
 from fedlake.errors import FedlakeError
@@ -79,10 +79,8 @@ class AgentFlightServer(flight.FlightServerBase):
         request = self._request(descriptor.command)
         try:
             _, schema, rows, nbytes = self.agent.estimated(self._caller(context), request["sql"], request["purpose"], request["destination"])
-        except FedlakeError as exc:
-            raise _as_flight_error(exc) from None
-        except Exception as exc:  # noqa: BLE001 - a bug's text may quote a value too: contained
-            raise _as_flight_error(contain(self.agent.spec.name, exc, "request")) from None
+        except Exception as exc:  # noqa: BLE001 - an engine's or a bug's text may quote a value: contained
+            raise _as_flight_error(exc if may_leave(exc) else contain(self.agent.spec.name, exc, "request")) from None
         endpoint = flight.FlightEndpoint(flight.Ticket(descriptor.command), [])
         return flight.FlightInfo(schema, descriptor, [endpoint], rows, nbytes)
 
@@ -105,20 +103,16 @@ class AgentFlightServer(flight.FlightServerBase):
                 schema, batches = self.agent.stream(
                     caller, request["sql"], request["purpose"], request["destination"], request.get("keep")
                 )
-        except FedlakeError as exc:
-            raise _as_flight_error(exc) from None
-        except Exception as exc:  # noqa: BLE001 - a bug's text may quote a value too: contained
-            raise _as_flight_error(contain(self.agent.spec.name, exc, "request")) from None
+        except Exception as exc:  # noqa: BLE001 - an engine's or a bug's text may quote a value: contained
+            raise _as_flight_error(exc if may_leave(exc) else contain(self.agent.spec.name, exc, "request")) from None
         return flight.GeneratorStream(schema, batches)
 
     def do_action(self, context, action):
         body = json.loads(action.body.to_pybytes() or b"{}")
         try:
             result = self.agent.action(self._caller(context), action.type, body)
-        except FedlakeError as exc:
-            raise _as_flight_error(exc) from None
-        except Exception as exc:  # noqa: BLE001 - a bug's text may quote a value too: contained
-            raise _as_flight_error(contain(self.agent.spec.name, exc, "request")) from None
+        except Exception as exc:  # noqa: BLE001 - an engine's or a bug's text may quote a value: contained
+            raise _as_flight_error(exc if may_leave(exc) else contain(self.agent.spec.name, exc, "request")) from None
         return [flight.Result(pa.py_buffer(json.dumps(result, default=str).encode()))]
 
     def list_actions(self, context):

@@ -55,7 +55,7 @@ ALLOWED_ANONYMOUS = {"date_diff", "datediff", "date_part", "epoch", "hour", "min
                      "log10", "log2", "least", "greatest", "ifnull", "nullif", "date_add", "yearweek"}
 CAST_TYPES = {getattr(exp.DataType.Type, name) for name in (
     "BOOLEAN", "TINYINT", "SMALLINT", "INT", "BIGINT", "INT128", "FLOAT", "DOUBLE", "DECIMAL", "VARCHAR", "TEXT",
-    "CHAR", "DATE", "TIMESTAMP", "TIMESTAMPTZ", "UBIGINT", "UINT", "USMALLINT", "UTINYINT",
+    "CHAR", "DATE", "TIME", "TIMESTAMP", "TIMESTAMPNTZ", "TIMESTAMPTZ", "UBIGINT", "UINT", "USMALLINT", "UTINYINT", "INTERVAL",
 ) if hasattr(exp.DataType.Type, name)}
 _NAMES = {exp.Union: "UNION", exp.Intersect: "INTERSECT", exp.Except: "EXCEPT"}
 

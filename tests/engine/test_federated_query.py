@@ -15,6 +15,7 @@ import yaml
 from fedlake.agent import local_agent_client
 from fedlake.agent.gate import EgressDenied
 from fedlake.catalog import load_catalog
+from fedlake.agent import Forbidden
 from fedlake.errors import FedlakeError
 from fedlake.policy.model import load_policy
 from fedlake.query import GOVERNED, Federation, PlanningError, render
@@ -109,7 +110,8 @@ def federation_under(silos, policy: dict, **options) -> tuple[Federation, list]:
     home, catalog, _ = silos
     path = home / f"policies-{len(list(home.glob('policies*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump({
-        "purposes": ["analytics"], "clients": {"coordinator": {"token_env": "FEDLAKE_TEST_UNSET_TOKEN", "purposes": ["analytics"]}},
+        "purposes": ["analytics"], "clients": {"coordinator": {"token_env": "FEDLAKE_TEST_UNSET_TOKEN", "purposes": ["analytics"],
+                                                                      "roles": ["query", "coordinate"]}},
         **policy,
     }))
     clients = {s: local_agent_client(catalog, load_policy(path, catalog), s, home) for s in catalog.silos}
@@ -378,9 +380,11 @@ def test_partial_aggregation_goes_into_every_branch_of_a_union_across_silos(fede
 
 
 AGGREGATE_ONLY = {"classifications": {"public": [{"action": "allow"}]}, "subjects": {"visits": "person_id"},
-                  "aggregate": {"k": 5, "small_groups": "suppress"},
-                  "overrides": {"us.visits.duration": [{"action": "aggregate"}]}}
+                  "overrides": {"us.visits.duration": [{"action": "aggregate"}]},
+                  "dp": {"epsilon": 1.0, "delta": 1.0e-6, "budget": {"epsilon": 1000.0, "delta": 1.0e-3, "period": "day"},
+                         "max_rows_per_subject": 5, "bounds": {"us.visits.duration": [0, 3600]}}}
 BY_REGION = "SELECT p.region, sum(v.duration) AS total, count(*) AS n FROM eu.people p JOIN us.visits v ON v.person_id = p.id GROUP BY p.region"
+BY_CHANNEL = "SELECT channel, sum(v.duration) AS total, count(*) AS n FROM us.visits v GROUP BY channel"
 
 
 def run_under(silos, policy: dict, sql: str):
@@ -392,86 +396,30 @@ def run_under(silos, policy: dict, sql: str):
             c.close()
 
 
-def test_no_partial_aggregation_that_the_policy_would_thin_out(silos):
-    """Where the gate would suppress small groups of the partial aggregates, the planner does not
-    aggregate before the border; the visits' rows may not leave either, so the residual runs in
-    the visits' silo, and only its result leaves, through that silo's gate."""
+def test_aggregate_only_data_of_one_silo_leaves_through_differential_privacy(silos):
+    """Durations leave the US only aggregated: per channel, the silo bounds each person's visits,
+    clamps the durations and releases noisy sums and counts calibrated by OpenDP, close to the
+    truth on groups this large; the plan and the ledger say so."""
     fed, clients = federation_under(silos, AGGREGATE_ONLY)
     try:
-        plan = fed.plan(BY_REGION, "analytics")
-        table, ran = fed.run(BY_REGION, "analytics")
+        plan = fed.plan(BY_CHANNEL, "analytics")
+        table, _ = fed.run(BY_CHANNEL, "analytics")
     finally:
         for c in clients:
             c.close()
-    visits = next(r for r in plan.runs if r.fragment.silo == "us")
-    assert not visits.fragment.partial and any("groups of fewer than 5 subjects" in n for n in visits.notes)
-    assert plan.site == "us" and plan.raw and visits.at_site
-    governed = next(s for s in plan.sites if s.silo is None)
-    assert "us.visits.duration may leave only aggregated" in governed.blocked
-    assert {d["output"]: d["action"] for d in plan.site_decisions} == {"region": "allow", "total": "aggregate", "n": "allow"}
-    assert normalized(table) == normalized(silos[2].execute(BY_REGION).fetch_arrow_table())
-    text = render(ran, fed.catalog, analyze=True)
-    assert "residual at silo us (s3, US; DuckDB in its agent; over its own rows as they are, its result through us's gate)" in text
-    assert "policy: total: AGGREGATE from us.visits.duration" in text
-    assert ran.bytes_by_silo() == {"eu": next(r for r in ran.runs if r.fragment.silo == "eu").bytes, "us": ran.result_bytes}
-    # the visits' raw person ids never leave the silo, not even hashed into a semi-join filter
-    people = next(r for r in ran.runs if r.fragment.silo == "eu")
-    assert people.filters == {} and people.semijoins == []
+    exact = {r["channel"]: r for r in silos[2].execute(BY_CHANNEL).fetch_arrow_table().to_pylist()}
+    released = {r["channel"]: r for r in table.to_pylist()}
+    assert set(released) == set(exact)
+    for channel, row in released.items():
+        assert abs(row["n"] - exact[channel]["n"]) < 0.5 * exact[channel]["n"]  # bounded to 5 visits per person, noised
+        assert row["total"] != exact[channel]["total"]
+    assert {d["output"]: d["action"] for d in plan.runs[0].decisions} == {"channel": "allow", "total": "aggregate", "n": "aggregate"}
 
 
-def test_a_raw_residual_meets_other_silos_pseudonyms_with_keys_pseudonymized_at_the_source(silos):
-    """Person ids leave both silos only as pseudonyms: the visits' ids are pseudonymized as the
-    silo reads them, so they still meet the people's, and the result is the co-located one."""
-    policy = {**AGGREGATE_ONLY, "overrides": {**AGGREGATE_ONLY["overrides"],
-                                              "us.visits.person_id": [{"action": "pseudonymize"}],
-                                              "eu.people.id": [{"action": "pseudonymize"}]}}
-    table, plan = run_under(silos, policy, BY_REGION)
-    assert plan.site == "us" and plan.raw
-    assert normalized(table) == normalized(silos[2].execute(BY_REGION).fetch_arrow_table())
-    fed, clients = federation_under(silos, policy)
-    raw_keys = {"id": "r", "purpose": "analytics", "destination": "EU", "sql": "SELECT * FROM __f0 JOIN __f1 USING (person_id)",
-                "raw": True, "local": [{"name": "__f0", "sql": "SELECT person_id, duration FROM visits"}],
-                "imports": [{"name": "__f1", "silo": "eu", "location": "inprocess://nowhere", "ticket": "t",
-                             "schema": {"person_id": "VARCHAR"}}],
-                "semijoins": [{"condition": "c", "probe": "__f1", "keys": "k", "build": [["__f0", "person_id"]], "limit": 1e6}]}
-    try:
-        computed = fed.clients["us"].action(
-            "explain_residual", purpose="analytics", destination="EU", sql="SELECT sum(d) AS total FROM __f0",
-            local=[{"name": "__f0", "sql": "SELECT person_id + 1 AS p, duration AS d FROM visits"}], imports=[])
-        # nor does a Bloom filter of raw keys leave, whatever the coordinator asks
-        with pytest.raises(FedlakeError, match="may not be built from the silo's raw rows"):
-            fed.clients["us"].residual(raw_keys)
-    finally:
-        for c in clients:
-            c.close()
-    assert "us.visits.person_id only pseudonymized as itself, and 'p' is computed from it" in computed["denied"]
-
-
-def test_a_residual_in_the_silo_keeps_to_its_gates_k(silos):
-    """Per person, every group holds one subject: the silo's gate suppresses them all, as it would
-    any fragment's; with `refuse`, the query fails naming the rule."""
-    sql = "SELECT p.id, sum(v.duration) AS total FROM eu.people p JOIN us.visits v ON v.person_id = p.id GROUP BY p.id"
-    table, plan = run_under(silos, AGGREGATE_ONLY, sql)
-    assert plan.site == "us" and plan.raw and table.num_rows == 0
-    assert silos[2].execute(sql).fetch_arrow_table().num_rows > 0, "co-located, every person has a row"
-    refuse = {**AGGREGATE_ONLY, "aggregate": {"k": 5, "small_groups": "refuse"}}
-    with pytest.raises(EgressDenied, match="distinct subjects, under k=5 .*aggregate.small_groups = refuse"):
-        run_under(silos, refuse, sql)
-
-
-@pytest.mark.parametrize(
-    "extra, says",
-    [
-        # the people's ids may not reach the US: the silo cannot help, and the fragment's refusal stands
-        ({"eu.people.id": [{"to": ["EU"], "action": "allow"}, {"action": "deny"}]}, "eu may not send"),
-        # the durations may not even be summed per region outside the US
-        ({"us.visits.duration": [{"to": ["US"], "action": "aggregate"}, {"action": "deny"}]}, "us.visits.duration may not leave"),
-    ],
-    ids=["keys may not travel", "denied outright"],
-)
-def test_where_no_site_complies_the_error_names_the_column_and_the_rule(silos, extra, says):
-    policy = {**AGGREGATE_ONLY, "overrides": {**AGGREGATE_ONLY["overrides"], **extra}}
-    fed, clients = federation_under(silos, policy)
+def test_no_partial_aggregation_or_rows_across_silos_for_aggregate_only_data(silos):
+    """Grouping durations by another silo's people would need the visits' rows, or partial sums
+    combined without their noise: neither may leave, and the error names the column and the rule."""
+    fed, clients = federation_under(silos, AGGREGATE_ONLY)
     try:
         plan = fed.plan(BY_REGION, "analytics")
         with pytest.raises(EgressDenied) as denied:
@@ -479,9 +427,53 @@ def test_where_no_site_complies_the_error_names_the_column_and_the_rule(silos, e
     finally:
         for c in clients:
             c.close()
-    assert "us.visits.duration may" in str(denied.value) and "overrides.us.visits.duration[" in str(denied.value)
-    assert plan.site is None and says in next(s for s in plan.sites if s.silo == "us").blocked
-    assert says in render(plan, fed.catalog)
+    visits = next(r for r in plan.runs if r.fragment.silo == "us")
+    assert not visits.fragment.partial and any("only with differential privacy" in n for n in visits.notes)
+    assert "us.visits.duration may leave only through differentially private" in str(denied.value)
+    assert "overrides.us.visits.duration[0]" in str(denied.value)
+
+
+def test_a_residual_is_only_a_coordinators_to_place(silos):
+    """Placing a residual, preparing a transfer and posting semi-join keys need the coordinate role;
+    a coordinator's residual may import only catalogued silos' agents over TLS."""
+    fed, clients = federation_under(silos, {**AGGREGATE_ONLY, "clients": {
+        "coordinator": {"token_env": "FEDLAKE_TEST_UNSET_TOKEN", "purposes": ["analytics"], "roles": ["query"]}}})
+    request = {"id": "r", "purpose": "analytics", "sql": "SELECT * FROM __f0",
+               "local": [{"name": "__f0", "sql": "SELECT channel FROM visits"}], "imports": [], "semijoins": []}
+    try:
+        with pytest.raises(Forbidden, match="lacks the role 'coordinate'"):
+            fed.clients["us"].residual(request)
+        with pytest.raises(Forbidden, match="lacks the role 'coordinate'"):
+            fed.clients["eu"].prepare_transfer("SELECT id FROM people", "analytics", "US", "EU", "us")
+        with pytest.raises(Forbidden, match="lacks the role 'coordinate'"):
+            fed.clients["us"].action("semijoin_keys", id="someone-elses", filter=None)
+    finally:
+        for c in clients:
+            c.close()
+    fed, clients = federation_under(silos, ALLOW_ALL)
+    try:
+        for silo, location in (("mars", "grpc+tls://10.0.0.1:443"), ("eu", "grpc://127.0.0.1:1"), ("us", "inprocess://x")):
+            dialled = {**request, "imports": [{"name": "__f1", "silo": silo, "location": location, "ticket": "t", "schema": {}}]}
+            with pytest.raises(FedlakeError, match="an import must name another catalogued silo"):
+                fed.clients["us"].residual(dialled)
+    finally:
+        for c in clients:
+            c.close()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"eu.people.id": [{"to": ["EU"], "action": "allow"}, {"action": "deny"}]},
+        {"us.visits.duration": [{"to": ["US"], "action": "aggregate"}, {"action": "deny"}]},
+    ],
+    ids=["keys may not travel", "denied outright"],
+)
+def test_where_no_site_complies_the_error_names_the_column_and_the_rule(silos, extra):
+    policy = {**AGGREGATE_ONLY, "overrides": {**AGGREGATE_ONLY["overrides"], **extra}}
+    with pytest.raises(EgressDenied) as denied:
+        run_under(silos, policy, BY_REGION)
+    assert "us.visits.duration" in str(denied.value) and "overrides.us.visits.duration[" in str(denied.value)
 
 
 @pytest.mark.parametrize(
@@ -559,11 +551,11 @@ def test_a_silo_the_policy_would_not_let_fragments_reach_is_not_a_site(silos):
     fed, clients = federation_under(silos, policy)
     try:
         table, plan = fed.run(sql, "analytics")
-        with pytest.raises(PlanningError, match="may not run in silo us: sg may not send payment_id to US as it sends"):
+        with pytest.raises(PlanningError, match="may not run in silo us: sg may not send payments.payment_id to US as it sends"):
             Federation(fed.catalog, fed.clients, site="us").plan(sql, "analytics")
         # the sending agent checks it too, whatever the planner asked
         payments = next(r for r in plan.runs if r.fragment.silo == "sg")
-        with pytest.raises(EgressDenied, match="to us \\(US\\) denied: the policy treats payment_id there otherwise"):
+        with pytest.raises(EgressDenied, match="to us \\(US\\) denied: the policy masks payments.payment_id there otherwise"):
             fed.clients["sg"].prepare_transfer(payments.fragment.sql, "analytics", "US", "EU", "us")
     finally:
         for c in clients:
@@ -571,7 +563,7 @@ def test_a_silo_the_policy_would_not_let_fragments_reach_is_not_a_site(silos):
     assert normalized(table) == normalized(silos[2].execute(sql).fetch_arrow_table())
     us = next(s for s in plan.sites if s.silo == "us")
     assert us.estimated_bytes == min(s.estimated_bytes for s in plan.sites)
-    assert "sg may not send payment_id" in us.blocked and plan.site == "sg"
+    assert "sg may not send payments.payment_id" in us.blocked and plan.site == "sg"
     assert "(not allowed: sg may not send" in render(plan, fed.catalog)
 
 
