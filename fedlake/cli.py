@@ -117,6 +117,10 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         tables = {name: {column: "VARCHAR" for column in spec.tables[name].columns} for name in named}
         plan = gate.plan(tree, "explain", args.purpose, args.to, tables, {})
     except (EgressDenied, Refused) as exc:
+        for name, mask in gate.masks(tables, {}, args.purpose, args.to).items() if "tables" in locals() else ():
+            print(f"masks of {silo}.{name} for {args.purpose} to {args.to}:")
+            for column in mask.columns.values():
+                print(f"  {column.column:<22} {column.action.upper():<12} rule {column.rule}")
         print(f"DENIED: {exc}")
         return 1
     print(plan.explain())

@@ -220,7 +220,7 @@ class SiloAgent:
         except (EgressDenied, Refused) as exc:
             self.ledger.record(
                 requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=region,
-                operation=operation, fragment=sql, columns=[], decision="denied", error="REFUSED",
+                operation=operation, fragment=sql, columns=[{"refused": str(exc)}], decision="denied", error="REFUSED",
             )
             if isinstance(exc, EgressDenied):
                 raise

@@ -51,18 +51,24 @@ def register_silo_actions(agent: SiloAgent) -> None:
         column is absent, an aggregate-only one shows only its type; min and max leave only for
         columns allowed as they are."""
         table = table_of(body)
-        plan = agent.plan(caller, f"SELECT * FROM {_quote(table)}", body["purpose"], body.get("destination"))
-        mask = plan.masks[table]
-        types = agent.planned_schema(plan)
-        counted = pa.schema([f for f in types if mask.columns[f.name].action != "aggregate"])
-        row = agent.connector.execute(stats_sql(f"({plan.sql}) AS q", counted, _quote), params=plan.params).read_all()
-        stats = stats_from_row(table, counted, tuple(row.to_pylist()[0].values()), 0)
+        agent.check_purpose(caller, body["purpose"])
+        region = agent.destination(caller, body.get("destination"))
+        types = {f.name: sql_type(f.type) for f in agent.connector.schema(table)}
+        derived = {} if table in agent.spec.tables else {table: agent.connector.annotations(table) or {}}
+        mask = agent.gate.masks({table: types}, derived, body["purpose"], region)[table]
+        counted = [name for name, column in mask.columns.items() if column.action not in ("deny", "aggregate")]
+        hidden = [{"name": name, "type": types[name], "aggregate_only": True} for name in mask.aggregate_only()]
+        if not counted:
+            return {"table": table, "rows": None, "bytes": 0, "columns": hidden}
+        plan = agent.plan(caller, f"SELECT {', '.join(map(_quote, counted))} FROM {_quote(table)}", body["purpose"], region)
+        shown = agent.planned_schema(plan)
+        row = agent.connector.execute(stats_sql(f"({plan.sql}) AS q", shown, _quote), params=plan.params).read_all()
+        stats = stats_from_row(table, shown, tuple(row.to_pylist()[0].values()), 0)
         columns = []
         for c in stats.columns:
             revealable = mask.columns[c.name].action == "allow"
             columns.append({"name": c.name, "type": c.type, "distinct": c.distinct, "null_fraction": c.null_fraction,
                             "min": c.min if revealable else None, "max": c.max if revealable else None})
-        hidden = [{"name": f.name, "type": str(f.type), "aggregate_only": True} for f in types if f.name not in counted.names]
         return {"table": table, "rows": stats.rows, "bytes": 0, "columns": columns + hidden}
 
     def materialize(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def _postgres_functions(node: exp.Expression) -> exp.Expression:
     UNHEX (bytes from hex) and ENCODE (text to UTF-8 bytes)."""
     if isinstance(node, exp.Unhex):
         return exp.func("decode", node.this, exp.Literal.string("hex"))
-    if isinstance(node, exp.Encode) and node.args.get("charset") is None:
+    if isinstance(node, exp.Encode) and node.text("charset").lower() in ("", "utf-8", "utf8"):
         return exp.func("convert_to", node.this, exp.Literal.string("UTF8"))
     return node
 
@@ -127,7 +127,9 @@ def _postgres_functions(node: exp.Expression) -> exp.Expression:
 def to_postgres_sql(sql: str) -> str:
     """DuckDB dialect in, PostgreSQL dialect out; `$name` parameters become psycopg's `%(name)s`."""
     try:
-        tree = sqlglot.parse_one(sql, read="duckdb").transform(_postgres_functions)
+        tree = sqlglot.parse_one(sql, read="duckdb")
+        for node in reversed(list(tree.find_all(exp.Unhex, exp.Encode))):  # innermost first: each where it stands
+            node.replace(_postgres_functions(node))
         return tree.sql("postgres")
     except sqlglot.errors.ParseError as exc:
         raise SiloError(f"cannot parse fragment: {exc}") from exc

@@ -378,5 +378,5 @@ def test_every_gate_decision_reaches_the_ledger(local_deployment, catalog):
     assert [(e["operation"], e["decision"]) for e in new] == [("query", "rewritten"), ("query", "denied")]
     assert new[0]["rows"] == table.num_rows and new[0]["bytes"] > 0 and new[1]["rows"] == 0
     assert json.loads(new[0]["columns"])[0]["action"] == "pseudonymize"
-    assert "free_text" in json.loads(new[1]["columns"])[0]["rules"][0]
+    assert "free_text" in json.loads(new[1]["columns"])[0]["refused"] and new[1]["error"] == "REFUSED"
     assert ledger.verify().ok

@@ -106,6 +106,6 @@ def test_policy_explain_prints_each_output_column(tmp_path):
     )
     assert result.returncode == 1
     out = result.stdout
-    assert "nid" in out and "PSEUDONYMIZE" in out and "us_lake.customers.national_id" in out
-    assert "income" in out and "ALLOW" in out
-    assert "DENIED" in out and "'memo'" in out and "classifications.free_text[0]" in out
+    assert "national_id            PSEUDONYMIZE" in out and "masks of us_lake.customers" in out
+    assert "income                 ALLOW" in out
+    assert "DENIED" in out and "column memo of us_lake.transactions is denied" in out and "classifications.free_text[0]" in out
