@@ -7,6 +7,8 @@ import dagster as dg
 from fedlake.catalog import Catalog
 from fedlake.relation import Relation, RelationHandle
 
+CREDIT_PURPOSE = "credit_scoring"  # the monthly totals feed the credit features
+
 MONTHLY_SPENDING_SQL = """
 SELECT a.customer_id,
        date_trunc('month', t.ts) AS month,
@@ -37,7 +39,7 @@ def monthly_spending_asset(silo: str) -> dg.AssetsDefinition:
     def monthly_spending(transactions: RelationHandle, accounts: RelationHandle) -> Relation:
         """Monthly debit, credit and gambling/cash-advance totals per customer, computed inside the silo."""
         sql = MONTHLY_SPENDING_SQL.format(transactions=transactions.ref, accounts=accounts.ref)
-        return Relation(sql=sql, inputs=(transactions, accounts))
+        return Relation(sql=sql, inputs=(transactions, accounts), purpose=CREDIT_PURPOSE)
 
     return monthly_spending
 

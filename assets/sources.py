@@ -23,6 +23,10 @@ def _stats_markdown(stats: dict[str, Any]) -> str:
     for c in stats["columns"]:
         lo = c["min"] if c["min"] is not None else "(withheld by policy)"
         hi = c["max"] if c["max"] is not None else "(withheld by policy)"
+        if c.get("masked") in ("deny", "aggregate"):
+            shown = "denied" if c["masked"] == "deny" else "aggregate only"
+            lines.append(f"| {c['name']} | {c['type']} | ({shown}) | ({shown}) | ({shown}) | ({shown}) |")
+            continue
         lines.append(f"| {c['name']} | {c['type']} | {c['distinct']} | {c['null_fraction']:.3f} | {lo} | {hi} |")
     return "\n".join(lines)
 
@@ -46,7 +50,7 @@ def _observe_table(spec: SiloSpec, table: str, stats: dict[str, Any]) -> dg.Obse
         metadata={
             "dagster/row_count": stats["rows"],
             "dagster/column_schema": column_schema(tuple((c["name"], c["type"]) for c in stats["columns"]), declared),
-            "bytes_in_silo": stats["bytes"],
+            **({"bytes_in_silo": stats["bytes"]} if stats.get("bytes") is not None else {}),
             "statistics": dg.MetadataValue.md(_stats_markdown(stats)),
         },
     )

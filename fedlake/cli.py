@@ -151,13 +151,17 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     catalog = load_catalog(args.silos)
     policy = _policy(args, catalog)
-    federation = Federation(catalog, agent_clients(catalog, policy, _deployment(args), data_dir()), site=args.site)
+    from fedlake.agent import ledger_for
+
+    federation = Federation(catalog, agent_clients(catalog, policy, _deployment(args), data_dir()), site=args.site,
+                            witness=ledger_for(data_dir(), "coordinator"))
     if args.explain:
         print(render(federation.plan(args.sql, args.purpose), catalog))
         return 0
     plan = federation.plan(args.sql, args.purpose, with_estimates=args.explain_analyze)
     table = federation.stream(plan).read_all()
     plan.result_rows, plan.result_bytes = table.num_rows, table.nbytes
+    federation.witness_heads(plan)
     if args.explain_analyze:
         print(render(plan, catalog, analyze=True))
         return 0

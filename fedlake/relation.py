@@ -30,10 +30,13 @@ class RelationHandle:
 
 @dataclass(frozen=True)
 class Relation:
-    """SQL (DuckDB dialect) over the tables of its inputs, to be materialized where they live."""
+    """SQL (DuckDB dialect) over the tables of its inputs, to be materialized where they live, for
+    a purpose: the silo computes it over the masks of that purpose, so that what it makes holds only
+    what that purpose may see."""
 
     sql: str
     inputs: tuple[RelationHandle, ...]
+    purpose: str
 
     def home_silo(self) -> str:
         """The one silo all inputs live in; a relation over several silos is not an in-silo relation."""

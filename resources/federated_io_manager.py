@@ -91,7 +91,7 @@ class FederatedIOManager(dg.IOManager):
             raise FedlakeError(f"{context.asset_key.to_user_string()} is keyed to silo {silo} but reads from {home}")
         if table in self._catalog.silo(silo).tables:
             raise FedlakeError(f"{silo}.{table} is a source table declared in silos.yaml; a derived asset may not replace it")
-        made = self._agent(silo).materialize(table, obj.sql)
+        made = self._agent(silo).materialize(table, obj.sql, obj.purpose)
         return {
             "silo": silo,
             "table": table,
@@ -106,7 +106,7 @@ class FederatedIOManager(dg.IOManager):
             raise FedlakeError(f"a FederatedRelation lives in the governed zone: key it [{GOVERNED}, {table}], not [{zone}, {table}]")
         ledger = self._ledger.open()
         before = ledger.last_seq()
-        federation = Federation(self._catalog, {name: self._agent(name) for name in self._silos})
+        federation = Federation(self._catalog, {name: self._agent(name) for name in self._silos}, witness=ledger)
         plan = federation.plan(obj.sql, obj.purpose)
         denied = [r for r in plan.runs if not r.at_site and any(d["action"] == "deny" for d in r.decisions)]
         if denied:
@@ -116,6 +116,7 @@ class FederatedIOManager(dg.IOManager):
         reader = federation.stream(plan)
         connector = self._governed.connector()
         rows = connector.load(table, reader.schema, reader)
+        federation.witness_heads(plan, by="dagster")
         entries = [e["seq"] for e in ledger.entries(after=before)]
         return {
             "silo": GOVERNED,

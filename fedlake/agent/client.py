@@ -66,8 +66,9 @@ class AgentClient(ABC):
     def statistics(self, table: str, purpose: str, destination: str) -> dict[str, Any]:
         return self.action("statistics", table=table, purpose=purpose, destination=destination)
 
-    def materialize(self, table: str, sql: str) -> dict[str, Any]:
-        return self.action("materialize", table=table, sql=sql)
+    def materialize(self, table: str, sql: str, purpose: str) -> dict[str, Any]:
+        """Make `table` inside the silo from `sql`, over the masks of `purpose`."""
+        return self.action("materialize", table=table, sql=sql, purpose=purpose)
 
     def pii_scan(self, table: str) -> dict[str, Any]:
         return self.action("pii_scan", table=table)

@@ -47,9 +47,9 @@ def register_silo_actions(agent: SiloAgent) -> None:
         return agent.connector.row_count(table_of(body))
 
     def statistics(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-        """Statistics over the caller's masked relation of a table, computed in place: a denied
-        column is absent, an aggregate-only one shows only its type; min and max leave only for
-        columns allowed as they are."""
+        """Statistics over the caller's masked relation of a table, computed in place: denied and
+        aggregate-only columns show only their name and type (declared in silos.yaml anyway); min
+        and max leave only for columns allowed as they are."""
         table = table_of(body)
         agent.check_purpose(caller, body["purpose"])
         region = agent.destination(caller, body.get("destination"))
@@ -57,9 +57,10 @@ def register_silo_actions(agent: SiloAgent) -> None:
         derived = {} if table in agent.spec.tables else {table: agent.connector.annotations(table) or {}}
         mask = agent.gate.masks({table: types}, derived, body["purpose"], region)[table]
         counted = [name for name, column in mask.columns.items() if column.action not in ("deny", "aggregate")]
-        hidden = [{"name": name, "type": types[name], "aggregate_only": True} for name in mask.aggregate_only()]
+        hidden = [{"name": name, "type": types[name], "distinct": None, "null_fraction": None, "min": None, "max": None,
+                   "masked": column.action} for name, column in mask.columns.items() if name not in counted]
         if not counted:
-            return {"table": table, "rows": None, "bytes": 0, "columns": hidden}
+            return {"table": table, "rows": None, "bytes": None, "columns": hidden}
         plan = agent.plan(caller, f"SELECT {', '.join(map(_quote, counted))} FROM {_quote(table)}", body["purpose"], region)
         shown = agent.planned_schema(plan)
         row = agent.connector.execute(stats_sql(f"({plan.sql}) AS q", shown, _quote), params=plan.params).read_all()
@@ -69,7 +70,7 @@ def register_silo_actions(agent: SiloAgent) -> None:
             revealable = mask.columns[c.name].action == "allow"
             columns.append({"name": c.name, "type": c.type, "distinct": c.distinct, "null_fraction": c.null_fraction,
                             "min": c.min if revealable else None, "max": c.max if revealable else None})
-        return {"table": table, "rows": stats.rows, "bytes": 0, "columns": columns + hidden}
+        return {"table": table, "rows": stats.rows, "bytes": None, "columns": columns + hidden}
 
     def materialize(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         """Materialize inside the silo, over the caller's masked relations for its purpose: nothing

@@ -22,6 +22,7 @@ from sqlglot import exp
 
 from fedlake.arrow_types import arrow_width, sql_type
 from fedlake.agent.client import AgentClient
+from fedlake.audit import Ledger
 from fedlake.bloom import MAX_FILTER_BYTES, filter_if_it_pays
 from fedlake.catalog import Catalog
 from fedlake.errors import FedlakeError
@@ -101,9 +102,12 @@ class Federation:
         memory_limit: str = "2GB",
         semijoins: bool = True,
         site: str = "auto",
+        witness: Ledger | None = None,
     ):
         """`site`: where the residual runs: "auto" (the cheapest the policy allows), GOVERNED, or a
-        silo's name (if the policy allows it)."""
+        silo's name (if the policy allows it). `witness`: the coordinator's own ledger, where the
+        chain head of every agent a query used is recorded when the query ends, so that a silo's
+        ledger cannot later be truncated or rewritten unnoticed."""
         if site not in ("auto", GOVERNED, *catalog.silos):
             raise PlanningError(f"unknown site '{site}' (auto, {GOVERNED}, or a silo: {', '.join(catalog.silos)})")
         self.catalog = catalog
@@ -111,6 +115,7 @@ class Federation:
         self.memory_limit = memory_limit
         self.semijoins = semijoins
         self.site = site
+        self.witness = witness
 
     def _schema(self, sql: str) -> dict[str, dict[str, dict[str, str]]]:
         """{silo: {table: {column: type}}} for the tables the query names, asked of their agents."""
@@ -268,7 +273,20 @@ class Federation:
         reader = self.stream(plan)
         table = reader.read_all()
         plan.result_rows, plan.result_bytes = table.num_rows, table.nbytes
+        self.witness_heads(plan)
         return table, plan
+
+    def witness_heads(self, plan: FederatedPlan, by: str = "coordinator") -> dict[str, tuple[int, str]]:
+        """Record, in the coordinator's ledger (chain `by`), the chain head of every silo the query used."""
+        if self.witness is None:
+            return {}
+        silos = sorted({r.fragment.silo for r in plan.runs} | ({plan.site} if plan.site else set()))
+        heads = {}
+        for silo in silos:
+            head = self.clients[silo].action("ledger_head")
+            heads[head["chain"]] = (int(head["seq"]), str(head["hash"]))
+        self.witness.witness(by, heads)
+        return heads
 
     def stream(self, plan: FederatedPlan) -> pa.RecordBatchReader:
         """Run the fragments, then stream the residual's result, from wherever the plan placed it."""

@@ -65,7 +65,7 @@ def broken_asset(silo: str, sql: str) -> dg.AssetsDefinition:
         io_manager_key="federated_io_manager",
     )
     def broken(transactions: RelationHandle) -> Relation:
-        return Relation(sql=sql.format(t=transactions.ref), inputs=(transactions,))
+        return Relation(sql=sql.format(t=transactions.ref), inputs=(transactions,), purpose="credit_scoring")
 
     return broken
 
@@ -74,9 +74,10 @@ def broken_asset(silo: str, sql: str) -> dg.AssetsDefinition:
     "sql",
     [
         "SELECT account_id, no_such_column FROM {t}",  # refused before any row is written
-        "SELECT account_id, CAST(memo AS INTEGER) AS memo_number FROM {t}",  # fails while writing rows
+        "SELECT account_id, CAST(memo AS INTEGER) AS memo_number FROM {t}",  # a denied column: refused
+        "SELECT account_id, CAST(currency AS INTEGER) AS currency_number FROM {t}",  # fails while writing rows
     ],
-    ids=["unknown-column", "fails-mid-write"],
+    ids=["unknown-column", "denied-column", "fails-mid-write"],
 )
 @pytest.mark.parametrize("silo", SILOS)
 def test_failed_materialization_leaves_no_table(deployment, silo, sql):
@@ -109,7 +110,7 @@ def test_downstream_assets_receive_a_handle_not_data(local_deployment):
         received["monthly"] = monthly
         return Relation(
             sql=f"SELECT customer_id FROM {monthly.ref} GROUP BY customer_id HAVING sum(debit_total) > 1000",
-            inputs=(monthly,),
+            inputs=(monthly,), purpose="credit_scoring",
         )
 
     defs = definitions(local_deployment)
@@ -143,7 +144,7 @@ def test_a_relation_across_silos_is_refused_with_the_reason(local_deployment):
         io_manager_key="federated_io_manager",
     )
     def mixed(eu: RelationHandle, sg: RelationHandle) -> Relation:
-        return Relation(sql=f"SELECT * FROM {eu.ref} JOIN {sg.ref} USING (national_id)", inputs=(eu, sg))
+        return Relation(sql=f"SELECT * FROM {eu.ref} JOIN {sg.ref} USING (national_id)", inputs=(eu, sg), purpose="credit_scoring")
 
     defs = definitions(local_deployment)
     result = dg.materialize(
