@@ -108,7 +108,7 @@ class FederatedIOManager(dg.IOManager):
         before = ledger.last_seq()
         federation = Federation(self._catalog, {name: self._agent(name) for name in self._silos}, witness=ledger)
         plan = federation.plan(obj.sql, obj.purpose)
-        denied = [r for r in plan.runs if not r.at_site and any(d["action"] == "deny" for d in r.decisions)]
+        denied = [r for r in plan.runs if r.denied]
         if denied:
             raise FedlakeError(
                 f"the planner found no compliant plan for {GOVERNED}.{table} ({obj.purpose}):\n" + render(plan, self._catalog)
@@ -116,8 +116,8 @@ class FederatedIOManager(dg.IOManager):
         reader = federation.stream(plan)
         connector = self._governed.connector()
         rows = connector.load(table, reader.schema, reader)
-        federation.witness_heads(plan, by="dagster")
         entries = [e["seq"] for e in ledger.entries(after=before)]
+        federation.witness_heads(plan, by="dagster")
         return {
             "silo": GOVERNED,
             "table": table,

@@ -41,6 +41,7 @@ class FragmentRun:
     estimated_rows: int | None = None
     estimated_bytes: int | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    denied: str = ""  # the agent's refusal of the fragment, naming the column and the rule
     sql_in_silo: str = ""
     semijoins: list[SemiJoin] = field(default_factory=list)  # keys it waits for, to send only rows that can join
     notes: list[str] = field(default_factory=list)  # what the planner chose not to do here, and why
@@ -150,6 +151,7 @@ class Federation:
             def decide(run: FragmentRun) -> None:
                 explained = explain(run.fragment, destination)
                 run.decisions = explained["columns"]
+                run.denied = explained["denied"] or ""
                 if not explained["denied"]:
                     run.sql_in_silo = explained["sql"]
                     self._estimate(run, purpose, destination)

@@ -52,6 +52,8 @@ def render(plan: FederatedPlan, catalog: Catalog, analyze: bool = False) -> str:
             line += f"; actual {_n(run.rows)} rows, {_n(run.bytes)} bytes in {run.seconds or 0:.3f}s"
         lines.append(line)
         lines += [_decision(d) for d in run.decisions]
+        if run.denied:
+            lines.append(f"    policy: DENIED: {run.denied}")
     if plan.site:
         spec = catalog.silo(plan.site)
         lines.append(f"  residual at silo {plan.site} ({spec.kind}, {spec.region}; DuckDB in its agent): {plan.cut.residual}")

@@ -5,8 +5,6 @@ deployments (local: the governed Parquet lake; prod: the governed PostgreSQL sch
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import shutil
 from collections import Counter
 
@@ -25,7 +23,7 @@ from assets.dbt_marts import (
     dbt_marts_resource,
     prepare_dbt_manifest,
 )
-from fedlake.policy.transforms import pseudonym_key
+from fedlake.policy.transforms import derive_key, pseudonym, pseudonym_key
 from fedlake.silos import open_governed_zone
 from platform_defs.definitions import EVERYTHING_JOB, build_definitions
 from tests.conftest import PSEUDONYM_KEY, REPO, materialize_groups
@@ -172,12 +170,13 @@ def test_aml_alerts_are_exactly_the_accounts_the_rules_flag(built):
         assert alert["region"] == signals[alert["account_id"]]["region"]
 
     # the structuring the demo bank planted is caught by the near-threshold cash rule
-    key = PSEUDONYM_KEY.encode() if deployment.name == "prod" else pseudonym_key(deployment.home)
+    master = PSEUDONYM_KEY.encode() if deployment.name == "prod" else pseudonym_key(deployment.home)
+    key = derive_key(master, "aml", "account")  # accounts are pseudonymized in the account domain for AML
     patterns = pq.read_table(deployment.home / "truth" / "aml_patterns.parquet").to_pylist()
     structuring = {p["pattern_id"] for p in patterns if p["kind"] == "structuring"}
     members = pq.read_table(deployment.home / "truth" / "aml_pattern_accounts.parquet").to_pylist()
     planted = {
-        hmac.new(key, m["account_id"].strip().lower().encode(), hashlib.sha256).hexdigest()[:32]
+        pseudonym(m["account_id"], key)
         for m in members
         if m["pattern_id"] in structuring
     }
