@@ -33,7 +33,7 @@ class AgentFailure(FedlakeError):
 # What an error's class says about where it came from, as the stable code a caller sees.
 def failure_code(exc: BaseException) -> str:
     name = type(exc).__name__
-    if "Interrupt" in name or "Timeout" in name or "Cancel" in name:
+    if "Interrupt" in name or "Timeout" in name or "Cancel" in name or "INTERRUPT" in str(exc).upper():
         return "CANCELLED"
     if "Conversion" in name or "Cast" in name or "InvalidInput" in name or "OutOfRange" in name:
         return "INVALID_VALUE"

@@ -8,6 +8,7 @@ left the silo" is a measured fact rather than an absence of errors.
 from __future__ import annotations
 
 import json
+import os
 
 import threading
 from abc import ABC, abstractmethod
@@ -17,6 +18,18 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 DEFAULT_BATCH_ROWS = 65_536
+# How long one request may run in a silo's engine before it is interrupted: a cross join that would
+# run for hours, or a client that went away while a blocking operator computes, stops here.
+REQUEST_SECONDS = float(os.environ.get("FEDLAKE_REQUEST_SECONDS", "600"))
+
+
+def interrupt_after(cursor, seconds: float | None = None) -> threading.Timer:
+    """Interrupt a DuckDB cursor's query after `seconds` (REQUEST_SECONDS), unless the timer is
+    cancelled first."""
+    timer = threading.Timer(REQUEST_SECONDS if seconds is None else seconds, cursor.interrupt)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 @dataclass

@@ -28,6 +28,7 @@ from fedlake.silos.base import (
     TableStats,
     check_table_name,
     duckdb_estimate,
+    interrupt_after,
     stats_from_row,
     stats_sql,
 )
@@ -163,13 +164,20 @@ class LakeConnector(Connector):
             cursor.close()
 
     def _stream(self, sql: str, batch_rows: int, params: dict | None = None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        cursor, result = self._run(sql, params)
-        reader = result.fetch_record_batch(batch_rows)
+        cursor = self._cursor(sql)
+        deadline = interrupt_after(cursor)
+        try:
+            reader = (cursor.execute(sql, params) if params else cursor.execute(sql)).fetch_record_batch(batch_rows)
+        except duckdb.Error as exc:
+            deadline.cancel()
+            cursor.close()
+            raise SiloError(f"silo {self.name}: {exc}") from exc
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
                 yield from reader
             finally:
+                deadline.cancel()
                 cursor.close()
 
         return reader.schema, batches()

@@ -331,3 +331,19 @@ def test_every_attack_is_ledgered_and_the_ledger_verifies(analyst, local_deploym
     assert {e["decision"] for e in entries} >= {"denied", "rewritten"}
     assert any(e["decision"] == "failed" and e["error"].split(":")[0] in ("INVALID_VALUE", "SILO_ENGINE") for e in entries)
     assert ledger.verify(public_keys(local_deployment.home)).ok
+
+
+@pytest.mark.parametrize("silo", SILOS)
+def test_a_request_that_runs_too_long_is_interrupted_and_ledgered(analyst, local_deployment, monkeypatch, silo):
+    """A three-way cross join of the transactions would run for hours: the engine is interrupted at
+    the request limit, the caller gets a code and an id, and the failure is in the ledger."""
+    import fedlake.silos.base
+
+    monkeypatch.setattr(fedlake.silos.base, "REQUEST_SECONDS", 1.0)
+    ledger = ledger_for(local_deployment.home)
+    before = ledger.last_seq()
+    started = time.perf_counter()
+    with pytest.raises(FedlakeError, match="code CANCELLED, error id [0-9a-f]+"):
+        analyst[silo].query("SELECT count(*) AS n FROM transactions a, transactions b, transactions c", "analytics", "EU").read_all()
+    assert time.perf_counter() - started < 10
+    assert any(e["decision"] == "failed" and e["error"].startswith("CANCELLED:") for e in ledger.entries(after=before))
