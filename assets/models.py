@@ -14,7 +14,7 @@ from fedlake.catalog import Catalog
 from fedlake.drift import bin_shares, quantile_edges
 from fedlake.learning.aggregate import FedAvg, FedProx
 from fedlake.learning.coordinator import FederatedTrainer
-from fedlake.learning.credit import ALL_REGION_FEATURES, BEHAVIOUR, credit_comparison
+from fedlake.learning.credit import BEHAVIOUR, credit_comparison
 from fedlake.learning.models import ModelSpec
 from fedlake.learning.train import DPConfig, TrainConfig
 from fedlake.relation import RelationHandle

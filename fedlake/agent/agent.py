@@ -10,9 +10,7 @@ a value is contained, and every request, allowed, refused or failed, is ledgered
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import json
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +22,11 @@ from fedlake.agent.mailbox import Mailbox
 from fedlake.agent.failures import AgentFailure, contain, guarded
 from fedlake.agent.gate import EgressDenied, EgressGate, EgressPlan
 from fedlake.agent.peers import CAPABILITY_SCHEME, Transfer, TransferRefused, Transfers
-from fedlake.agent.pii import pii_scan
 from fedlake.agent.placed import run_placed_residual
 from fedlake.agent.subset import Refused, parse_subset
 from fedlake.arrow_types import arrow_width, sql_type
 from fedlake.audit import Budget, BudgetExceeded, Ledger
-from fedlake.bloom import BloomFilter, key_family
+from fedlake.bloom import BloomFilter
 from fedlake.catalog import SiloSpec
 from fedlake.errors import FedlakeError, SiloError
 from fedlake.policy.dp import release
@@ -65,9 +62,6 @@ class Caller:
     roles: tuple[str, ...] = ()
     transfer: str | None = None  # a peer agent holding a transfer capability, not a client
 
-
-SEMIJOIN_WAIT_SECONDS = 600.0
-SEMIJOIN_BUFFER_BYTES = 256 * 1024 * 1024  # what a fragment may compute ahead of its keys
 
 ActionHandler = Callable[[Caller, dict[str, Any]], Any]
 
@@ -305,7 +299,7 @@ class SiloAgent:
             raise self.failed(caller, exc, "query", purpose, sql) from None
         decision = "rewritten" if any(c.action != "allow" for c in plan.columns) else "allowed"
         if keep:
-            batches = self._semijoined(batches, schema, [(k["column"], str(k.get("keys"))) for k in keep], fragment)
+            batches = self.semijoin_keys.filtered(batches, schema, [(k["column"], str(k.get("keys"))) for k in keep], fragment, self.spec.name)
         outcome: dict[str, str] = {}
 
         def fail(exc: BaseException) -> AgentFailure:
@@ -389,30 +383,6 @@ class SiloAgent:
             if not isinstance(semijoin, dict) or semijoin.get("column") not in outputs:
                 column = semijoin.get("column") if isinstance(semijoin, dict) else semijoin
                 raise FedlakeError(f"agent {self.spec.name}: a semi-join names column '{column}', which the fragment does not return")
-
-    def _semijoined(
-        self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, keep: list[tuple[str, str]], fragment: list[str]
-    ) -> Iterator[pa.RecordBatch]:
-        """Compute while the keys are on their way (holding at most SEMIJOIN_BUFFER_BYTES); then send
-        only the rows that may join."""
-        buffered, held = [], 0
-        for batch in batches:
-            buffered.append(batch)
-            held += batch.nbytes
-            if held > SEMIJOIN_BUFFER_BYTES or all(self.semijoin_keys.arrived(keys) for _, keys in keep):
-                break
-        filters = []
-        for column, keys in keep:
-            raw = self.semijoin_keys.take(keys, SEMIJOIN_WAIT_SECONDS, self.spec.name)
-            bloom = BloomFilter.from_dict(raw) if raw is not None else None
-            if bloom is not None and key_family(schema.field(column).type) == bloom.family:
-                fragment.append(f"-- semi-join: only rows whose {column} may be one of {bloom.keys} keys "
-                                f"(Bloom filter, {bloom.nbytes} bytes)")
-                filters.append((column, bloom))
-        for batch in itertools.chain(buffered, batches):
-            for column, bloom in filters:
-                batch = batch.filter(bloom.may_contain(batch.column(column)))
-            yield batch
 
     def _semijoin_keys(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         """The keys a running fragment waits for, or None: send it all. Only a coordinator, or a peer

@@ -17,10 +17,31 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from fedlake.errors import SiloError
+
 DEFAULT_BATCH_ROWS = 65_536
 # How long one request may run in a silo's engine before it is interrupted: a cross join that would
 # run for hours, or a client that went away while a blocking operator computes, stops here.
 REQUEST_SECONDS = float(os.environ.get("FEDLAKE_REQUEST_SECONDS", "600"))
+
+
+def duckdb_stream(cursor, sql: str, params: dict | None, batch_rows: int, silo: str) -> tuple[pa.RecordBatchReader, Callable[[], None]]:
+    """Run `sql` on a DuckDB cursor under the request limit: its reader, and what ends it."""
+    import duckdb
+
+    deadline = interrupt_after(cursor)
+    try:
+        reader = (cursor.execute(sql, params) if params else cursor.execute(sql)).fetch_record_batch(batch_rows)
+    except duckdb.Error as exc:
+        deadline.cancel()
+        cursor.close()
+        raise SiloError(f"silo {silo}: {exc}") from exc
+
+    def close() -> None:
+        deadline.cancel()
+        cursor.close()
+
+    return reader, close
 
 
 def interrupt_after(cursor, seconds: float | None = None) -> threading.Timer:

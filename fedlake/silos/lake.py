@@ -28,7 +28,7 @@ from fedlake.silos.base import (
     TableStats,
     check_table_name,
     duckdb_estimate,
-    interrupt_after,
+    duckdb_stream,
     stats_from_row,
     stats_sql,
 )
@@ -164,21 +164,13 @@ class LakeConnector(Connector):
             cursor.close()
 
     def _stream(self, sql: str, batch_rows: int, params: dict | None = None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        cursor = self._cursor(sql)
-        deadline = interrupt_after(cursor)
-        try:
-            reader = (cursor.execute(sql, params) if params else cursor.execute(sql)).fetch_record_batch(batch_rows)
-        except duckdb.Error as exc:
-            deadline.cancel()
-            cursor.close()
-            raise SiloError(f"silo {self.name}: {exc}") from exc
+        reader, close = duckdb_stream(self._cursor(sql), sql, params, batch_rows, self.name)
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
                 yield from reader
             finally:
-                deadline.cancel()
-                cursor.close()
+                close()
 
         return reader.schema, batches()
 

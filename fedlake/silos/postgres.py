@@ -43,7 +43,7 @@ from fedlake.silos.base import (
     MaterializedTable,
     TableStats,
     check_table_name,
-    interrupt_after,
+    duckdb_stream,
     stats_from_row,
     stats_sql,
 )
@@ -464,14 +464,7 @@ class PostgresConnector(Connector):
         return schema, batches()
 
     def _stream_duckdb(self, sql: str, batch_rows: int, params: dict | None = None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        cursor = self._attached()
-        deadline = interrupt_after(cursor)
-        try:
-            reader = (cursor.execute(sql, params) if params else cursor.execute(sql)).fetch_record_batch(batch_rows)
-        except duckdb.Error as exc:
-            deadline.cancel()
-            cursor.close()
-            raise SiloError(f"silo {self.name}: {exc}") from exc
+        reader, close = duckdb_stream(self._attached(), sql, params, batch_rows, self.name)
         schema = pa.schema([f.with_type(_plain(f.type)) for f in reader.schema])
 
         def batches() -> Iterator[pa.RecordBatch]:
@@ -479,8 +472,7 @@ class PostgresConnector(Connector):
                 for batch in reader:
                     yield batch if batch.schema.equals(schema) else batch.cast(schema)
             finally:
-                deadline.cancel()
-                cursor.close()
+                close()
 
         return schema, batches()
 
