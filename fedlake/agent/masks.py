@@ -26,6 +26,7 @@ from fedlake.policy.transforms import derive_key, generalize_sql, hmac_sql, key_
 
 MASKED_PREFIX = f"{RESERVED_PREFIX}_m_"
 SUBJECT = f"{RESERVED_PREFIX}_subject"
+PSEUDONYM_META = "fedlake_pseudonym"  # marks a query's references to pseudonymized columns
 _STRICTNESS = {"allow": 0, "generalize": 1, "pseudonymize": 1, "aggregate": 2, "deny": 3}
 
 
@@ -132,14 +133,19 @@ class BoundQuery:
     used: dict[str, set[str]]  # masked columns each table's relation must provide
     aggregate_refs: list[tuple[exp.Column, TableMask]] = field(default_factory=list)  # aggregate-only column uses
 
-    def relation(self, mask: TableMask, master: bytes, purpose: str, subject: bool = False) -> tuple[exp.Select, dict[str, bytes]]:
-        """The masked relation of one table, and the key parameters it binds."""
+    def relation(self, mask: TableMask, master: bytes, purpose: str, subject: bool = False,
+                 estimate: bool = False) -> tuple[exp.Select, dict[str, bytes]]:
+        """The masked relation of one table, and the key parameters it binds. For an `estimate`,
+        pseudonyms stand as their raw column: a keyed HMAC is one to one, so counts, distinct
+        values and join matches are the same, and the engine's statistics of the column apply."""
         params: dict[str, bytes] = {}
         projections = []
         for name in sorted(self.used.get(mask.table, set())):
             column = mask.columns[name]
             raw = exp.column(name, quoted=True)
-            if column.action == "pseudonymize":
+            if column.action == "pseudonymize" and estimate:
+                value = raw
+            elif column.action == "pseudonymize":
                 param = f"{RESERVED_PREFIX}_k{hashlib.sha256(column.domain.encode()).hexdigest()[:12]}"
                 params.update(key_params(derive_key(master, purpose, column.domain), param))
                 value = hmac_sql(raw, param)
@@ -154,13 +160,23 @@ class BoundQuery:
             projections.append(exp.alias_(exp.Literal.number(1), f"{RESERVED_PREFIX}_row", quoted=True))
         return exp.select(*projections).from_(exp.table_(mask.table, quoted=True)), params
 
-    def sql(self, master: bytes, purpose: str, subject_tables: set[str] = frozenset(), tree: exp.Query | None = None) -> tuple[str, dict[str, bytes]]:
-        """The whole statement: the masked relations as CTEs ahead of the caller's query."""
+    def sql(self, master: bytes, purpose: str, subject_tables: set[str] = frozenset(), tree: exp.Query | None = None,
+            estimate: bool = False) -> tuple[str, dict[str, bytes]]:
+        """The whole statement: the masked relations as CTEs ahead of the caller's query. The
+        `estimate` form, for the engine's planner only, reads pseudonymized columns raw and compares
+        them with no literal (each becomes NULL), so that no estimate can tell how often a chosen
+        raw value occurs."""
         tree = (tree or self.tree).copy()
+        if estimate:
+            for column in list(tree.find_all(exp.Column)):
+                predicate = column.find_ancestor(exp.Predicate)
+                if column.meta.get(PSEUDONYM_META) and predicate is not None:
+                    for literal in list(predicate.find_all(exp.Literal)):
+                        literal.replace(exp.Null())
         params: dict[str, bytes] = {}
         ctes = []
         for mask in self.masks.values():
-            relation, bound = self.relation(mask, master, purpose, subject=mask.table in subject_tables)
+            relation, bound = self.relation(mask, master, purpose, subject=mask.table in subject_tables, estimate=estimate)
             params.update(bound)
             ctes.append(exp.CTE(this=relation, alias=exp.TableAlias(this=exp.to_identifier(mask.masked_name, quoted=True))))
         existing = tree.args.get("with_")
@@ -204,6 +220,8 @@ def bind(tree: exp.Query, masks: dict[str, TableMask], policy_path: str) -> Boun
             if isinstance(source, exp.Table) and source.name in by_masked:
                 mask = by_masked[source.name]
                 bound.used.setdefault(mask.table, set()).add(column.name)
+                if mask.columns[column.name].action == "pseudonymize":
+                    column.meta[PSEUDONYM_META] = True
                 if mask.columns[column.name].action == "aggregate":
                     bound.aggregate_refs.append((column, mask))
     return bound
