@@ -49,6 +49,7 @@ class EgressPlan:
     sql: str  # as it runs in the silo: the masked relations, then the request (no key material)
     params: dict[str, bytes] = field(repr=False)  # the keys' padded blocks, bound as parameters
     estimate_sql: str = ""  # what the engine's planner estimates: see BoundQuery.sql
+    estimate_params: dict[str, bytes] = field(default_factory=dict, repr=False)
     columns: tuple[ColumnVerdict, ...] = ()
     masks: dict[str, TableMask] = field(default_factory=dict)
     dp: DPQuery | None = None
@@ -114,9 +115,10 @@ class EgressGate:
         except Refused as exc:
             raise EgressDenied(None, f"egress from {self.spec.name} to {destination} for {purpose} denied: {exc}") from None
         sql, params = (dp.sql, dp.params) if dp else bound.sql(self.key, purpose)
-        estimate_sql = sql if dp else bound.sql(self.key, purpose, estimate=True)[0]
+        estimate_sql, estimate_params = (sql, params) if dp else bound.sql(self.key, purpose, estimate=True)
         verdicts = self._verdicts(bound, dp)
-        return EgressPlan(self.spec.name, requester, purpose, destination, fragment, sql, params, estimate_sql, verdicts, masks, dp)
+        return EgressPlan(self.spec.name, requester, purpose, destination, fragment, sql, params, estimate_sql,
+                          estimate_params, verdicts, masks, dp)
 
     def _verdicts(self, bound: BoundQuery, dp: DPQuery | None) -> tuple[ColumnVerdict, ...]:
         """Per output column, the masks of the base columns it is made of (explanation only)."""
