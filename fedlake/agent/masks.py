@@ -22,11 +22,17 @@ from sqlglot.optimizer.scope import build_scope
 
 from fedlake.agent.subset import RESERVED_PREFIX, Refused, check_subset
 from fedlake.policy.model import Policy
-from fedlake.policy.transforms import derive_key, generalize_sql, hmac_sql, key_params
+from fedlake.policy.transforms import derive_key, generalize_sql, hmac_sql, key_params, normalized_sql
 
 MASKED_PREFIX = f"{RESERVED_PREFIX}_m_"
 SUBJECT = f"{RESERVED_PREFIX}_subject"
 PSEUDONYM_META = "fedlake_pseudonym"  # marks a query's references to pseudonymized columns
+DEFERRED_OUTPUT = "fedlake_deferred_output"  # marks an output column keyed at the output: its domain
+
+
+def key_param(domain: str) -> str:
+    """The query parameter names of one join domain's key."""
+    return f"{RESERVED_PREFIX}_k{hashlib.sha256(domain.encode()).hexdigest()[:12]}"
 _STRICTNESS = {"allow": 0, "generalize": 1, "pseudonymize": 1, "aggregate": 2, "deny": 3}
 
 
@@ -132,6 +138,7 @@ class BoundQuery:
     masks: dict[str, TableMask]  # by table name
     used: dict[str, set[str]]  # masked columns each table's relation must provide
     aggregate_refs: list[tuple[exp.Column, TableMask]] = field(default_factory=list)  # aggregate-only column uses
+    deferred: set[tuple[str, str]] = field(default_factory=set)  # pseudonyms keyed at the output (see defer)
 
     def relation(self, mask: TableMask, master: bytes, purpose: str, subject: bool = False,
                  estimate: bool = False) -> tuple[exp.Select, dict[str, bytes]]:
@@ -145,8 +152,10 @@ class BoundQuery:
             raw = exp.column(name, quoted=True)
             if column.action == "pseudonymize" and estimate:
                 value = raw
+            elif column.action == "pseudonymize" and (mask.table, name) in self.deferred:
+                value = normalized_sql(raw)
             elif column.action == "pseudonymize":
-                param = f"{RESERVED_PREFIX}_k{hashlib.sha256(column.domain.encode()).hexdigest()[:12]}"
+                param = key_param(column.domain)
                 params.update(key_params(derive_key(master, purpose, column.domain), param))
                 value = hmac_sql(raw, param)
             elif column.action == "generalize":
@@ -182,6 +191,13 @@ class BoundQuery:
                         table.set("this", exp.to_identifier(by_masked[table.name], quoted=True))
                 return tree.sql("duckdb"), {}
         params: dict[str, bytes] = {}
+        if not estimate:
+            for column in list(tree.find_all(exp.Column)):
+                domain = column.meta.get(DEFERRED_OUTPUT)
+                if domain:
+                    param = key_param(domain)
+                    params.update(key_params(derive_key(master, purpose, domain), param))
+                    column.replace(hmac_sql(column.copy(), param))
         ctes = []
         for mask in self.masks.values():
             relation, bound = self.relation(mask, master, purpose, subject=mask.table in subject_tables, estimate=estimate)
@@ -228,6 +244,7 @@ def bind(tree: exp.Query, masks: dict[str, TableMask], policy_path: str) -> Boun
     check_subset(qualified, bound=True)
     bound = BoundQuery(qualified, masks, {})
     by_masked = {mask.masked_name: mask for mask in masks.values()}
+    pseudonyms: dict[tuple[str, str], list[tuple[exp.Column, str]]] = {}
     root = build_scope(qualified)
     for scope in root.traverse() if root else ():
         for column in scope.columns:
@@ -237,9 +254,59 @@ def bind(tree: exp.Query, masks: dict[str, TableMask], policy_path: str) -> Boun
                 bound.used.setdefault(mask.table, set()).add(column.name)
                 if mask.columns[column.name].action == "pseudonymize":
                     column.meta[PSEUDONYM_META] = True
+                    pseudonyms.setdefault((mask.table, column.name), []).append((column, mask.columns[column.name].domain))
                 if mask.columns[column.name].action == "aggregate":
                     bound.aggregate_refs.append((column, mask))
+    if not bound.aggregate_refs:
+        bound.deferred = defer(qualified, pseudonyms)
     return bound
+
+
+def defer(tree: exp.Query, pseudonyms: dict[tuple[str, str], list[tuple[exp.Column, str]]]) -> set[tuple[str, str]]:
+    """The pseudonymized columns that may be keyed at the output instead of at the reference.
+
+    A keyed HMAC of the normalized value is one to one within its join domain, so equality between
+    two such columns of one domain, grouping and COUNT(DISTINCT ...) give the same answers over the
+    normalized raw values as over the tokens, and a group key hashed after grouping is the token the
+    masked relation would have shown. A column qualifies only if every reference to it is of that
+    kind, in the top-level SELECT, or is a top-level output (hashed there); anything else (a literal,
+    a function, an order, another domain, a subquery) sees the token as before. The result is
+    identical; only fewer values are hashed."""
+    if not isinstance(tree, exp.Select) or any(j.args.get("using") for j in tree.args.get("joins") or []):
+        return set()
+    domain_of = {id(column): domain for refs in pseudonyms.values() for column, domain in refs}
+    candidates = {key for key, refs in pseudonyms.items() if all(_equality_kind(c, tree) for c, _ in refs)}
+    while True:  # an equality qualifies only if its other side is a candidate of the same domain
+        owner = {id(c): key for key in candidates for c, _ in pseudonyms[key]}
+        dropped = {key for key in candidates for column, domain in pseudonyms[key]
+                   if isinstance(column.parent, exp.EQ) and not _partner_ok(column, domain, owner, domain_of)}
+        if not dropped:
+            break
+        candidates -= dropped
+    for key in candidates:
+        for column, domain in pseudonyms[key]:
+            if column.parent is tree or (isinstance(column.parent, exp.Alias) and column.parent.parent is tree):
+                column.meta[DEFERRED_OUTPUT] = domain
+    return candidates
+
+
+def _equality_kind(column: exp.Column, tree: exp.Select) -> bool:
+    if column.find_ancestor(exp.Select) is not tree:
+        return False
+    parent = column.parent
+    if isinstance(parent, exp.EQ):
+        return True
+    if isinstance(parent, exp.Group):
+        return True
+    if parent is tree or (isinstance(parent, exp.Alias) and parent.parent is tree):
+        return True
+    return isinstance(parent, exp.Distinct) and len(parent.expressions) == 1 and isinstance(parent.parent, exp.Count)
+
+
+def _partner_ok(column: exp.Column, domain: str, owner: dict[int, tuple[str, str]], domain_of: dict[int, str]) -> bool:
+    equality = column.parent
+    other = equality.expression if equality.this is column else equality.this
+    return isinstance(other, exp.Column) and id(other) in owner and domain_of.get(id(other)) == domain
 
 
 def _explain_unknown(tree: exp.Expression, masks: dict[str, TableMask], problem: str) -> Refused:

@@ -16,8 +16,7 @@ from fedlake.errors import ConfigError
 
 ACTIONS = ("allow", "pseudonymize", "generalize", "aggregate", "deny")
 GENERALIZE_METHODS = ("age_band", "prefix")
-SMALL_GROUPS = ("suppress", "refuse")
-RULE_KEYS = {"to", "from", "purposes", "action", "k"}
+RULE_KEYS = {"to", "from", "purposes", "action"}
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,6 @@ class Rule:
     to: tuple[str, ...] | str | None = None  # regions, or "same_region" / "other_region"
     from_: tuple[str, ...] | None = None
     purposes: tuple[str, ...] | None = None
-    k: int | None = None
 
     def matches(self, source_region: str, destination: str, purpose: str) -> bool:
         if self.purposes is not None and purpose not in self.purposes:
@@ -62,7 +60,6 @@ class Decision:
 
     action: str
     rule: str
-    k: int | None = None
     generalize: dict[str, Any] | None = None
 
 
@@ -88,8 +85,6 @@ class Policy:
     purposes: tuple[str, ...]
     clients: dict[str, Client]
     subjects: dict[str, str]
-    k: int
-    small_groups: str
     generalize: dict[str, dict[str, Any]]
     classification_rules: dict[str, tuple[Rule, ...]]
     overrides: dict[str, tuple[Rule, ...]]  # "silo.table.column" pattern -> rules
@@ -122,7 +117,6 @@ class Policy:
                 return Decision(
                     rule.action,
                     f"{self.path}: {rule.where}",
-                    k=(rule.k or self.k) if rule.action == "aggregate" else None,
                     generalize=self.generalize.get(column) if rule.action == "generalize" else None,
                 )
         return Decision("deny", f"{self.path}: no rule allows {silo}.{table}.{column} to {destination} for {purpose}")
@@ -148,7 +142,7 @@ def parse_policy(raw: Any, catalog: Catalog, path: str = "policies.yaml") -> Pol
     if not isinstance(raw, dict):
         raise ConfigError(path, "<file>", "expected a mapping")
     allowed_top = {"purposes", "clients", "subjects", "aggregate", "generalize", "classifications", "overrides",
-                   "join_domains", "dp"}
+                   "join_domains", "dp"}  # aggregate: only to say it is gone
     for key in raw:
         if key not in allowed_top:
             raise ConfigError(path, str(key), f"unknown key (allowed: {', '.join(sorted(allowed_top))})")
@@ -189,13 +183,9 @@ def parse_policy(raw: Any, catalog: Catalog, path: str = "policies.yaml") -> Pol
             raise ConfigError(path, f"subjects.{table}", f"unknown column '{column}' in {table}")
         subjects[str(table)] = str(column)
 
-    aggregate = raw.get("aggregate") or {}
-    k = aggregate.get("k", 10)
-    if not isinstance(k, int) or k < 2:
-        raise ConfigError(path, "aggregate.k", "expected a whole number of at least 2")
-    small_groups = aggregate.get("small_groups", "suppress")
-    if small_groups not in SMALL_GROUPS:
-        raise ConfigError(path, "aggregate.small_groups", f"expected one of {', '.join(SMALL_GROUPS)}")
+    if "aggregate" in raw:
+        raise ConfigError(path, "aggregate", "k-anonymity thresholds are gone: aggregate-only columns leave only as "
+                          "differentially private aggregates; declare `dp` (epsilon, delta, budget, bounds) instead")
 
     generalize = {}
     for column, spec in (raw.get("generalize") or {}).items():
@@ -233,8 +223,6 @@ def parse_policy(raw: Any, catalog: Catalog, path: str = "policies.yaml") -> Pol
         purposes=purposes,
         clients=clients,
         subjects=subjects,
-        k=k,
-        small_groups=small_groups,
         generalize=generalize,
         classification_rules=classification_rules,
         overrides=overrides,
@@ -317,10 +305,7 @@ def _parse_rules(path: str, key: str, rules: Any, purposes: tuple[str, ...], reg
             if not isinstance(from_, list) or any(r not in regions for r in from_):
                 raise ConfigError(path, f"{where}.from", f"expected a list of known regions ({', '.join(sorted(regions))})")
             from_ = tuple(from_)
-        k = rule.get("k")
-        if k is not None and (action != "aggregate" or not isinstance(k, int) or k < 2):
-            raise ConfigError(path, f"{where}.k", "k goes with action aggregate and is a whole number of at least 2")
-        parsed.append(Rule(where=where, action=action, to=to, from_=from_, purposes=rule_purposes, k=k))
+        parsed.append(Rule(where=where, action=action, to=to, from_=from_, purposes=rule_purposes))
     return tuple(parsed)
 
 

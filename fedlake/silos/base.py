@@ -11,6 +11,7 @@ import json
 import os
 
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ REQUEST_SECONDS = float(os.environ.get("FEDLAKE_REQUEST_SECONDS", "600"))
 
 
 def duckdb_stream(cursor, sql: str, params: dict | None, batch_rows: int, silo: str) -> tuple[pa.RecordBatchReader, Callable[[], None]]:
-    """Run `sql` on a DuckDB cursor under the request limit: its reader, and what ends it."""
+    """Run `sql` on a DuckDB cursor under the request limit: its reader, and what ends it (call it
+    when the stream ends, and tie it to the stream's generator with `ended_with`, since a stream
+    that is never read never runs its generator's `finally`)."""
     import duckdb
 
     deadline = interrupt_after(cursor)
@@ -42,6 +45,12 @@ def duckdb_stream(cursor, sql: str, params: dict | None, batch_rows: int, silo: 
         cursor.close()
 
     return reader, close
+
+
+def ended_with(batches: Iterator[pa.RecordBatch], close: Callable[[], None]) -> Iterator[pa.RecordBatch]:
+    """`close` runs when the generator is collected too, read or not (the timer holds its cursor)."""
+    weakref.finalize(batches, close)
+    return batches
 
 
 def interrupt_after(cursor, seconds: float | None = None) -> threading.Timer:

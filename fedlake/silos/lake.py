@@ -29,6 +29,7 @@ from fedlake.silos.base import (
     check_table_name,
     duckdb_estimate,
     duckdb_stream,
+    ended_with,
     stats_from_row,
     stats_sql,
 )
@@ -172,7 +173,7 @@ class LakeConnector(Connector):
             finally:
                 close()
 
-        return reader.schema, batches()
+        return reader.schema, ended_with(batches(), close)
 
     def _new_version(self) -> str:
         return "v-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]

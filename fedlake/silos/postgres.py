@@ -44,6 +44,7 @@ from fedlake.silos.base import (
     TableStats,
     check_table_name,
     duckdb_stream,
+    ended_with,
     stats_from_row,
     stats_sql,
 )
@@ -474,7 +475,7 @@ class PostgresConnector(Connector):
             finally:
                 close()
 
-        return schema, batches()
+        return schema, ended_with(batches(), close)
 
     def _replace(self, conn: psycopg.Connection, schema: str, staging: str, table: str) -> None:
         conn.execute(f"DROP TABLE IF EXISTS {quote_ident(schema)}.{quote_ident(table)}")
