@@ -118,7 +118,9 @@ def quote_ident(name: str) -> str:
 
 def _postgres_functions(node: exp.Expression) -> exp.Expression:
     """DuckDB functions sqlglot carries over by name but PostgreSQL spells otherwise: the masks'
-    UNHEX (bytes from hex) and ENCODE (text to UTF-8 bytes)."""
+    UNHEX (bytes from hex), ENCODE (text to UTF-8 bytes) and STRLEN (length in bytes)."""
+    if isinstance(node, exp.Anonymous) and node.name.lower() == "strlen":
+        return exp.func("octet_length", *node.expressions)
     if isinstance(node, exp.Unhex):
         return exp.func("decode", node.this, exp.Literal.string("hex"))
     if isinstance(node, exp.Encode) and node.text("charset").lower() in ("", "utf-8", "utf8"):
@@ -130,7 +132,7 @@ def to_postgres_sql(sql: str) -> str:
     """DuckDB dialect in, PostgreSQL dialect out; `$name` parameters become psycopg's `%(name)s`."""
     try:
         tree = sqlglot.parse_one(sql, read="duckdb")
-        for node in reversed(list(tree.find_all(exp.Unhex, exp.Encode))):  # innermost first: each where it stands
+        for node in reversed(list(tree.find_all(exp.Unhex, exp.Encode, exp.Anonymous))):  # innermost first: each where it stands
             node.replace(_postgres_functions(node))
         return tree.sql("postgres")
     except sqlglot.errors.ParseError as exc:
