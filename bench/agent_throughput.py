@@ -26,8 +26,8 @@ from fedlake.synth.seed import seed_demo_bank
 
 REPO = Path(__file__).resolve().parent.parent
 FRAGMENTS = {
-    "allowed": ("SELECT txn_id, account_id, ts, amount, currency, direction, channel FROM transactions", "aml", "same"),
-    "rewritten": ("SELECT txn_id, account_id, ts, amount, currency, direction, channel FROM transactions", "credit_scoring", "EU"),
+    "allowed": ("SELECT txn_id, ts, amount, currency, direction, channel FROM transactions", "aml"),
+    "rewritten": ("SELECT txn_id, account_id, ts, amount, currency, direction, channel FROM transactions", "credit_scoring"),
 }
 
 
@@ -78,8 +78,8 @@ def main() -> int:
             direct = open_silo(spec, "local", home)
             local = local_agent_client(catalog, policy, silo, home)
             remote = FlightAgentClient(silo, location, token, tls["ca"])
-            for name, (sql, purpose, to) in FRAGMENTS.items():
-                destination = spec.region if to == "same" else to
+            for name, (sql, purpose) in FRAGMENTS.items():
+                destination = catalog.governed_region  # the coordinator's region: its identity decides
                 rows, t_direct = timed(lambda: drain(direct.execute(sql)), args.repeat)
                 _, t_local = timed(lambda: drain(local.query(sql, purpose, destination)), args.repeat)
                 _, t_remote = timed(lambda: drain(remote.query(sql, purpose, destination)), args.repeat)
