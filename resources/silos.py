@@ -15,6 +15,7 @@ from pydantic import PrivateAttr
 
 from fedlake.agent import AgentClient, FlightAgentClient, InProcessAgentClient, build_agent, client_token, ledger_for
 from fedlake.audit import open_ledger
+from fedlake.signing import signing_key
 from fedlake.catalog import load_catalog
 from fedlake.policy.model import load_policy
 from fedlake.silos import connector_for
@@ -61,7 +62,8 @@ class SiloResource(dg.ConfigurableResource):
             "local",
             home,
             connector=connector_for(self.kind, self.silo, self.region, self._settings(), home),
-            ledger=open_ledger(self.ledger) if self.ledger else ledger_for(home),
+            # the in-process agent signs its own chain, as an agent process would
+            ledger=open_ledger(self.ledger, signer=signing_key(home, self.silo)) if self.ledger else ledger_for(home, self.silo),
         )
         return InProcessAgentClient(agent, self.agent_token or client_token(policy, COORDINATOR, "local", home))
 
