@@ -54,14 +54,6 @@ class Workspace:
         finally:
             cursor.close()
 
-    def smallest_group(self, sql: str, subjects: str) -> int | None:
-        """The fewest subjects any group of `sql` holds (its `subjects` column), before anything leaves."""
-        cursor = self._db.cursor()
-        try:
-            return cursor.execute(f"SELECT min({_ident(subjects)}) FROM ({sql}) AS q").fetchone()[0]
-        finally:
-            cursor.close()
-
     def run(self, sql: str, finished: Callable[[int, int], None]) -> pa.RecordBatchReader:
         """Stream the residual's result; the workspace closes when the stream ends (or fails to start)."""
         try:

@@ -23,6 +23,7 @@ from fedlake.agent.failures import AgentFailure, contain, guarded
 from fedlake.agent.gate import EgressDenied, EgressGate, EgressPlan
 from fedlake.agent.peers import CAPABILITY_SCHEME, Transfer, TransferRefused, Transfers
 from fedlake.agent.placed import run_placed_residual
+from fedlake.agent.silo_actions import register_silo_actions
 from fedlake.agent.subset import Refused, parse_subset
 from fedlake.arrow_types import arrow_width, sql_type
 from fedlake.audit import Budget, BudgetExceeded, Ledger
@@ -89,8 +90,6 @@ class SiloAgent:
         self.peer_ca = peer_ca  # the CA that signs peer agents' certificates
         self.residual_reports: dict[str, dict[str, Any]] = {}  # what each residual placed here received
         self._actions: dict[str, ActionHandler] = {}
-        from fedlake.agent.silo_actions import register_silo_actions
-
         register_silo_actions(self)
         for name, handler in {
             "semijoin_keys": self._semijoin_keys,
