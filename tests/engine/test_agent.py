@@ -219,7 +219,8 @@ def test_amounts_that_may_leave_only_aggregated_leave_with_differential_privacy_
     counts = {r["channel"]: r["n"] for r in exact.to_pylist()}
     released = {r["channel"]: r for r in table.to_pylist()}
     assert released and set(released) <= set(counts)
-    assert all(r["n"] <= counts[channel] + 50 and r["us_amount"] >= 0 for channel, r in released.items())
+    # each account keeps at most 5 rows, and the counts carry Laplace noise of scale 15: far under the raw counts
+    assert all(r["n"] <= counts[channel] + 150 for channel, r in released.items())
     across = ("SELECT e.channel, sum(u.amount) AS us_amount FROM (SELECT DISTINCT channel FROM eu_core.transactions) e "
               "JOIN us_lake.transactions u ON u.channel = e.channel GROUP BY e.channel")
     with pytest.raises(EgressDenied, match="us_lake.transactions.amount may leave only through differentially private"):
