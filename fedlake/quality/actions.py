@@ -1,9 +1,9 @@
 """The agent action `validate`: a silo's agent runs its table's suite in place and answers with results.
 
 The suites live with the agent (next to the silo), so the coordinator names a table, not a suite,
-and cannot ask for a looser one. Like every answer that may carry values out of the silo, the
-result is decided per column by the policy for the caller's declared purpose and destination, and
-written to the audit ledger.
+and cannot ask for a looser one. Only a coordinator may ask. Like every answer that may carry values
+out of the silo, the result is decided per column by the policy for the caller's declared purpose
+and its own region (a request naming another is refused), and written to the audit ledger.
 """
 
 from __future__ import annotations
@@ -17,17 +17,19 @@ from fedlake.quality.suites import QualitySuites
 from fedlake.quality.validate import QualityError, validate_in_place
 
 VALIDATE_ACTION = "validate"
-BODY_KEYS = ("table", "purpose", "destination")
+BODY_KEYS = ("table", "purpose")
 
 
 def register_quality_actions(agent: SiloAgent, suites: QualitySuites) -> None:
-    """Register `validate` (body: table, purpose, destination) on a silo agent."""
+    """Register `validate` (body: table, purpose) on a silo agent."""
 
     def validate(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         missing = [k for k in BODY_KEYS if not isinstance(body.get(k), str) or not body.get(k)]
         if missing:
             raise FedlakeError(f"agent {agent.spec.name}: action '{VALIDATE_ACTION}' needs {', '.join(missing)} (body: {', '.join(BODY_KEYS)})")
-        table, purpose, destination = body["table"], body["purpose"], body["destination"]
+        agent.check_role(caller, "coordinate", "validate tables in place")
+        table, purpose = body["table"], body["purpose"]
+        destination = agent.destination(caller, body.get("destination"))
         if purpose not in caller.purposes:
             raise Forbidden(
                 f"agent {agent.spec.name}: client '{caller.identity}' may not declare purpose '{purpose}' "

@@ -159,6 +159,8 @@ def attacks() -> list[Attack]:
             "id": "y", "purpose": "analytics", "sql": "SELECT * FROM __f1", "local": [], "semijoins": [],
             "imports": [{"name": "__f1", "silo": "eu_core", "location": "grpc+tls://203.0.113.7:443", "ticket": "t", "schema": {}}]}, expect="refused"))
         out.append(Attack("coordination", s, action="pii_scan", body={"table": "customers"}, expect="refused"))
+        out.append(Attack("coordination", s, action="validate", body={"table": "customers", "purpose": "analytics", "destination": "US"},
+                          expect="refused"))
         # 6. the destination comes from the identity
         for region in ("US", "SG", "ANYWHERE"):
             out.append(Attack("destination", s, "SELECT customer_id, income FROM customers", destination=region, expect="refused"))

@@ -256,9 +256,12 @@ def test_the_agent_validates_in_place_and_ledgers_what_left(agent_client):
 
 def test_the_agent_refuses_what_the_caller_may_not_ask(agent_client):
     analyst = agent_client("sg_lake", identity="analyst")
-    with pytest.raises(Forbidden, match="may not declare purpose 'aml'"):
-        analyst.action(VALIDATE_ACTION, table="transactions", purpose="aml", destination="EU")
+    with pytest.raises(Forbidden, match="lacks the role 'coordinate'"):
+        analyst.action(VALIDATE_ACTION, table="transactions", purpose="analytics", destination="EU")
+    coordinator = agent_client("sg_lake")
+    with pytest.raises(Forbidden, match="receives its results in EU, not US"):
+        coordinator.action(VALIDATE_ACTION, table="customers", purpose="analytics", destination="US")
     with pytest.raises(FedlakeError, match="no expectation suite for table 'loans'"):
-        analyst.action(VALIDATE_ACTION, table="loans", purpose="analytics", destination="EU")
-    with pytest.raises(FedlakeError, match="needs destination"):
-        analyst.action(VALIDATE_ACTION, table="transactions", purpose="analytics")
+        coordinator.action(VALIDATE_ACTION, table="loans", purpose="analytics")
+    with pytest.raises(FedlakeError, match="needs table"):
+        coordinator.action(VALIDATE_ACTION, purpose="analytics")
