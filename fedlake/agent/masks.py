@@ -26,7 +26,7 @@ from fedlake.policy.transforms import derive_key, generalize_sql, hmac_sql, key_
 
 MASKED_PREFIX = f"{RESERVED_PREFIX}_m_"
 SUBJECT = f"{RESERVED_PREFIX}_subject"
-PSEUDONYM_META = "fedlake_pseudonym"  # marks a query's references to pseudonymized columns
+PSEUDONYM_META = "fedlake_pseudonym"  # marks a query's references to pseudonymized columns: their domain
 DEFERRED_OUTPUT = "fedlake_deferred_output"  # marks an output column keyed at the output: its domain
 
 
@@ -173,13 +173,16 @@ class BoundQuery:
             estimate: bool = False) -> tuple[str, dict[str, bytes]]:
         """The whole statement: the masked relations as CTEs ahead of the caller's query. The
         `estimate` form, for the engine's planner only, reads pseudonymized columns raw and compares
-        them with no literal (each becomes NULL), so that no estimate can tell how often a chosen
-        raw value occurs."""
+        them with no literal (each becomes NULL) and with no column of another join domain (the
+        comparison becomes NULL), so that no estimate can tell how often a chosen raw value occurs
+        or whether differently keyed columns share raw values."""
         tree = (tree or self.tree).copy()
         if estimate:
-            for column in list(tree.find_all(exp.Column)):
-                predicate = column.find_ancestor(exp.Predicate)
-                if column.meta.get(PSEUDONYM_META) and predicate is not None:
+            for predicate in list(tree.find_all(exp.Predicate)):
+                domains = {c.meta[PSEUDONYM_META] for c in predicate.find_all(exp.Column) if c.meta.get(PSEUDONYM_META)}
+                if len(domains) > 1:  # raw values of differently keyed columns: their tokens never meet
+                    predicate.replace(exp.Null())
+                elif domains:
                     for literal in list(predicate.find_all(exp.Literal)):
                         literal.replace(exp.Null())
             if self._plain_for_estimate(subject_tables):
@@ -253,7 +256,7 @@ def bind(tree: exp.Query, masks: dict[str, TableMask], policy_path: str) -> Boun
                 mask = by_masked[source.name]
                 bound.used.setdefault(mask.table, set()).add(column.name)
                 if mask.columns[column.name].action == "pseudonymize":
-                    column.meta[PSEUDONYM_META] = True
+                    column.meta[PSEUDONYM_META] = mask.columns[column.name].domain
                     pseudonyms.setdefault((mask.table, column.name), []).append((column, mask.columns[column.name].domain))
                 if mask.columns[column.name].action == "aggregate":
                     bound.aggregate_refs.append((column, mask))
