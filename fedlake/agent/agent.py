@@ -234,7 +234,8 @@ class SiloAgent:
     def estimate(self, plan: EgressPlan, schema: pa.Schema | None = None) -> tuple[int, int]:
         """Rows and bytes the plan would send, from the silo engine's own planner over the masked
         statement (so the estimate, too, sees only masked values)."""
-        rows = self.connector.estimate_rows(plan.estimate_sql, params=plan.estimate_params)
+        sql, params = plan.estimate_statement()
+        rows = self.connector.estimate_rows(sql, params=params)
         if rows is None:
             rows = max((self.connector.row_count(t) for t in plan.masks), default=1)
         schema = schema if schema is not None else self.planned_schema(plan)

@@ -17,14 +17,13 @@ from typing import Any
 from sqlglot import exp
 
 from fedlake.agent.dp_query import DPQuery, plan_dp
-from fedlake.agent.lineage import LineageError, analyse
-from fedlake.agent.masks import BoundQuery, TableMask, bind, table_mask
+from fedlake.agent.lineage import LineageError, trace
+from fedlake.agent.masks import STRICTNESS, BoundQuery, TableMask, bind, table_mask
 from fedlake.agent.subset import Refused
 from fedlake.catalog import SiloSpec
 from fedlake.errors import FedlakeError
 from fedlake.policy.model import Policy
 
-_ORDER = {"allow": 0, "generalize": 1, "pseudonymize": 1, "aggregate": 2, "deny": 3}
 
 
 @dataclass(frozen=True)
@@ -48,12 +47,17 @@ class EgressPlan:
     fragment: str  # as requested
     sql: str  # as it runs in the silo: the masked relations, then the request (no key material)
     params: dict[str, bytes] = field(repr=False)  # the keys' padded blocks, bound as parameters
-    estimate_sql: str = ""  # what the engine's planner estimates: see BoundQuery.sql
-    estimate_params: dict[str, bytes] = field(default_factory=dict, repr=False)
+    bound: BoundQuery | None = field(default=None, repr=False)
     columns: tuple[ColumnVerdict, ...] = ()
     masks: dict[str, TableMask] = field(default_factory=dict)
     dp: DPQuery | None = None
     notes: list[str] = field(default_factory=list)
+
+    def estimate_statement(self) -> tuple[str, dict[str, bytes]]:
+        """What the engine's planner estimates (see BoundQuery.sql), made only when asked."""
+        if self.dp is not None or self.bound is None:
+            return self.sql, self.params
+        return self.bound.sql(b"", self.purpose, estimate=True)  # an estimate binds no key
 
     def mask_actions(self) -> dict[str, str]:
         """{table.column: action} for every column the request reads: what a destination changes."""
@@ -115,24 +119,21 @@ class EgressGate:
         except Refused as exc:
             raise EgressDenied(None, f"egress from {self.spec.name} to {destination} for {purpose} denied: {exc}") from None
         sql, params = (dp.sql, dp.params) if dp else bound.sql(self.key, purpose)
-        estimate_sql, estimate_params = (sql, params) if dp else bound.sql(self.key, purpose, estimate=True)
         verdicts = self._verdicts(bound, dp)
-        return EgressPlan(self.spec.name, requester, purpose, destination, fragment, sql, params, estimate_sql,
-                          estimate_params, verdicts, masks, dp)
+        return EgressPlan(self.spec.name, requester, purpose, destination, fragment, sql, params, bound, verdicts, masks, dp)
 
     def _verdicts(self, bound: BoundQuery, dp: DPQuery | None) -> tuple[ColumnVerdict, ...]:
         """Per output column, the masks of the base columns it is made of (explanation only)."""
         by_masked = {m.masked_name: m for m in bound.masks.values()}
-        schema = {m.masked_name: m.visible() for m in bound.masks.values()}
         try:
-            outputs = [(c.name, [(u.table, u.column) for u in c.uses]) for c in analyse(bound.tree.sql("duckdb"), schema).columns]
+            outputs = [(c.name, [(u.table, u.column) for u in c.uses]) for c in trace(bound.tree.copy()).columns]
         except LineageError:
             used = [(m.masked_name, c) for m in bound.masks.values() for c in sorted(bound.used.get(m.table, ()))]
             outputs = [(name, used) for name in bound.tree.named_selects]
         verdicts = []
         for name, uses in outputs:
             masks = [by_masked[t].columns[c] for t, c in uses if t in by_masked and c in by_masked[t].columns]
-            action = max((m.action for m in masks), key=_ORDER.__getitem__, default="allow")
+            action = max((m.action for m in masks), key=STRICTNESS.__getitem__, default="allow")
             if dp is not None and name not in dp.keys:
                 action = "aggregate"
             sources = tuple(sorted({f"{self.spec.name}.{by_masked[t].table}.{c}" for t, c in uses if t in by_masked}))

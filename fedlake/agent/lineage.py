@@ -79,6 +79,11 @@ def analyse(sql: str, schema: dict[str, dict[str, str]]) -> QueryLineage:
         tree = qualify(tree, schema=schema, dialect="duckdb", validate_qualify_columns=True, quote_identifiers=True)
     except (OptimizeError, KeyError) as exc:
         raise LineageError(f"fragment does not fit the silo's tables: {exc}") from None
+    return trace(tree)
+
+
+def trace(tree: exp.Expression) -> QueryLineage:
+    """Trace every output column of a query already qualified against its tables."""
     root = build_scope(tree)
     if root is None:
         raise LineageError("cannot build the fragment's scopes")

@@ -20,6 +20,7 @@ from sqlglot.errors import OptimizeError
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import build_scope
 
+from fedlake.agent.lineage import name_outputs
 from fedlake.agent.subset import RESERVED_PREFIX, Refused, check_subset
 from fedlake.policy.model import Policy
 from fedlake.policy.transforms import derive_key, generalize_sql, hmac_sql, key_params, normalized_sql
@@ -33,7 +34,7 @@ DEFERRED_OUTPUT = "fedlake_deferred_output"  # marks an output column keyed at t
 def key_param(domain: str) -> str:
     """The query parameter names of one join domain's key."""
     return f"{RESERVED_PREFIX}_k{hashlib.sha256(domain.encode()).hexdigest()[:12]}"
-_STRICTNESS = {"allow": 0, "generalize": 1, "pseudonymize": 1, "aggregate": 2, "deny": 3}
+STRICTNESS = {"allow": 0, "generalize": 1, "pseudonymize": 1, "aggregate": 2, "deny": 3}
 
 
 class MaskDenied(Refused):
@@ -124,7 +125,7 @@ def _derived(policy: Policy, silo: str, table: str, column: str, sql_type: str, 
         action = "allow" if mask.action in ("pseudonymize", "generalize") and was == mask.action else mask.action
         if action in ("pseudonymize", "generalize"):
             action = "deny"  # stored raw, but the policy rewrites it for this destination
-        if _STRICTNESS[action] > _STRICTNESS[strictest.action]:
+        if STRICTNESS[action] > STRICTNESS[strictest.action]:
             strictest = ColumnMask(column, action, mask.rule, sql_type,
                                    reason=f"made from {silo}.{use['table']}.{use['column']}")
     return strictest
@@ -223,7 +224,7 @@ class BoundQuery:
 def bind(tree: exp.Query, masks: dict[str, TableMask], policy_path: str) -> BoundQuery:
     """Point every table reference at its masked relation and qualify the query against the masked
     schemas; naming a denied column is a MaskDenied naming the column and its rule."""
-    tree = tree.copy()
+    tree = name_outputs(tree.copy())  # the names DuckDB shows, whichever engine runs it
     ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
     clash = ctes & set(masks)
     if clash:
