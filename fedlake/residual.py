@@ -10,6 +10,7 @@ its memory limit, so memory is bounded by the query, not by the silos.
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections.abc import Callable
 
 import duckdb
@@ -35,15 +36,28 @@ class Workspace:
         # closed only once the spill folder is set: DuckDB refuses that folder to a closed database
         self._db.execute("SET enable_external_access = false")
         self._db.execute("SET lock_configuration = true")
+        self._cursors: set[duckdb.DuckDBPyConnection] = set()
+        self._lock = threading.Lock()
 
     def load(self, name: str, reader: pa.RecordBatchReader, arrived: Callable[[int, int], None]) -> None:
         """Load a fragment's stream as table `name` (from any thread); `arrived(rows, bytes)` as it comes."""
         cursor = self._db.cursor()
+        with self._lock:
+            self._cursors.add(cursor)
         try:
             cursor.register("incoming", pa.RecordBatchReader.from_batches(reader.schema, counted(reader, arrived)))
             cursor.execute(f"CREATE TABLE {_ident(name)} AS SELECT * FROM incoming")
         finally:
+            with self._lock:
+                self._cursors.discard(cursor)
             cursor.close()
+            reader.close()
+
+    def interrupt(self) -> None:
+        """Stop every load under way (another fragment failed: the query cannot succeed)."""
+        with self._lock:
+            for cursor in self._cursors:
+                cursor.interrupt()
 
     def distinct(self, columns: list[tuple[str, str]]) -> pa.ChunkedArray:
         """The distinct values of these (table, column)s together: the keys of a semi-join."""

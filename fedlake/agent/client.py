@@ -1,7 +1,8 @@
 """Clients of a silo agent: over Flight (prod) or in-process (local), with the same interface.
 
 Both go through the agent's authentication, purpose check, gate and ledger; the in-process client
-only skips the network.
+only skips the network. Both speak the typed protocol (fedlake.agent.protocol): a fragment is
+planned once, and its ticket redeems it. Every failure names the silo.
 """
 
 from __future__ import annotations
@@ -16,38 +17,64 @@ import pyarrow.flight as flight
 
 from fedlake.agent.agent import Forbidden, SiloAgent, Unauthenticated
 from fedlake.agent.gate import EgressDenied
-from fedlake.agent.peers import in_process_location
+from fedlake.agent.peers import in_process_location, put_keys
+from fedlake.agent.protocol import (
+    Decision, ExplainFragment, KeysFor, PlanFragment, PlannedFragment, PrepareTransfer, Redeem, ResidualReport, RunResidual,
+)
 from fedlake.errors import FedlakeError
+from fedlake.keyset import KeySet
+
+DEFAULT_TIMEOUT = 300.0
+
+
+class AgentUnavailable(FedlakeError):
+    """The agent did not answer: down, unreachable, or past the deadline."""
 
 
 class AgentClient(ABC):
     silo: str
     location: str  # where the other agents reach this one, for transfers
 
+    @abstractmethod
+    def prepare(self, request: PlanFragment) -> PlannedFragment:
+        """Plan a fragment once: its decisions, schema, estimate if asked, and the ticket that redeems it."""
 
     @abstractmethod
-    def query(self, sql: str, purpose: str, destination: str, keep: list[dict[str, Any]] | None = None) -> pa.RecordBatchReader:
-        """Stream a fragment's result, as the gate lets it out (`keep`: semi-joins it waits for)."""
+    def attach_keys(self, ticket: str, column: str, keys: KeySet, condition: str = "") -> None:
+        """Semi-join keys a planned fragment's rows must match on `column`."""
 
     @abstractmethod
-    def estimate(self, sql: str, purpose: str, destination: str) -> dict[str, Any]:
-        """Plan without running: estimated rows and bytes and the schema it sends, or the refusal."""
+    def fetch(self, ticket: str) -> pa.RecordBatchReader:
+        """Run a planned fragment (once) and stream what the gate lets out."""
 
     @abstractmethod
     def action(self, name: str, **body: Any) -> Any: ...
 
     @abstractmethod
-    def residual(self, request: dict[str, Any]) -> pa.RecordBatchReader:
+    def residual(self, request: RunResidual) -> pa.RecordBatchReader:
         """Run a residual placed in this silo (see fedlake.agent.placed) and stream its result."""
 
-    def prepare_transfer(
-        self, sql: str, purpose: str, destination: str, final: str, receiver: str, keep: list[dict[str, Any]] | None = None
-    ) -> str:
-        """A one-time capability for a fragment bound for silo `receiver`'s agent (region `destination`),
-        where a residual reads it whose result goes to the governed zone (region `final`)."""
-        body = {"sql": sql, "purpose": purpose, "destination": destination, "final": final, "receiver": receiver,
-                "keep": keep or []}
-        return self.action("prepare_transfer", **body)["ticket"]
+    def query(self, sql: str, purpose: str, destination: str | None = None) -> pa.RecordBatchReader:
+        """Plan and run a fragment at once (no estimate, no keys)."""
+        return self.fetch(self.prepare(PlanFragment(sql, purpose, destination or "", estimate=False)).ticket)
+
+    def estimate(self, sql: str, purpose: str, destination: str | None = None) -> PlannedFragment:
+        return self.prepare(PlanFragment(sql, purpose, destination or ""))
+
+    def explain(self, sql: str, purpose: str, region: str = "") -> Decision:
+        """The gate's decision for a fragment and a region (the caller's own by default)."""
+        return Decision.from_fields(self.action("explain", **ExplainFragment(sql, purpose, region)._fields()))
+
+    def prepare_transfer(self, sql: str, purpose: str, receiver: str) -> str:
+        """A one-time capability for a fragment bound for silo `receiver`'s agent."""
+        return self.action("prepare_transfer", **PrepareTransfer(sql, purpose, receiver)._fields())["ticket"]
+
+    def residual_report(self, rid: str) -> ResidualReport:
+        return ResidualReport.from_fields(self.action("residual_report", id=rid))
+
+    def tables(self, names: list[str]) -> dict[str, dict[str, str]]:
+        """{table: {column: SQL type}} for those of `names` the silo holds, in one call."""
+        return self.action("tables", names=sorted(names))
 
     def list_tables(self) -> list[str]:
         return self.action("list_tables")
@@ -73,10 +100,6 @@ class AgentClient(ABC):
     def pii_scan(self, table: str) -> dict[str, Any]:
         return self.action("pii_scan", table=table)
 
-    def explain(self, sql: str, purpose: str, destination: str) -> dict[str, Any]:
-        """The gate's decision per output column, and the SQL the silo would run."""
-        return self.action("explain", sql=sql, purpose=purpose, destination=destination)
-
     def egress(self) -> tuple[int, int]:
         """Rows and bytes that have left the silo through its agent so far."""
         counters = self.action("egress")
@@ -93,79 +116,96 @@ class InProcessAgentClient(AgentClient):
         self.caller = agent.authenticate(token)
         self.location = in_process_location(agent)
 
-    def query(self, sql: str, purpose: str, destination: str, keep: list[dict[str, Any]] | None = None) -> pa.RecordBatchReader:
-        schema, batches = self.agent.stream(self.caller, sql, purpose, destination, keep)
+    def prepare(self, request: PlanFragment) -> PlannedFragment:
+        return self.agent.prepare(self.caller, request)
+
+    def attach_keys(self, ticket: str, column: str, keys: KeySet, condition: str = "") -> None:
+        self.agent.fragments.attach(self.caller, KeysFor(ticket, column, condition), keys)
+
+    def fetch(self, ticket: str) -> pa.RecordBatchReader:
+        schema, batches = self.agent.fragments.redeem(self.caller, ticket)
         return pa.RecordBatchReader.from_batches(schema, batches)
 
-    def estimate(self, sql: str, purpose: str, destination: str) -> dict[str, Any]:
-        plan, schema, rows, nbytes = self.agent.estimated(self.caller, sql, purpose, destination)
-        return {"rows": rows, "bytes": nbytes, "schema": schema, "plan": plan}
-
     def action(self, name: str, **body: Any) -> Any:
-        return json.loads(json.dumps(self.agent.action(self.caller, name, body), default=str))
+        return json.loads(json.dumps(self.agent.action(self.caller, name, json.loads(json.dumps(body))), default=str))
 
-    def residual(self, request: dict[str, Any]) -> pa.RecordBatchReader:
-        schema, batches = self.agent.residual(self.caller, json.loads(json.dumps(request)))
+    def residual(self, request: RunResidual) -> pa.RecordBatchReader:
+        schema, batches = self.agent.residual(self.caller, RunResidual.from_wire(request.to_wire()))
         return pa.RecordBatchReader.from_batches(schema, batches)
 
     def close(self) -> None:
         self.agent.connector.close()
 
 
-def _from_flight(exc: flight.FlightError) -> FedlakeError:
-    message = str(exc).split(". Detail:")[0]
-    if isinstance(exc, flight.FlightUnauthenticatedError):
-        return Unauthenticated(message)
-    if isinstance(exc, flight.FlightUnauthorizedError):
-        return EgressDenied(None, message) if "denied" in message else Forbidden(message)
-    return FedlakeError(message)
-
-
 class FlightAgentClient(AgentClient):
-    def __init__(self, silo: str, location: str, token: str, ca_cert: str | Path | None = None, timeout: float = 300):
+    def __init__(self, silo: str, location: str, token: str, ca_cert: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT):
         self.silo = silo
         self.location = location
         kwargs: dict[str, Any] = {}
         if ca_cert:
             kwargs["tls_root_certs"] = Path(ca_cert).read_bytes()
         self._client = flight.FlightClient(location, **kwargs)
-        self._options = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())], timeout=timeout)
+        self._headers = [(b"authorization", f"Bearer {token}".encode())]
+        self.timeout = timeout
 
-    def _descriptor(
-        self, sql: str, purpose: str, destination: str, keep: list[dict[str, Any]] | None = None
-    ) -> flight.FlightDescriptor:
-        request: dict[str, Any] = {"sql": sql, "purpose": purpose, "destination": destination}
-        if keep:
-            request["keep"] = keep
-        return flight.FlightDescriptor.for_command(json.dumps(request))
+    def _options(self, timeout: float | None = None) -> flight.FlightCallOptions:
+        return flight.FlightCallOptions(headers=self._headers, timeout=timeout or self.timeout)
 
-    def query(self, sql: str, purpose: str, destination: str, keep: list[dict[str, Any]] | None = None) -> pa.RecordBatchReader:
+    def _error(self, exc: flight.FlightError) -> FedlakeError:
+        """A Flight error as a fedlake error naming the silo (refusals keep the agent's one line)."""
+        message = str(exc).split(". Detail:")[0].strip()
+        if isinstance(exc, flight.FlightUnauthenticatedError):
+            return Unauthenticated(message)
+        if isinstance(exc, flight.FlightUnauthorizedError):
+            return EgressDenied(None, message) if "denied" in message else Forbidden(message)
+        if isinstance(exc, flight.FlightUnavailableError):
+            return AgentUnavailable(f"silo {self.silo}: its agent at {self.location} is unreachable")
+        if isinstance(exc, flight.FlightTimedOutError):
+            return AgentUnavailable(f"silo {self.silo}: its agent at {self.location} did not answer within {self.timeout:.0f} s")
+        if isinstance(exc, flight.FlightCancelledError):
+            return AgentUnavailable(f"silo {self.silo}: the request to its agent at {self.location} was cancelled")
+        return FedlakeError(message if message.startswith(("agent ", "silo ")) else f"silo {self.silo}: {message}")
+
+    def prepare(self, request: PlanFragment) -> PlannedFragment:
         try:
-            info = self._client.get_flight_info(self._descriptor(sql, purpose, destination, keep), self._options)
-            reader = self._client.do_get(info.endpoints[0].ticket, self._options)
-            return reader.to_reader()
+            info = self._client.get_flight_info(flight.FlightDescriptor.for_command(request.to_wire()), self._options())
         except flight.FlightError as exc:
-            raise _from_flight(exc) from None
+            raise self._error(exc) from None
+        return PlannedFragment.from_wire(info.app_metadata)
 
-    def estimate(self, sql: str, purpose: str, destination: str) -> dict[str, Any]:
+    def attach_keys(self, ticket: str, column: str, keys: KeySet, condition: str = "") -> None:
         try:
-            info = self._client.get_flight_info(self._descriptor(sql, purpose, destination), self._options)
+            put_keys(self._client, self._options(), KeysFor(ticket, column, condition), keys)
         except flight.FlightError as exc:
-            raise _from_flight(exc) from None
-        return {"rows": info.total_records, "bytes": info.total_bytes, "schema": info.schema}
+            raise self._error(exc) from None
+
+    def fetch(self, ticket: str) -> pa.RecordBatchReader:
+        try:
+            reader = self._client.do_get(flight.Ticket(Redeem(ticket).to_wire()), self._options()).to_reader()
+        except flight.FlightError as exc:
+            raise self._error(exc) from None
+        return pa.RecordBatchReader.from_batches(reader.schema, self._named(reader))
+
+    def _named(self, reader: pa.RecordBatchReader):
+        """The stream, with a failure mid-way named for its silo."""
+        try:
+            yield from reader
+        except flight.FlightError as exc:
+            raise self._error(exc) from None
 
     def action(self, name: str, **body: Any) -> Any:
         try:
-            results = list(self._client.do_action(flight.Action(name, json.dumps(body).encode()), self._options))
+            results = list(self._client.do_action(flight.Action(name, json.dumps(body).encode()), self._options()))
         except flight.FlightError as exc:
-            raise _from_flight(exc) from None
+            raise self._error(exc) from None
         return json.loads(results[0].body.to_pybytes())
 
-    def residual(self, request: dict[str, Any]) -> pa.RecordBatchReader:
+    def residual(self, request: RunResidual) -> pa.RecordBatchReader:
         try:
-            return self._client.do_get(flight.Ticket(json.dumps({"residual": request})), self._options).to_reader()
+            reader = self._client.do_get(flight.Ticket(request.to_wire()), self._options()).to_reader()
         except flight.FlightError as exc:
-            raise _from_flight(exc) from None
+            raise self._error(exc) from None
+        return pa.RecordBatchReader.from_batches(reader.schema, self._named(reader))
 
     def close(self) -> None:
         self._client.close()

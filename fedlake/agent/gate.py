@@ -19,23 +19,12 @@ from sqlglot import exp
 from fedlake.agent.dp_query import DPQuery, plan_dp
 from fedlake.agent.lineage import LineageError, trace
 from fedlake.agent.masks import STRICTNESS, BoundQuery, TableMask, bind, table_mask
+from fedlake.agent.protocol import ColumnVerdict
 from fedlake.agent.subset import Refused
 from fedlake.catalog import SiloSpec
 from fedlake.errors import FedlakeError
 from fedlake.policy.model import Policy
 
-
-
-@dataclass(frozen=True)
-class ColumnVerdict:
-    output: str
-    action: str  # allow | pseudonymize | generalize | aggregate (DP) | deny
-    sources: tuple[str, ...]  # silo.table.column
-    rules: tuple[str, ...]
-    reason: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"output": self.output, "action": self.action, "sources": list(self.sources), "rules": list(self.rules), "reason": self.reason}
 
 
 @dataclass

@@ -5,14 +5,11 @@ Only a coordinator may place a residual. The other silos' fragments come under c
 senders checked that their masks for this silo's region are those for the coordinator's own; this
 silo's own fragments are planned exactly as if they were leaving for the coordinator. So the
 residual reads nothing the coordinator could not have received itself, and its result may go
-there. It runs in a closed DuckDB; the semi-join filters its remote fragments wait for are built
-here and sent to their agents. Peers are dialled only at the agent locations of catalogued silos.
+there. It runs in a closed DuckDB; the semi-join keys that reduce its remote fragments are
+gathered here and attached to them before they are fetched. Peers are dialled only at the agent locations of catalogued silos.
 
-The request, from the coordinator:
-  {"id", "purpose", "sql": the residual, "local": [{"name", "sql"}],
-   "imports": [{"name", "silo", "location", "ticket", "schema": {column: SQL type}}],
-   "semijoins": [{"condition", "probe": an import's name, "keys": an id, "build": [[name, column]],
-                  "limit": the most bytes the filter may cost}]}
+The request is a `RunResidual` (fedlake.agent.protocol). A remote fragment some semi-join reduces
+is fetched once the fragments its keys come from are in, with those keys attached first.
 """
 
 from __future__ import annotations
@@ -21,13 +18,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from fedlake.agent.gate import EgressPlan
 from fedlake.agent.peers import Peer, open_peer
-from fedlake.bloom import filter_if_it_pays
+from fedlake.agent.protocol import FragmentReport, ResidualReport, ResidualSemiJoin, RunResidual
+from fedlake.keyset import keys_if_they_pay
 from fedlake.errors import FedlakeError
 from fedlake.residual import Workspace, check_residual
 from fedlake.silos.base import counted
@@ -40,72 +38,72 @@ KEPT_REPORTS = 256
 PEER_SCHEMES = ("grpc+tls://", "inprocess://")
 
 
-def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any]) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-    try:
-        rid, purpose, sql = str(request["id"]), request["purpose"], request["sql"]
-        local, imports, semijoins = request.get("local", []), request.get("imports", []), request.get("semijoins", [])
-        names = [item["name"] for item in [*local, *imports]]
-    except (KeyError, TypeError) as exc:
-        raise FedlakeError(f"agent {agent.spec.name}: a residual request needs {exc}") from None
+def run_placed_residual(agent: SiloAgent, caller: Caller, request: RunResidual) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    names = [item.name for item in [*request.local, *request.imports]]
     if caller.transfer:
         raise FedlakeError(f"agent {agent.spec.name}: a transfer capability does not run residuals")
-    agent.check_purpose(caller, purpose)
-    if len(set(names)) != len(names) or any(s.get("probe") not in {i["name"] for i in imports} for s in semijoins):
+    agent.check_purpose(caller, request.purpose)
+    imported = {i.name for i in request.imports}
+    if len(set(names)) != len(names) or any(s.probe not in imported for s in request.semijoins):
         raise FedlakeError(f"agent {agent.spec.name}: a residual request names a fragment twice or a semi-join without its fragment")
-    check_residual(sql, set(names))
+    check_residual(request.sql, set(names))
     catalog = agent.policy.catalog
-    for item in imports:
-        if item.get("silo") not in catalog.silos or item["silo"] == agent.spec.name or not str(item.get("location", "")).startswith(PEER_SCHEMES):
+    for item in request.imports:
+        if item.silo not in catalog.silos or item.silo == agent.spec.name or not item.location.startswith(PEER_SCHEMES):
             raise FedlakeError(f"agent {agent.spec.name}: an import must name another catalogued silo's agent over "
-                               f"grpc+tls, not {item.get('silo')!r} at {item.get('location')!r}")
+                               f"grpc+tls, not {item.silo!r} at {item.location!r}")
 
     # every local fragment is planned (and a refusal ledgered and raised) before anything runs
-    final = caller.region
-    plans = [(item["name"], agent.plan(caller, item["sql"], purpose)) for item in local]
-    report: dict[str, Any] = {"requester": caller.identity, "fragments": {}, "filters": {}, "notes": {}}
+    plans = [(item.name, agent.plan(caller, item.sql, request.purpose)) for item in request.local]
+    fragments: dict[str, FragmentReport] = {}
+    filters: dict[str, dict[str, tuple[int, int]]] = {}
+    notes: dict[str, list[str]] = {}
     lock = threading.Lock()
     workspace = Workspace(RESIDUAL_MEMORY)
     peers: dict[str, Peer] = {}
     loaded: dict[str, Future] = {}
+    reducing: dict[str, list[ResidualSemiJoin]] = {}
+    for semijoin in request.semijoins:
+        reducing.setdefault(semijoin.probe, []).append(semijoin)
 
     def load(name: str, source: Callable[[], pa.RecordBatchReader]) -> None:
         started = time.perf_counter()
 
         def arrived(rows: int, nbytes: int) -> None:
             with lock:
-                report["fragments"][name] = {"rows": rows, "bytes": nbytes, "seconds": time.perf_counter() - started}
+                fragments[name] = FragmentReport(rows, nbytes, time.perf_counter() - started)
 
         workspace.load(name, source(), arrived)
 
-    def gated(plan: EgressPlan) -> Callable[[], pa.RecordBatchReader]:
-        return lambda: pa.RecordBatchReader.from_batches(*agent.gated(caller, plan))
+    def local(plan: EgressPlan) -> Callable[[], pa.RecordBatchReader]:
+        return lambda: pa.RecordBatchReader.from_batches(*agent.fragments.gated(caller, plan))
 
-    def send_keys(semijoin: dict[str, Any]) -> None:
-        bloom, why = None, ""
-        try:
-            for name, _ in semijoin["build"]:
-                loaded[name].result()
-            keys = workspace.distinct([(name, column) for name, column in semijoin["build"]])
-            bloom, why = filter_if_it_pays(keys, float(semijoin["limit"]), semijoin["condition"])
-        finally:
-            # the probe waits for this message whatever happened to its keys
-            peers[semijoin["probe"]].send_keys(str(semijoin["keys"]), bloom.to_dict() if bloom else None)
-        with lock:
-            if bloom is not None:
-                report["filters"].setdefault(semijoin["probe"], {})[semijoin["condition"]] = [bloom.keys, bloom.nbytes]
-            if why:
-                report["notes"].setdefault(semijoin["probe"], []).append(why)
+    def remote(name: str) -> pa.RecordBatchReader:
+        """The import, reduced by the keys of the fragments its semi-joins take them from."""
+        keys = []
+        for semijoin in reducing.get(name, []):
+            for build, _ in semijoin.build:
+                loaded[build].result()
+            values = workspace.distinct(list(semijoin.build))
+            keyset, why = keys_if_they_pay(values, semijoin.limit, semijoin.condition)
+            with lock:
+                if keyset is not None:
+                    keys.append((semijoin.column, keyset, semijoin.condition))
+                    filters.setdefault(name, {})[semijoin.condition] = (keyset.keys, keyset.nbytes)
+                if why:
+                    notes.setdefault(name, []).append(why)
+        return peers[name].fetch(keys)
 
     try:
-        for item in imports:
-            peers[item["name"]] = open_peer(item["location"], item["ticket"], agent.peer_ca)
-        with ThreadPoolExecutor(max_workers=len(plans) + len(imports) + len(semijoins) or 1) as pool:
-            for (name, plan), item in zip(plans, local):
-                loaded[name] = pool.submit(load, name, gated(plan))
-            for name, peer in peers.items():
-                loaded[name] = pool.submit(load, name, peer.fetch)
-            sent = [pool.submit(send_keys, semijoin) for semijoin in semijoins]
-            for future in [*loaded.values(), *sent]:
+        for item in request.imports:
+            peers[item.name] = open_peer(item.location, item.ticket, agent.peer_ca)
+        with ThreadPoolExecutor(max_workers=len(names) or 1) as pool:
+            for name, plan in plans:
+                loaded[name] = pool.submit(load, name, local(plan))
+            # the fragments that give keys first: a probe's thread waits only on fragments already started
+            for item in sorted(request.imports, key=lambda i: i.name in reducing):
+                loaded[item.name] = pool.submit(load, item.name, lambda name=item.name: remote(name))
+            for future in loaded.values():
                 future.result()
     except BaseException:
         workspace.close()
@@ -114,19 +112,20 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: dict[str, Any
         for peer in peers.values():
             peer.close()
 
-    over = [f"-- over {name}: {item['sql']}" for (name, _), item in zip(plans, local)]
-    over += [f"-- over {item['name']}: sent by silo {item['silo']}'s agent" for item in imports]
+    over = [f"-- over {name}: {item.sql}" for (name, _), item in zip(plans, request.local)]
+    over += [f"-- over {item.name}: sent by silo {item.silo}'s agent" for item in request.imports]
     columns = [c.as_dict() for _, plan in plans for c in plan.columns]
     decision = "rewritten" if any(c["action"] != "allow" for c in columns) else "allowed"
 
     def finished(rows: int, nbytes: int) -> None:
         agent.ledger.record(
-            requester=caller.identity, purpose=purpose, silo=agent.spec.name, destination=final, operation="residual",
-            fragment="\n".join([sql, *over]), columns=columns, decision=decision, rows=rows, nbytes=nbytes,
+            requester=caller.identity, purpose=request.purpose, silo=agent.spec.name, destination=caller.region,
+            operation="residual", fragment="\n".join([request.sql, *over]), columns=columns, decision=decision,
+            rows=rows, nbytes=nbytes,
         )
         while len(agent.residual_reports) >= KEPT_REPORTS:
             agent.residual_reports.pop(next(iter(agent.residual_reports)))
-        agent.residual_reports[rid] = report
+        agent.residual_reports[request.id] = ResidualReport(caller.identity, fragments, filters, notes)
 
-    result = workspace.run(sql, lambda rows, nbytes: None)
+    result = workspace.run(request.sql, lambda rows, nbytes: None)
     return result.schema, counted(result, finished, each=agent.egress.add)

@@ -1,14 +1,15 @@
 """The agent over Arrow Flight: TLS from certificate files, bearer tokens, the same gate in front.
 
-GetFlightInfo plans a fragment (estimated rows and bytes; a refusal is an error naming the rule),
-DoGet streams it, DoAction runs a registered action. Every call authenticates first.
+The protocol's steps map onto Flight's calls (fedlake.agent.protocol): GetFlightInfo plans a
+fragment once (the FlightInfo's app_metadata is the `PlannedFragment`, its ticket redeems it), DoPut
+attaches semi-join keys to a planned fragment, DoGet redeems a fragment, a transfer or a residual,
+DoAction runs a registered action. Every call authenticates first.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -16,7 +17,9 @@ import pyarrow.flight as flight
 from fedlake.agent.agent import Caller, Forbidden, SiloAgent, Unauthenticated, may_leave
 from fedlake.agent.failures import contain
 from fedlake.agent.gate import EgressDenied
+from fedlake.agent.protocol import KeysFor, PlanFragment, ProtocolError, Redeem, RedeemTransfer, RunResidual, kind_of
 from fedlake.errors import FedlakeError
+from fedlake.keyset import MAX_KEYS_BYTES, KeySet
 
 
 class _Authenticated(flight.ServerMiddleware):
@@ -65,54 +68,62 @@ class AgentFlightServer(flight.FlightServerBase):
     def _caller(self, context) -> Caller:
         return context.get_middleware("auth").caller
 
-    @staticmethod
-    def _request(raw: bytes) -> dict[str, Any]:
-        request = json.loads(raw)
-        for key in ("sql", "purpose", "destination"):
-            if not isinstance(request.get(key), str):
-                raise flight.FlightServerError(f"a query request needs '{key}'")
-        if not isinstance(request.get("keep") or [], list):
-            raise flight.FlightServerError("a query request's 'keep' lists semi-joins: [{column, keys}]")
-        return request
+    def _failed(self, exc: Exception) -> Exception:
+        """An engine's or a bug's text may quote a value: contained unless it may leave."""
+        return _as_flight_error(exc if may_leave(exc) else contain(self.agent.spec.name, exc, "request"))
 
     def get_flight_info(self, context, descriptor):
-        request = self._request(descriptor.command)
         try:
-            _, schema, rows, nbytes = self.agent.estimated(self._caller(context), request["sql"], request["purpose"], request["destination"])
-        except Exception as exc:  # noqa: BLE001 - an engine's or a bug's text may quote a value: contained
-            raise _as_flight_error(exc if may_leave(exc) else contain(self.agent.spec.name, exc, "request")) from None
-        endpoint = flight.FlightEndpoint(flight.Ticket(descriptor.command), [])
-        return flight.FlightInfo(schema, descriptor, [endpoint], rows, nbytes)
+            planned = self.agent.prepare(self._caller(context), PlanFragment.from_wire(descriptor.command))
+        except Exception as exc:  # noqa: BLE001
+            raise self._failed(exc) from None
+        endpoint = flight.FlightEndpoint(flight.Ticket(Redeem(planned.ticket).to_wire()), [])
+        return flight.FlightInfo(planned.schema, descriptor, [endpoint], planned.rows if planned.rows is not None else -1,
+                                 planned.bytes if planned.bytes is not None else -1, app_metadata=planned.to_wire())
+
+    def do_put(self, context, descriptor, reader, writer):
+        """Semi-join keys for a planned fragment, read up to what an agent accepts for one."""
+        try:
+            message = KeysFor.from_wire(descriptor.command)
+            batches, size = [], 0
+            for chunk in reader:
+                size += chunk.data.nbytes
+                if size > MAX_KEYS_BYTES:
+                    raise FedlakeError(f"agent {self.agent.spec.name}: semi-join keys over {MAX_KEYS_BYTES} bytes")
+                batches.append(chunk.data)
+            keys = KeySet.from_table(pa.Table.from_batches(batches, reader.schema))
+            self.agent.fragments.attach(self._caller(context), message, keys)
+        except Exception as exc:  # noqa: BLE001
+            raise self._failed(exc) from None
 
     def do_get(self, context, ticket):
-        """A fragment; a transfer, for a peer agent holding its capability; or a residual placed here."""
+        """A planned fragment; a transfer, for a peer agent holding its capability; or a residual placed here."""
         caller = self._caller(context)
         try:
-            raw = json.loads(ticket.ticket)
-        except ValueError:
-            raise flight.FlightServerError("a ticket is JSON") from None
-        try:
-            if isinstance(raw, dict) and "transfer" in raw:
-                if raw["transfer"] != caller.transfer:
-                    raise Forbidden(f"agent {self.agent.spec.name}: the ticket is not the capability presented")
-                schema, batches = self.agent.redeem(caller)
-            elif isinstance(raw, dict) and "residual" in raw:
-                schema, batches = self.agent.residual(caller, raw["residual"])
+            kind = kind_of(ticket.ticket)
+            if kind == Redeem.kind:
+                schema, batches = self.agent.fragments.redeem(caller, Redeem.from_wire(ticket.ticket).ticket)
+            elif kind == RedeemTransfer.kind:
+                schema, batches = self.agent.fragments.redeem(caller, RedeemTransfer.from_wire(ticket.ticket).ticket)
+            elif kind == RunResidual.kind:
+                schema, batches = self.agent.residual(caller, RunResidual.from_wire(ticket.ticket))
             else:
-                request = self._request(ticket.ticket)
-                schema, batches = self.agent.stream(
-                    caller, request["sql"], request["purpose"], request["destination"], request.get("keep")
-                )
-        except Exception as exc:  # noqa: BLE001 - an engine's or a bug's text may quote a value: contained
-            raise _as_flight_error(exc if may_leave(exc) else contain(self.agent.spec.name, exc, "request")) from None
+                raise ProtocolError(f"a ticket redeems a fragment, a transfer or a residual, not {kind!r}")
+        except Exception as exc:  # noqa: BLE001
+            raise self._failed(exc) from None
         return flight.GeneratorStream(schema, batches)
 
     def do_action(self, context, action):
-        body = json.loads(action.body.to_pybytes() or b"{}")
         try:
+            body = json.loads(action.body.to_pybytes() or b"{}")
+        except ValueError:
+            raise flight.FlightServerError("an action's body is JSON") from None
+        try:
+            if not isinstance(body, dict):
+                raise ProtocolError("an action's body is a JSON object")
             result = self.agent.action(self._caller(context), action.type, body)
-        except Exception as exc:  # noqa: BLE001 - an engine's or a bug's text may quote a value: contained
-            raise _as_flight_error(exc if may_leave(exc) else contain(self.agent.spec.name, exc, "request")) from None
+        except Exception as exc:  # noqa: BLE001
+            raise self._failed(exc) from None
         return [flight.Result(pa.py_buffer(json.dumps(result, default=str).encode()))]
 
     def list_actions(self, context):

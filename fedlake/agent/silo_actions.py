@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from fedlake.agent.fragments import decision_of
 from fedlake.agent.gate import EgressDenied
+from fedlake.agent.protocol import Decision, ExplainFragment
 from fedlake.agent.pii import pii_scan
 from fedlake.arrow_types import sql_type
 from fedlake.errors import FedlakeError
@@ -36,6 +38,16 @@ def register_silo_actions(agent: SiloAgent) -> None:
     def list_tables(caller: Caller, body: dict[str, Any]) -> list[str]:
         agent.check_role(caller, "query", "list the silo's tables")
         return agent.connector.list_tables()
+
+    def tables(caller: Caller, body: dict[str, Any]) -> dict[str, dict[str, str]]:
+        """{table: {column: SQL type}} for those of the named tables the silo holds: what a planner
+        needs of a silo for one query, in one call."""
+        agent.check_role(caller, "query", "read schemas")
+        names = body.get("names")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise FedlakeError(f"agent {agent.spec.name}: action tables needs 'names', a list of table names")
+        present = set(agent.connector.list_tables())
+        return {n: {f.name: sql_type(f.type) for f in agent.connector.schema(n)} for n in sorted(set(names) & present)}
 
     def schema(caller: Caller, body: dict[str, Any]) -> list[list[str]]:
         """[name, Arrow type, the SQL type the planner qualifies the column as] per column."""
@@ -111,15 +123,15 @@ def register_silo_actions(agent: SiloAgent) -> None:
     def explain(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         """The gate's decision for a request, for any region (what the policy says is no secret);
         nothing runs, nothing leaves but the decision and the masked statement's text."""
+        request = ExplainFragment.from_fields(body)
         agent.check_role(caller, "query", "explain requests")
-        agent.check_purpose(caller, body["purpose"])
-        region = body.get("destination") or caller.region
+        agent.check_purpose(caller, request.purpose)
+        region = request.region or caller.region
         try:
-            plan = agent.plan_for(caller, body["sql"], body["purpose"], region, operation="explain")
+            plan = agent.plan_for(caller, request.sql, request.purpose, region, operation="explain")
         except EgressDenied as exc:
-            return {"denied": str(exc), "columns": [c.as_dict() for c in exc.plan.columns] if exc.plan else []}
-        return {"denied": None, "sql": plan.sql, "dp": plan.dp is not None, "masks": plan.mask_actions(),
-                "columns": [c.as_dict() for c in plan.columns]}
+            return Decision(exc.plan.columns if exc.plan else (), denied=str(exc)).as_fields()
+        return decision_of(plan).as_fields()
 
     def watermark(caller: Caller, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Each declared table's row count and latest timestamp, computed in place: a new-data sensor
@@ -147,7 +159,7 @@ def register_silo_actions(agent: SiloAgent) -> None:
         return {"rows": rows, "bytes": nbytes}
 
     for name, handler in {
-        "list_tables": list_tables, "schema": schema, "row_count": row_count, "statistics": statistics,
+        "list_tables": list_tables, "tables": tables, "schema": schema, "row_count": row_count, "statistics": statistics,
         "materialize": materialize, "explain": explain, "watermark": watermark, "pii_scan": scan, "egress": egress,
     }.items():
         agent.register_action(name, handler)

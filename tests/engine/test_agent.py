@@ -10,6 +10,7 @@ import pyarrow.flight as flight
 import pytest
 
 from fedlake.agent import EgressDenied, FlightAgentClient, Unauthenticated
+from fedlake.agent.protocol import Import, LocalFragment, PlanFragment, Redeem, RedeemTransfer, RunResidual
 from fedlake.errors import FedlakeError
 from tests.conftest import TOKENS
 
@@ -55,9 +56,16 @@ def test_flight_info_estimates_before_anything_runs(prod_deployment):
     c = client(prod_deployment)
     before = c.egress()
     info = c.estimate("SELECT loan_id, principal FROM loans", "credit_scoring", "EU")
-    assert info["rows"] >= prod_deployment.report.rows["eu_core"]["loans"] and info["bytes"] > 0
-    assert info["schema"].names == ["loan_id", "principal"]
+    assert info.rows >= prod_deployment.report.rows["eu_core"]["loans"] and info.bytes > 0
+    assert info.schema.names == ["loan_id", "principal"] and info.silo == "eu_core"
+    assert [c.action for c in info.decision.columns] == ["allow", "allow"]
     assert c.egress() == before
+    # the plan is the agent's: redeeming its ticket runs it without planning it again, once
+    assert c.fetch(info.ticket).read_all().num_rows == prod_deployment.report.rows["eu_core"]["loans"]
+    with pytest.raises(FedlakeError, match="unknown, spent or expired ticket"):
+        c.fetch(info.ticket).read_all()
+    with pytest.raises(FedlakeError, match="unknown, spent or expired ticket"):
+        client(prod_deployment, token=TOKENS["analyst"]).fetch(c.estimate("SELECT loan_id FROM loans", "credit_scoring").ticket)
 
 
 def test_statistics_withhold_min_and_max_of_personal_data(prod_deployment):
@@ -92,67 +100,60 @@ def test_a_dead_agent_is_a_clear_error(prod_deployment, tls, tmp_path):
             short_lived.list_tables()
 
 
-def test_semijoin_keys_reach_a_running_fragment_over_flight(prod_deployment):
-    """A fragment waits at its agent for its semi-join keys, whether they come before or after it
-    starts, and then sends only rows whose (pseudonymized) key may be among them."""
-    import threading
-    import uuid
-
+def test_semijoin_keys_reduce_a_planned_fragment_over_flight(prod_deployment):
+    """Keys attached to a planned fragment's ticket (DoPut) reduce it inside the silo to the rows
+    whose (pseudonymized) key is among them; keys for a column it does not send, of the wrong
+    family or for someone else's ticket are refused in one line."""
     import pyarrow as pa
 
-    from fedlake.bloom import BloomFilter
+    from fedlake.keyset import KeySet
 
     c = client(prod_deployment)
     sql = "SELECT customer_id, income FROM customers"
     everyone = c.query(sql, "credit_scoring", "EU").read_all()
     chosen = everyone.column("customer_id").slice(0, 25)
-    bloom = BloomFilter.of(chosen, "text").to_dict()
+    planned = c.estimate(sql, "credit_scoring")
+    c.attach_keys(planned.ticket, "customer_id", KeySet.of(chosen, "text"), "customers.customer_id = x.id")
+    kept = c.fetch(planned.ticket).read_all()
+    assert sorted(kept.column("customer_id").to_pylist()) == sorted(chosen.to_pylist())
+    assert kept.num_rows == 25 and isinstance(kept, pa.Table)
 
-    early = uuid.uuid4().hex
-    c.action("semijoin_keys", id=early, filter=bloom)
-    kept = c.query(sql, "credit_scoring", "EU", [{"column": "customer_id", "keys": early}]).read_all()
-    assert set(chosen.to_pylist()) <= set(kept.column("customer_id").to_pylist())
-    assert kept.num_rows < everyone.num_rows / 2
-
-    late, got = uuid.uuid4().hex, {}
-    reader = threading.Thread(target=lambda: got.update(t=c.query(sql, "credit_scoring", "EU", [{"column": "customer_id", "keys": late}]).read_all()))
-    reader.start()
-    reader.join(1.0)
-    assert reader.is_alive(), "the fragment waits for its keys"
-    c.action("semijoin_keys", id=late, filter=None)  # no filter after all: everything goes
-    reader.join(30)
-    assert got["t"].num_rows == everyone.num_rows and isinstance(got["t"], pa.Table)
-
-    with pytest.raises(FedlakeError, match="semi-join names column 'nope'"):
-        c.query(sql, "credit_scoring", "EU", [{"column": "nope", "keys": uuid.uuid4().hex}]).read_all()
-    with pytest.raises(FedlakeError, match="malformed semi-join filter"):
-        c.action("semijoin_keys", id="x", filter={"family": "text"})
+    planned = c.estimate(sql, "credit_scoring")
+    with pytest.raises(FedlakeError, match="semi-join keys name column 'nope'"):
+        c.attach_keys(planned.ticket, "nope", KeySet.of(chosen, "text"))
+    with pytest.raises(FedlakeError, match="semi-join keys are integer, column 'customer_id' is string"):
+        c.attach_keys(planned.ticket, "customer_id", KeySet.of(pa.array([1, 2]), "integer"))
+    with pytest.raises(FedlakeError, match="unknown, spent or expired ticket"):
+        client(prod_deployment, token=TOKENS["analyst"]).attach_keys(planned.ticket, "customer_id", KeySet.of(chosen, "text"))
+    assert c.fetch(planned.ticket).read_all().num_rows == everyone.num_rows
 
 
 def test_a_transfer_capability_over_flight_redeems_one_stream_and_nothing_else(prod_deployment):
     """A peer agent presenting a capability gets the one fragment it was made for, once; no other
     call, and no made-up capability, gets anything."""
     sql = "SELECT customer_id, income FROM customers"
-    ticket = client(prod_deployment).prepare_transfer(sql, "credit_scoring", "US", "EU", "us_lake")
+    ticket = client(prod_deployment).prepare_transfer(sql, "credit_scoring", "us_lake")
     raw = flight.FlightClient(prod_deployment.env_location("eu_core"), tls_root_certs=open(prod_deployment.env["FEDLAKE_AGENT_CA"], "rb").read())
 
     def options(capability: str) -> flight.FlightCallOptions:
         return flight.FlightCallOptions(headers=[(b"authorization", f"Capability {capability}".encode())], timeout=30)
 
-    transfer = flight.Ticket(json.dumps({"transfer": ticket}))
+    transfer = flight.Ticket(RedeemTransfer(ticket).to_wire())
     with pytest.raises(flight.FlightUnauthorizedError, match="does not allow action 'list_tables'"):
         list(raw.do_action(flight.Action("list_tables", b"{}"), options(ticket)))
-    descriptor = flight.FlightDescriptor.for_command(json.dumps({"sql": "SELECT * FROM loans", "purpose": "credit_scoring", "destination": "EU"}))
+    descriptor = flight.FlightDescriptor.for_command(PlanFragment("SELECT * FROM loans", "credit_scoring").to_wire())
     with pytest.raises(flight.FlightUnauthorizedError, match="only redeems"):
         raw.get_flight_info(descriptor, options(ticket))
-    with pytest.raises(flight.FlightUnauthorizedError, match="only redeems"):
-        raw.do_get(flight.Ticket(descriptor.command), options(ticket)).read_all()
+    with pytest.raises(flight.FlightUnauthorizedError, match="redeems only the fragment it was made for"):
+        raw.do_get(flight.Ticket(Redeem("0" * 64).to_wire()), options(ticket)).read_all()
+    with pytest.raises(flight.FlightServerError, match="protocol version 1 is not spoken here"):
+        raw.do_get(flight.Ticket(json.dumps({"v": 1, "kind": "redeem", "ticket": ticket})), options(ticket)).read_all()
     got = raw.do_get(transfer, options(ticket)).read_all()
     assert got.column_names == ["customer_id", "income"] and got.num_rows == prod_deployment.report.rows["eu_core"]["customers"]
-    with pytest.raises(flight.FlightUnauthenticatedError, match="already redeemed"):
+    with pytest.raises(flight.FlightUnauthenticatedError, match="unknown, spent or expired"):
         raw.do_get(transfer, options(ticket)).read_all()
     with pytest.raises(flight.FlightUnauthenticatedError, match="unknown, spent or expired"):
-        raw.do_get(flight.Ticket(json.dumps({"transfer": "f" * 64})), options("f" * 64)).read_all()
+        raw.do_get(flight.Ticket(RedeemTransfer("f" * 64).to_wire()), options("f" * 64)).read_all()
     raw.close()
 
 
@@ -195,9 +196,9 @@ def test_a_dead_peer_is_a_clear_error_for_a_placed_residual(prod_deployment):
     from tests.services import free_port
 
     dead = f"grpc+tls://127.0.0.1:{free_port()}"
-    request = {"id": "dead-peer", "purpose": "credit_scoring", "destination": "EU", "sql": "SELECT * FROM __f0 JOIN __f1 USING (x)",
-               "local": [{"name": "__f0", "sql": "SELECT customer_id AS x FROM customers"}],
-               "imports": [{"name": "__f1", "silo": "sg_lake", "location": dead, "ticket": "0" * 64}], "semijoins": []}
+    request = RunResidual("dead-peer", "credit_scoring", "SELECT * FROM __f0 JOIN __f1 USING (x)",
+                          local=(LocalFragment("__f0", "SELECT customer_id AS x FROM customers"),),
+                          imports=(Import("__f1", "sg_lake", dead, "0" * 64),))
     with pytest.raises(FedlakeError, match=re.escape(f"peer agent at {dead}: ") + ".*[Uu]navailable"):
         client(prod_deployment).residual(request).read_all()
 

@@ -58,8 +58,8 @@ def test_the_silo_bounds_rows_per_subject_and_clamps_before_anything_leaves(tmp_
     bounds; EXPLAIN says so and shows no key material."""
     client, _ = agent_for(tmp_path, budget=100.0)
     explained = client.explain("SELECT region, sum(income) AS s FROM people GROUP BY region", "analytics", "EU")
-    sql = explained["sql"]
-    assert explained["dp"] and "ROW_NUMBER() OVER (PARTITION BY" in sql and "<= 2" in sql
+    sql = explained.sql_in_silo
+    assert explained.dp and "ROW_NUMBER() OVER (PARTITION BY" in sql and "<= 2" in sql
     assert "LEAST(GREATEST(CAST" in sql and "100000" in sql and "PARTITION BY \"__fl_subject\"" in sql
     released = client.query("SELECT region, count(*) AS n, avg(income) AS a FROM people GROUP BY region", "analytics", "EU").read_all()
     rows = {r["region"]: r for r in released.to_pylist()}

@@ -4,6 +4,7 @@ analysts write returns exactly what the same SQL returns on co-located copies of
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import duckdb
 import numpy as np
@@ -16,7 +17,9 @@ from fedlake.agent import local_agent_client
 from fedlake.agent.gate import EgressDenied
 from fedlake.catalog import load_catalog
 from fedlake.agent import Forbidden
+from fedlake.agent.protocol import Import, KeysFor, LocalFragment, RunResidual
 from fedlake.errors import FedlakeError
+from fedlake.keyset import KeySet
 from fedlake.policy.model import load_policy
 from fedlake.query import GOVERNED, Federation, PlanningError, render
 from fedlake.query.semijoin import find_semijoins
@@ -309,7 +312,7 @@ SEMIJOIN = QUERIES[QUERIES.index(next(q for q in QUERIES if q.startswith("SELECT
 
 
 def test_semijoin_sends_only_rows_that_can_join(federation):
-    """A small side's keys go, as a Bloom filter, into the other silo: fewer rows and bytes cross, same result."""
+    """A small side's keys go into the other silo: fewer rows and bytes cross, same result."""
     fed, colocated, catalog = federation
     reduced_table, reduced = fed.run(SEMIJOIN, "analytics")
     plain_table, plain = Federation(fed.catalog, fed.clients, semijoins=False).run(SEMIJOIN, "analytics")
@@ -438,22 +441,19 @@ def test_a_residual_is_only_a_coordinators_to_place(silos):
     a coordinator's residual may import only catalogued silos' agents over TLS."""
     fed, clients = federation_under(silos, {**AGGREGATE_ONLY, "clients": {
         "coordinator": {"token_env": "FEDLAKE_TEST_UNSET_TOKEN", "purposes": ["analytics"], "roles": ["query"]}}})
-    request = {"id": "r", "purpose": "analytics", "sql": "SELECT * FROM __f0",
-               "local": [{"name": "__f0", "sql": "SELECT channel FROM visits"}], "imports": [], "semijoins": []}
+    request = RunResidual("r", "analytics", "SELECT * FROM __f0", local=(LocalFragment("__f0", "SELECT channel FROM visits"),))
     try:
         with pytest.raises(Forbidden, match="lacks the role 'coordinate'"):
             fed.clients["us"].residual(request)
         with pytest.raises(Forbidden, match="lacks the role 'coordinate'"):
-            fed.clients["eu"].prepare_transfer("SELECT id FROM people", "analytics", "US", "EU", "us")
-        with pytest.raises(Forbidden, match="lacks the role 'coordinate'"):
-            fed.clients["us"].action("semijoin_keys", id="someone-elses", filter=None)
+            fed.clients["eu"].prepare_transfer("SELECT id FROM people", "analytics", "us")
     finally:
         for c in clients:
             c.close()
     fed, clients = federation_under(silos, ALLOW_ALL)
     try:
         for silo, location in (("mars", "grpc+tls://10.0.0.1:443"), ("eu", "grpc://127.0.0.1:1"), ("us", "inprocess://x")):
-            dialled = {**request, "imports": [{"name": "__f1", "silo": silo, "location": location, "ticket": "t", "schema": {}}]}
+            dialled = replace(request, imports=(Import("__f1", silo, location, "t"),))
             with pytest.raises(FedlakeError, match="an import must name another catalogued silo"):
                 fed.clients["us"].residual(dialled)
     finally:
@@ -556,7 +556,7 @@ def test_a_silo_the_policy_would_not_let_fragments_reach_is_not_a_site(silos):
         # the sending agent checks it too, whatever the planner asked
         payments = next(r for r in plan.runs if r.fragment.silo == "sg")
         with pytest.raises(EgressDenied, match="to us \\(US\\) denied: the policy masks payments.payment_id there otherwise"):
-            fed.clients["sg"].prepare_transfer(payments.fragment.sql, "analytics", "US", "EU", "us")
+            fed.clients["sg"].prepare_transfer(payments.fragment.sql, "analytics", "us")
     finally:
         for c in clients:
             c.close()
@@ -573,15 +573,18 @@ def test_a_transfer_capability_is_for_one_stream_and_its_keys(federation):
     from fedlake.agent.peers import open_peer
 
     eu = fed.clients["eu"]
-    ticket = eu.prepare_transfer("SELECT id, region FROM people", "analytics", "SG", "EU", "sg",
-                                 keep=[{"column": "id", "keys": "k1"}])
+    ticket = eu.prepare_transfer("SELECT id, region FROM people", "analytics", "sg")
     peer = open_peer(eu.location, ticket, None)
-    with pytest.raises(Forbidden, match="does not cover semi-join keys"):
-        peer.send_keys("another", None)
-    peer.send_keys("k1", None)
-    assert peer.fetch().read_all().num_rows == TABLES["eu"]["people"]
-    with pytest.raises(Unauthenticated, match="already redeemed"):
+    caller = eu.agent.authenticate_transfer(ticket)
+    with pytest.raises(Forbidden, match="redeems only the fragment it was made for"):
+        eu.agent.fragments.attach(caller, KeysFor("another-ticket", "id"), KeySet.of(pa.array([1]), "integer"))
+    with pytest.raises(FedlakeError, match="semi-join keys are text, column 'id' is int"):
+        eu.agent.fragments.attach(caller, KeysFor(ticket, "id"), KeySet.of(pa.array(["1"]), "text"))
+    kept = peer.fetch([("id", KeySet.of(pa.array([1, 2, 3]), "integer"), "people.id = x.id")]).read_all()
+    assert sorted(kept.column("id").to_pylist()) == [1, 2, 3]
+    with pytest.raises(Unauthenticated, match="unknown, spent or expired"):
         peer.fetch()
+    ticket = eu.prepare_transfer("SELECT id, region FROM people", "analytics", "sg")
     caller = eu.agent.authenticate_transfer(ticket)
     with pytest.raises(Forbidden, match="does not allow action 'list_tables'"):
         eu.agent.action(caller, "list_tables", {})
@@ -594,7 +597,6 @@ def test_a_transfer_capability_is_for_one_stream_and_its_keys(federation):
 def test_a_residual_reads_only_its_fragments(federation):
     fed, _, _ = federation
     for sql in ("SELECT * FROM read_csv('/etc/passwd')", "SELECT * FROM people", "SELECT * FROM eu.orders"):
-        request = {"id": "r", "purpose": "analytics", "destination": "EU", "sql": sql,
-                   "local": [{"name": "__f0", "sql": "SELECT id FROM people"}], "imports": [], "semijoins": []}
+        request = RunResidual("r", "analytics", sql, local=(LocalFragment("__f0", "SELECT id FROM people"),))
         with pytest.raises(FedlakeError, match="may read only its fragments"):
             fed.clients["eu"].residual(request).read_all()

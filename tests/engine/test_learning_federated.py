@@ -43,11 +43,14 @@ class Recording(AgentClient):
         self.silo = inner.silo
         self.answers: list[tuple[str, str]] = []
 
-    def query(self, sql, purpose, destination):
-        return self.inner.query(sql, purpose, destination)
+    def prepare(self, request):
+        return self.inner.prepare(request)
 
-    def estimate(self, sql, purpose, destination):
-        return self.inner.estimate(sql, purpose, destination)
+    def attach_keys(self, ticket, column, keys, condition=""):
+        return self.inner.attach_keys(ticket, column, keys, condition)
+
+    def fetch(self, ticket):
+        return self.inner.fetch(ticket)
 
     def residual(self, request):
         return self.inner.residual(request)

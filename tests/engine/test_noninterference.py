@@ -302,7 +302,7 @@ def outcome(w: World, silo: str, sql: str, ordered: bool, rename: dict[str, str]
     left["explain"] = client.explain(sql, "analytics", "EU")
     try:
         estimate = client.estimate(sql, "analytics", "EU")
-        left["estimate"] = (estimate["rows"], estimate["bytes"], estimate["schema"])
+        left["estimate"] = (estimate.rows, estimate.bytes, estimate.schema, estimate.decision)
     except FedlakeError as exc:
         left["estimate"] = re.sub(r"error id [0-9a-f]+", "error id ?", str(exc))
     entries = w.ledger.entries(after=before)
