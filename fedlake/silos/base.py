@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-
 import threading
 import weakref
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -124,6 +124,16 @@ class TableStats:
 
 
 @dataclass(frozen=True)
+class TableStatistics:
+    """What the planner estimates cardinalities from: the table's rows and, per column, its number
+    of distinct non-null values, both estimates from the silo's own statistics. A column absent
+    from `distinct` has no estimate."""
+
+    rows: int
+    distinct: dict[str, int]
+
+
+@dataclass(frozen=True)
 class MaterializedTable:
     """What stays behind after a materialization: where the table is and how big, not its rows."""
 
@@ -155,6 +165,10 @@ class Connector(ABC):
 
     @abstractmethod
     def row_count(self, table: str) -> int: ...
+
+    @abstractmethod
+    def column_statistics(self, table: str) -> TableStatistics:
+        """Row and distinct-value estimates from the silo's statistics, cached with the table's version."""
 
     @abstractmethod
     def _stream(self, sql: str, batch_rows: int, params: dict | None = None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]: ...
@@ -220,6 +234,33 @@ def check_table_name(name: str) -> str:
     if not name.isidentifier() or name.startswith("_"):
         raise ValueError(f"invalid table name {name!r}: use letters, digits and underscores, not leading '_'")
     return name
+
+
+def silo_table_name(silo: str, name: str) -> str:
+    """`check_table_name` for a connector: the error names the silo."""
+    try:
+        return check_table_name(name)
+    except ValueError as exc:
+        raise SiloError(f"silo {silo}: {exc}") from None
+
+
+@contextmanager
+def named_errors(silo: str, doing: str) -> Iterator[None]:
+    """Storage and engine errors become one SiloError naming the silo and what it was doing."""
+    import duckdb
+
+    try:
+        yield
+    except SiloError:
+        raise
+    except (OSError, pa.ArrowException, duckdb.Error) as exc:
+        raise SiloError(f"silo {silo}: {doing} failed: {exc}") from exc
+
+
+def approx_distinct_sql(table_ref: str, schema: pa.Schema, quote) -> str:
+    """DuckDB's HyperLogLog estimate of every column's distinct values, in one pass."""
+    parts = ["count(*) AS n"] + [f"approx_count_distinct({quote(f.name)}) AS d{i}" for i, f in enumerate(schema)]
+    return f"SELECT {', '.join(parts)} FROM {table_ref}"
 
 
 def stats_sql(table_ref: str, schema: pa.Schema, quote) -> str:
