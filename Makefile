@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 SCALE ?= 1
 SEED ?= 42
+SF ?= 1
 
 export FEDLAKE_HOME ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(FEDLAKE_HOME)/dagster_home
@@ -16,7 +17,7 @@ export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install browser demo test ui dagster-home clean bench-agent bench
+.PHONY: install browser demo test ui dagster-home clean bench-agent bench bench-tpcds bench-load bench-cli
 
 DBT_MANIFEST := dbt_project/target/manifest.json
 DBT_SOURCES := $(shell find dbt_project -type f \( -name '*.sql' -o -name '*.yml' -o -name '*.py' \) -not -path 'dbt_project/target/*' -not -path 'dbt_project/logs/*')
@@ -62,3 +63,18 @@ bench-agent: install
 bench: install
 	mkdir -p bench/results
 	$(PY) bench/credit_features.py --scale $(SCALE)
+
+# Geo-split TPC-DS: the 99 queries through fedlake over three silos vs co-located DuckDB (SF=0.1 to try).
+bench-tpcds: install
+	mkdir -p bench/results
+	$(PY) bench/tpcds.py --sf $(SF)
+
+# N = 1, 10, 25, 50 concurrent federated queries against the agents as Flight processes.
+bench-load: install
+	mkdir -p bench/results
+	$(PY) bench/load.py --scale $(SCALE)
+
+# A trivial query from a cold `fedlake query` process.
+bench-cli: install
+	mkdir -p bench/results
+	$(PY) bench/cli_latency.py
