@@ -6,7 +6,9 @@ straight to S's agent, and the residual's result crosses once, from S to the gov
 wins when its own fragments weigh more than the result. The fragments' sizes are the agents'
 estimates; the result's is estimated here from them, through the shape of the residual
 (`result_rows`): joins on a key one side is unique on (a GROUP BY key, a DISTINCT) keep the other
-side's rows, aggregates without GROUP BY give one row, LIMIT caps, UNION ALL adds.
+side's rows, aggregates without GROUP BY give one row, LIMIT caps, UNION ALL adds, and a GROUP BY
+or DISTINCT on columns whose distinct values the tables' statistics count gives at most the product
+of those counts (a result of 5 groups is not taken for the 6 million rows it reads).
 
 Policy is part of the choice: a silo is a site only if every other silo may send its fragments
 there exactly as it sends them to the governed zone (the caller checks that, for the sites that
@@ -17,14 +19,15 @@ fedlake.agent.placed).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
-from fedlake.query.cut import conjuncts
+from fedlake.query.rules.sql import conjuncts
+from fedlake.query.statistics import group_estimate
 
 
 @dataclass
@@ -62,6 +65,10 @@ def result_bytes(residual: str, schemas: dict[str, pa.Schema], rows: int, width)
 class _Shape:
     rows: int
     unique: frozenset[str]  # output columns no two rows share a non-null value of
+    distinct: dict[str, int] = field(default_factory=dict)  # output column -> its distinct values, where known
+
+
+_Key = tuple[str, str]  # (alias, column) inside a SELECT
 
 
 class _Cardinality:
@@ -93,19 +100,25 @@ class _Cardinality:
 
     def select(self, select: exp.Select) -> _Shape:
         from_ = select.args.get("from_")
+        distinct: dict[_Key, int] = {}
         if from_ is None:
             rows, unique = 1, set()
         else:
             base = self.source(from_.this)
-            rows, unique = base.rows, {(from_.this.alias_or_name, c) for c in base.unique}
+            alias = from_.this.alias_or_name
+            rows, unique = base.rows, {(alias, c) for c in base.unique}
+            distinct = {(alias, c): n for c, n in base.distinct.items()}
         where = select.args.get("where")
         terms = conjuncts(where.this) if where is not None else []
         for join in select.args.get("joins") or []:
             rows, unique = self._join(rows, unique, join, terms)
+            distinct.update({(join.this.alias_or_name, c): n for c, n in self.source(join.this).distinct.items()})
         outputs = {p.alias_or_name: p.unalias() for p in select.expressions}
         group = select.args.get("group")
         if group is not None:
-            out = frozenset(self._group_keys(group, outputs))
+            keys = self._group_expressions(group, outputs)
+            out = frozenset(self._group_keys(keys, outputs))
+            rows = _grouped(rows, [self._distinct_of(k, distinct) for k in keys])
         elif any(e.find(exp.AggFunc) and not e.find(exp.Window) for e in outputs.values()):
             rows, out = 1, frozenset(outputs)
         else:
@@ -114,23 +127,49 @@ class _Cardinality:
             )
             if any(isinstance(e, exp.Star) for e in outputs.values()):
                 out |= frozenset(c for _, c in unique)
-        if select.args.get("distinct") is not None and len(outputs) == 1:
-            out = frozenset(outputs)
-        return _Shape(_limited(select, rows), out)
+        if select.args.get("distinct") is not None:
+            if len(outputs) == 1:
+                out = frozenset(outputs)
+            if not any(isinstance(e, exp.Star) for e in outputs.values()):
+                rows = _grouped(rows, [self._distinct_of(e, distinct) for e in outputs.values()])
+        rows = _limited(select, rows)
+        return _Shape(rows, out, self._output_distinct(outputs, distinct, rows))
 
     @staticmethod
-    def _group_keys(group: exp.Group, outputs: dict[str, exp.Expression]) -> list[str]:
-        """The output column a GROUP BY on one key makes unique (none for several keys)."""
-        listed = list(outputs.items())
+    def _distinct_of(expression: exp.Expression, distinct: dict[_Key, int]) -> int | None:
+        """The distinct values of a plain column of a source, where its statistics are known."""
+        if not isinstance(expression, exp.Column):
+            return None
+        if expression.table:
+            return distinct.get((expression.table, expression.name))
+        matches = [n for (_, c), n in distinct.items() if c == expression.name]
+        return matches[0] if len(matches) == 1 else None
+
+    def _output_distinct(self, outputs: dict[str, exp.Expression], distinct: dict[_Key, int], rows: int) -> dict[str, int]:
+        found = {}
+        for name, e in outputs.items():
+            if isinstance(e, exp.Star):
+                found.update({c: min(n, rows) for (_, c), n in distinct.items()})
+            elif (n := self._distinct_of(e, distinct)) is not None:
+                found[name] = min(n, rows)
+        return found
+
+    @staticmethod
+    def _group_expressions(group: exp.Group, outputs: dict[str, exp.Expression]) -> list[exp.Expression]:
+        """The expressions a GROUP BY groups on, ordinals and GROUP BY ALL resolved to outputs."""
+        listed = list(outputs.values())
         if group.args.get("all"):
-            keys = [e for _, e in listed if not e.find(exp.AggFunc)]
-        else:
-            keys = [listed[int(k.this) - 1][1] if isinstance(k, exp.Literal) and k.is_int and 0 < int(k.this) <= len(listed)
-                    else k for k in group.expressions]
+            return [e for e in listed if not e.find(exp.AggFunc)]
+        return [listed[int(k.this) - 1] if isinstance(k, exp.Literal) and k.is_int and 0 < int(k.this) <= len(listed)
+                else k for k in group.expressions]
+
+    @staticmethod
+    def _group_keys(keys: list[exp.Expression], outputs: dict[str, exp.Expression]) -> list[str]:
+        """The output column a GROUP BY on one key makes unique (none for several keys)."""
         if len(keys) != 1:
             return []
         key = keys[0]
-        return [name for name, e in listed if e == key or (isinstance(key, exp.Column) and not key.table and name == key.name)]
+        return [name for name, e in outputs.items() if e == key or (isinstance(key, exp.Column) and not key.table and name == key.name)]
 
     def _join(
         self, rows: int, unique: set[tuple[str, str]], join: exp.Join, where: list[exp.Expression]
@@ -159,6 +198,14 @@ class _Cardinality:
         return max(rows, other.rows), set()
 
 
+def _grouped(rows: int, counts: list[int | None]) -> int:
+    """Rows after grouping on keys with these distinct counts (all rows where one is unknown)."""
+    if not counts:
+        return min(rows, 1)
+    groups = group_estimate(counts, rows)
+    return rows if groups is None else groups
+
+
 def _limited(node: exp.Expression, rows: int) -> int:
     limit = node.args.get("limit")
     if limit is not None and isinstance(limit.expression, exp.Literal) and limit.expression.is_int:
@@ -171,7 +218,16 @@ def unique_columns(sql: str) -> frozenset[str]:
     return _Cardinality({}).query(sqlglot.parse_one(sql, read="duckdb")).unique
 
 
-def result_rows(residual: str, fragments: dict[str, tuple[int, frozenset[str]]]) -> int:
-    """The residual's estimated rows, from each fragment's (estimated rows, unique columns)."""
-    sources = {name: _Shape(rows, unique) for name, (rows, unique) in fragments.items()}
+def result_rows(
+    residual: str, fragments: dict[str, tuple[int, frozenset[str]]], distinct: dict[str, dict[str, int]] | None = None
+) -> int:
+    """The residual's estimated rows, from each fragment's (estimated rows, unique columns) and,
+    where the tables' statistics give them, the distinct values of its columns ({fragment:
+    {column: n}}, see `fedlake.query.statistics.fragment_distinct`): a GROUP BY or DISTINCT on
+    columns whose distinct counts are known has at most their product of rows."""
+    distinct = distinct or {}
+    sources = {
+        name: _Shape(rows, unique, {c: min(n, rows) for c, n in distinct.get(name, {}).items()})
+        for name, (rows, unique) in fragments.items()
+    }
     return _Cardinality(sources).query(sqlglot.parse_one(residual, read="duckdb")).rows

@@ -68,3 +68,37 @@ def test_each_silo_site_saves_its_own_fragments_and_pays_for_the_result():
     assert sites[0].silo is None and by_site[None] == 1050
     assert by_site == {None: 1050, "eu": 550, "us": 950, "sg": 1200}
     assert min(sites, key=lambda s: s.estimated_bytes).silo == "eu"
+
+
+# statistics: the payments' method has 5 values, the people's region 4, the moves' person 20,000
+DISTINCT = {"moves": {"person": 20_000, "method": 5}, "people": {"region": 4, "id": 30_000}}
+
+
+@pytest.mark.parametrize(
+    ("residual", "rows"),
+    [
+        # a 5-group result over 500,000 rows is 5 rows, not 500,000
+        ("SELECT m.method, sum(m.x) AS s FROM moves m GROUP BY m.method", 5),
+        ("SELECT m.method AS how, count(*) AS n FROM moves m JOIN people p ON p.id = m.person GROUP BY 1", 5),
+        ("SELECT p.region, m.method, count(*) AS n FROM moves m JOIN people p ON p.id = m.person GROUP BY ALL", 20),
+        ("SELECT DISTINCT m.method FROM moves m", 5),
+        # the product of the keys' counts, never more than the rows grouped
+        ("SELECT m.person, m.method, count(*) AS n FROM moves m GROUP BY m.person, m.method", 100_000),
+        ("SELECT p.id, p.region, count(*) AS n FROM people p GROUP BY p.id, p.region", 30_000),
+        # through a derived table and a CTE; a key without statistics keeps every row
+        ("SELECT g.method, g.n FROM (SELECT method, count(*) AS n FROM moves GROUP BY method) AS g", 5),
+        ("WITH g AS (SELECT person, method FROM moves) SELECT g.method, count(*) AS n FROM g GROUP BY g.method", 5),
+        ("SELECT l.person, count(*) AS n FROM loans l GROUP BY l.person", 10_000),
+    ],
+)
+def test_result_rows_of_a_grouped_result_follow_the_keys_distinct_counts(residual, rows):
+    assert result_rows(residual, FRAGMENTS, distinct=DISTINCT) == rows
+
+
+def test_without_statistics_a_group_by_keeps_its_rows():
+    assert result_rows("SELECT m.method, sum(m.x) AS s FROM moves m GROUP BY m.method", FRAGMENTS) == 500_000
+
+
+def test_a_distinct_count_above_the_fragments_rows_is_capped():
+    few = {"moves": (40, NONE)}
+    assert result_rows("SELECT m.person, count(*) AS n FROM moves m GROUP BY m.person", few, distinct=DISTINCT) == 40
