@@ -39,9 +39,9 @@ from fedlake.errors import FedlakeError
 from fedlake.policy.model import Policy
 from fedlake.query import GOVERNED, Federation, render
 from fedlake.serve.metadata import TableListing, like
+from fedlake.serve.witnessing import WITNESS_CHAIN, Witnessing
 
 PURPOSE_HEADER = "x-fedlake-purpose"
-WITNESS_CHAIN = "coordinator"  # the chain under which this process witnesses the agents' heads
 _EXPLAIN = re.compile(r"\s*EXPLAIN(\s+ANALYZE)?\s+", re.IGNORECASE)
 
 
@@ -91,6 +91,7 @@ class Coordinator:
                 catalog, clients, site="auto" if coordinates else GOVERNED, semijoins=coordinates, witness=self.witness
             )
         self._local = list(local.values())
+        self.witnessing = Witnessing()
 
     def _location(self, silo: str, deployment: str) -> str:
         location = self.catalog.silo(silo).agents[deployment]["location"]
@@ -132,19 +133,29 @@ class Coordinator:
             return self._explain(federation, session, sql[explain.end():], analyze=bool(explain.group(1)))
         plan = federation.plan(sql, session.purpose, with_estimates=False)
         reader = federation.stream(plan)
+        ended = []
+
+        def end() -> None:
+            """Witness once, whether the result was read to its end, cut short or never fetched."""
+            if not ended:
+                ended.append(True)
+                reader.close()
+                self.witnessing.after(federation, plan)
 
         def batches() -> Iterator[pa.RecordBatch]:
-            yield from reader
-            federation.witness_heads(plan, by=WITNESS_CHAIN)
+            try:
+                yield from reader
+            finally:
+                end()
 
-        return QueryResult(reader.schema, batches(), reader.close)
+        return QueryResult(reader.schema, batches(), end)
 
     def _explain(self, federation: Federation, session: Session, sql: str, analyze: bool) -> QueryResult:
         plan = federation.plan(sql, session.purpose, with_estimates=True)
         if analyze:
             table = federation.stream(plan).read_all()
             plan.result_rows, plan.result_bytes = table.num_rows, table.nbytes
-            federation.witness_heads(plan, by=WITNESS_CHAIN)
+            self.witnessing.after(federation, plan)
         lines = pa.table({"plan": render(plan, self.catalog, analyze=analyze).splitlines()})
         return QueryResult(lines.schema, iter(lines.to_batches()))
 
@@ -175,6 +186,7 @@ class Coordinator:
         return listed
 
     def close(self) -> None:
+        self.witnessing.close()
         for client in self._clients:
             if isinstance(client, FlightAgentClient):
                 client.close()

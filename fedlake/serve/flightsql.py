@@ -274,6 +274,7 @@ def serve(coordinator: Coordinator, host: str, port: int, tls_cert: Path | None,
     """Run the Flight SQL server until SIGTERM or SIGINT; prints where it listens once it does."""
     # fragments from agents arrive over Flight at any alignment; Acero would warn per batch
     os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     scheme = "grpc+tls" if tls_cert else "grpc+tcp"
     server = FlightSqlServer(coordinator, f"{scheme}://{host}:{port}", tls_cert, tls_key)
     signal.signal(signal.SIGTERM, lambda *_: server.shutdown())

@@ -6,9 +6,11 @@ table listings and the `FEDLAKE_COORDINATOR` mode of the CLI work; handles are b
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,10 +126,15 @@ def test_the_agents_ledger_the_client_identity_and_the_coordinator_witnesses(ser
     before = ledger.last_seq()
     with served.connect("analyst") as connection:
         assert fetch(connection, COUNT).num_rows == 1
-    entries = ledger.entries(after=before)
-    queries = [e for e in entries if e["silo"] == "sg_lake" and e["operation"] == "query"]
+    queries = [e for e in ledger.entries(after=before) if e["silo"] == "sg_lake" and e["operation"] == "query"]
     assert [(e["requester"], e["purpose"], e["decision"]) for e in queries] == [("analyst", "analytics", "allowed")]
-    assert any(e["chain"] == "coordinator" for e in entries), "the coordinator witnessed no chain head"
+    # the heads are witnessed once the result has gone, in the background: give it a moment
+    deadline = time.monotonic() + 30
+    while not (witnessed := [e for e in ledger.entries(after=before, chain="coordinator") if e["operation"] == "witness"]):
+        assert time.monotonic() < deadline, "the coordinator witnessed no chain head"
+        time.sleep(0.1)
+    seen = {c["chain"]: c["seq"] for c in json.loads(witnessed[-1]["columns"])}
+    assert seen["sg_lake"] >= queries[0]["chain_seq"]
 
 
 def test_a_bad_token_is_one_unauthenticated_line(served):
