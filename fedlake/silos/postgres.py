@@ -44,8 +44,9 @@ from fedlake.silos.base import (
     Connector,
     MaterializedTable,
     TableStatistics,
+    EXACT_DISTINCT_ROWS,
     TableStats,
-    approx_distinct_sql,
+    distinct_sql,
     duckdb_stream,
     ended_with,
     named_errors,
@@ -133,7 +134,9 @@ class PostgresConnector(Connector):
     def _connect(self, dsn: str | None = None) -> psycopg.Connection:
         """A connection that finds source tables first, then made ones (a made table never shadows a source)."""
         try:
-            conn = psycopg.connect(dsn or self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+            conn = psycopg.connect(
+                dsn or self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS, application_name=f"fedlake {self.name}"
+            )
         except psycopg.OperationalError as exc:
             raise SiloError(f"silo {self.name}: cannot connect to PostgreSQL: {exc}") from exc
         conn.adapters.register_loader("numeric", FloatLoader)
@@ -252,22 +255,22 @@ class PostgresConnector(Connector):
 
     def column_statistics(self, table: str) -> TableStatistics:
         """PostgreSQL's own statistics (reltuples, pg_stats.n_distinct) once the table was analyzed;
-        before that, DuckDB's HyperLogLog estimate over the attached table, in one pass."""
+        before that, counted (or, in a large table, estimated) by DuckDB over the attached table."""
         entry = self._require(table)
 
         def compute() -> TableStatistics:
             if entry.reltuples >= 0:
                 distinct = self._reading(lambda conn: distinct_estimates(conn, entry))
                 return TableStatistics(rows=round(entry.reltuples), distinct=distinct)
-            schema = self.schema(table)
-            sql = approx_distinct_sql(f"silo.{self._qualified(entry)}", schema, quote_ident)
+            schema, rows = self.schema(table), self.row_count(table)
+            sql = distinct_sql(f"silo.{self._qualified(entry)}", schema, quote_ident, exact=rows <= EXACT_DISTINCT_ROWS)
             cursor = self._attached()
             try:
                 with named_errors(self.name, f"estimating the distinct values of {table}"):
                     row = cursor.execute(sql).fetchone()
             finally:
                 cursor.close()
-            return TableStatistics(rows=int(row[0]), distinct={f.name: int(row[1 + i]) for i, f in enumerate(schema)})
+            return TableStatistics(rows=rows, distinct={f.name: int(row[1 + i]) for i, f in enumerate(schema)})
 
         return self._metadata.value(table, (entry.structure, entry.data), "column_statistics", compute)
 

@@ -10,6 +10,7 @@ import pytest
 
 from fedlake.errors import SiloError
 from fedlake.silos import ParquetConnector, PostgresConnector, S3Connector
+from fedlake.silos.base import TableStatistics
 from fedlake.silos.postgres import with_user
 from tests.services import create_bucket
 
@@ -129,3 +130,39 @@ def test_failed_load_leaves_nothing_behind(connector):
 def test_unknown_table_is_a_clear_error(connector):
     with pytest.raises(SiloError, match="no table 'nope'"):
         connector.statistics("nope")
+
+
+def test_column_statistics_estimate_rows_and_distinct_values(connector):
+    """What the planner estimates cardinalities from: PostgreSQL's pg_stats after ANALYZE, DuckDB's
+    HyperLogLog over a lake table; exact at this size, and renewed with each new version."""
+    stats = connector.column_statistics("payments")
+    assert stats.rows == 6
+    assert stats.distinct["payment_id"] == 6 and stats.distinct["customer_id"] == 3 and stats.distinct["flagged"] == 2
+    connector.materialize("by_customer", "SELECT customer_id, count(*) AS n FROM payments GROUP BY 1")
+    assert connector.column_statistics("by_customer").rows == 4
+    connector.materialize("by_customer", "SELECT customer_id, count(*) AS n FROM payments WHERE customer_id = 'c1' GROUP BY 1")
+    assert connector.column_statistics("by_customer").rows == 1
+    assert connector.column_statistics("by_customer").distinct == {"customer_id": 1, "n": 1}
+
+
+def test_column_statistics_of_a_table_never_analyzed(postgres_dsn):
+    """A table loaded behind fedlake's back has no pg_stats yet: DuckDB counts over the attached table."""
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    import psycopg
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.events AS SELECT g AS id, g % 7 AS kind FROM generate_series(1, 700) g")
+    connector = PostgresConnector("eu_test", "EU", postgres_dsn, schema=schema)
+    stats = connector.column_statistics("events")
+    assert stats == TableStatistics(rows=700, distinct={"id": 700, "kind": 7})
+    connector.close()
+
+
+def test_errors_name_the_silo(connector):
+    with pytest.raises(SiloError, match=f"silo {connector.name}: invalid table name"):
+        connector.materialize("../escape", "SELECT 1 AS n")
+    with pytest.raises(SiloError, match=f"silo {connector.name}: "):
+        connector.execute("SELECT no_such_column FROM payments").read_all()
+    with pytest.raises(SiloError, match=f"silo {connector.name}: no table 'nope'"):
+        connector.column_statistics("nope")
