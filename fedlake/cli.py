@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedlake.catalog import EnvRef, default_catalog_path, load_catalog
 from fedlake.errors import FedlakeError
-from fedlake.silos import data_dir, open_silo
+
+if TYPE_CHECKING:
+    from fedlake.agent import AgentClient
+
+# Each verb imports what it needs when it runs, so a cold `fedlake query` loads neither the demo
+# bank's generator nor what served agents plug in (Great Expectations, torch).
 
 
 def _deployment(args: argparse.Namespace) -> str:
@@ -25,6 +34,7 @@ def _policy(args: argparse.Namespace, catalog):
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
+    from fedlake.silos import data_dir
     from fedlake.synth.seed import seed_demo_bank
 
     catalog = load_catalog(args.silos)
@@ -40,6 +50,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_silos(args: argparse.Namespace) -> int:
+    from fedlake.silos import open_silo
+
     catalog = load_catalog(args.silos)
     for name, spec in catalog.silos.items():
         with open_silo(spec, _deployment(args)) as connector:
@@ -57,11 +69,13 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
     from fedlake.agent import build_agent
     from fedlake.agent.server import AgentFlightServer
+    from fedlake.plugins import serving_plugins
+    from fedlake.silos import data_dir
 
     catalog = load_catalog(args.silos)
     policy = _policy(args, catalog)
     deployment = _deployment(args)
-    agent = build_agent(catalog, policy, args.silo, deployment, data_dir())
+    agent = build_agent(catalog, policy, args.silo, deployment, data_dir(), plugins=serving_plugins())
     scheme = "grpc+tls" if args.tls_cert else "grpc+tcp"
     server = AgentFlightServer(agent, f"{scheme}://{args.host}:{args.port}", args.tls_cert, args.tls_key)
     signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
@@ -128,31 +142,58 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def agent_clients(catalog, policy, deployment: str, home: Path) -> dict:
+class _ClientsOnDemand(Mapping[str, "AgentClient"]):
+    """The coordinator's client of each silo's agent, opened when the query first uses that silo, so
+    a query of one lake neither starts the embedded PostgreSQL nor dials agents it never asks."""
+
+    def __init__(self, silos: list[str], open_client: Callable[[str], AgentClient]):
+        self._silos = silos
+        self._open_client = open_client
+        self._opened: dict[str, AgentClient] = {}
+        self._lock = threading.Lock()  # fragments run on several threads
+
+    def __getitem__(self, silo: str) -> AgentClient:
+        if silo not in self._silos:
+            raise KeyError(silo)
+        with self._lock:
+            if silo not in self._opened:
+                self._opened[silo] = self._open_client(silo)
+            return self._opened[silo]
+
+    def __contains__(self, silo: object) -> bool:
+        return silo in self._silos
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._silos)
+
+    def __len__(self) -> int:
+        return len(self._silos)
+
+
+def agent_clients(catalog, policy, deployment: str, home: Path) -> Mapping[str, AgentClient]:
     """The coordinator's clients of every silo's agent: over Flight where the deployment names an
-    agent location, else in-process."""
+    agent location, else in-process, serving queries only (no plug-ins: a query needs none)."""
     from fedlake.agent import FlightAgentClient, client_token, local_agent_client
 
-    clients = {}
-    for name, spec in catalog.silos.items():
-        agent = spec.agents.get(deployment)
-        if agent:
-            where = f"{catalog.path} (silos.{name}.agent.{deployment})"
-            location = agent["location"].resolve(where) if isinstance(agent["location"], EnvRef) else agent["location"]
-            token = client_token(policy, "coordinator", deployment, home)
-            clients[name] = FlightAgentClient(name, location, token, os.environ.get("FEDLAKE_AGENT_CA"))
-        else:
-            clients[name] = local_agent_client(catalog, policy, name, home)
-    return clients
+    def open_client(name: str) -> AgentClient:
+        agent = catalog.silo(name).agents.get(deployment)
+        if not agent:
+            return local_agent_client(catalog, policy, name, home)
+        where = f"{catalog.path} (silos.{name}.agent.{deployment})"
+        location = agent["location"].resolve(where) if isinstance(agent["location"], EnvRef) else agent["location"]
+        token = client_token(policy, "coordinator", deployment, home)
+        return FlightAgentClient(name, location, token, os.environ.get("FEDLAKE_AGENT_CA"))
+
+    return _ClientsOnDemand(list(catalog.silos), open_client)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    from fedlake.agent import ledger_for
     from fedlake.query import Federation, render
+    from fedlake.silos import data_dir
 
     catalog = load_catalog(args.silos)
     policy = _policy(args, catalog)
-    from fedlake.agent import ledger_for
-
     federation = Federation(catalog, agent_clients(catalog, policy, _deployment(args), data_dir()), site=args.site,
                             witness=ledger_for(data_dir(), "coordinator"))
     if args.explain:
@@ -174,6 +215,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from fedlake.agent import ledger_for
     from fedlake.signing import public_keys
+    from fedlake.silos import data_dir
 
     home = data_dir()
     result = ledger_for(home).verify(public_keys(home), require_signatures=args.require_signatures)
@@ -237,14 +279,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_ENV = "FEDLAKE_DEBUG"  # set: an unexpected error shows its traceback instead of one line
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line: some (a SQL parser's) span lines and underline with ANSI codes."""
+    return " ".join(_TERMINAL_CODES.sub("", str(exc)).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.silos = args.silos or default_catalog_path()
     try:
+        args.silos = args.silos or default_catalog_path()
         return args.run(args)
     except FedlakeError as exc:
-        print(f"fedlake: error: {exc}", file=sys.stderr)
+        print(f"fedlake: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("fedlake: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader (`head`, a pager) stopped reading: nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        return 1
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"fedlake: error: unexpected {type(exc).__name__}: {_one_line(exc)} (set {DEBUG_ENV}=1 for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from fedlake.agent import AgentClient, FlightAgentClient, InProcessAgentClient, 
 from fedlake.audit import open_ledger
 from fedlake.signing import signing_key
 from fedlake.catalog import load_catalog
+from fedlake.plugins import serving_plugins
 from fedlake.policy.model import load_policy
 from fedlake.silos import connector_for
 
@@ -64,6 +65,7 @@ class SiloResource(dg.ConfigurableResource):
             connector=connector_for(self.kind, self.silo, self.region, self._settings(), home),
             # the in-process agent signs its own chain, as an agent process would
             ledger=open_ledger(self.ledger, signer=signing_key(home, self.silo)) if self.ledger else ledger_for(home, self.silo),
+            plugins=serving_plugins(),
         )
         return InProcessAgentClient(agent, self.agent_token or client_token(policy, COORDINATOR, "local", home))
 

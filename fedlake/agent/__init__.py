@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from fedlake.agent.agent import Caller, Forbidden, SiloAgent, Unauthenticated
 from fedlake.agent.client import AgentClient, FlightAgentClient, InProcessAgentClient
 from fedlake.agent.gate import EgressDenied, EgressPlan
+from fedlake.agent.plugin import AgentPlugin, PluginContext
 from fedlake.audit import Ledger, open_ledger
 from fedlake.catalog import Catalog
 from fedlake.policy.model import Policy
@@ -20,12 +22,14 @@ AGENT_CA_ENV = "FEDLAKE_AGENT_CA"  # the CA of the agents' certificates: the coo
 
 __all__ = [
     "AgentClient",
+    "AgentPlugin",
     "Caller",
     "EgressDenied",
     "EgressPlan",
     "FlightAgentClient",
     "Forbidden",
     "InProcessAgentClient",
+    "PluginContext",
     "SiloAgent",
     "Unauthenticated",
     "agent_tokens",
@@ -70,9 +74,11 @@ def build_agent(
     home: Path,
     connector: Connector | None = None,
     ledger: Ledger | None = None,
+    plugins: Sequence[AgentPlugin] = (),
 ) -> SiloAgent:
     """The agent of one silo, as it runs next to that silo; the connector defaults to the one the
-    catalog's connection settings open for the deployment."""
+    catalog's connection settings open for the deployment. It serves queries and the silo's own
+    actions, and whatever `plugins` register (see fedlake.plugins for a deployment's choice)."""
     spec = catalog.silo(silo)
     agent = SiloAgent(
         spec,
@@ -83,15 +89,20 @@ def build_agent(
         agent_tokens(policy, deployment, home),
         peer_ca=Path(os.environ[AGENT_CA_ENV]).read_bytes() if os.environ.get(AGENT_CA_ENV) else None,
     )
-    # Plug-in actions import the agent themselves, so they are imported here, not at module load.
-    from fedlake.learning.agent_actions import register_learning_actions
-    from fedlake.quality import load_suites, register_quality_actions
-
-    register_quality_actions(agent, load_suites(catalog.path, catalog))
-    register_learning_actions(agent, registry=home / "governed" / "models")
+    context = PluginContext(catalog, deployment, home)
+    for plugin in plugins:
+        plugin(agent, context)
     return agent
 
 
-def local_agent_client(catalog: Catalog, policy: Policy, silo: str, home: Path, identity: str = "coordinator") -> InProcessAgentClient:
-    agent = build_agent(catalog, policy, silo, "local", home)
+def local_agent_client(
+    catalog: Catalog,
+    policy: Policy,
+    silo: str,
+    home: Path,
+    identity: str = "coordinator",
+    plugins: Sequence[AgentPlugin] = (),
+) -> InProcessAgentClient:
+    """An in-process agent of the local deployment, with the client `identity`'s token."""
+    agent = build_agent(catalog, policy, silo, "local", home, plugins=plugins)
     return InProcessAgentClient(agent, client_token(policy, identity, "local", home))

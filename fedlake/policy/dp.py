@@ -23,17 +23,10 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
-import opendp.prelude as dp
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from fedlake.errors import ConfigError
-
-# "contrib" unlocks OpenDP components whose proofs are written (each links its proof document) but
-# have not finished OpenDP's external vetting; we use only make_laplace and make_laplace_threshold,
-# pinned at opendp==0.16.0. "floating-point" is NOT enabled: it is not needed, as OpenDP samples
-# float noise exactly (discrete Laplace on a fine grid). "honest-but-curious" is not enabled either.
-dp.enable_features("contrib")
 
 ROWS = "__fl_rows"
 PERIODS = ("day", "week", "month")
@@ -175,7 +168,24 @@ class ReleaseReport:
     threshold: float
 
 
+@lru_cache(maxsize=1)
+def _opendp():
+    """OpenDP, loaded on the first release rather than at import, so a process that never releases
+    an aggregate (a plain `fedlake query`) does not pay for it.
+
+    "contrib" unlocks OpenDP components whose proofs are written (each links its proof document) but
+    have not finished OpenDP's external vetting; we use only make_laplace and make_laplace_threshold,
+    pinned at opendp==0.16.0. "floating-point" is NOT enabled: it is not needed, as OpenDP samples
+    float noise exactly (discrete Laplace on a fine grid). "honest-but-curious" is not enabled either.
+    """
+    import opendp.prelude as dp
+
+    dp.enable_features("contrib")
+    return dp
+
+
 def _selection_space(max_rows: int):
+    dp = _opendp()
     # Map {group label -> rows}; L01Inf distance d_in = (l0 groups, l1 rows in all, linf rows per group).
     space = (dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T="i64")), dp.l01inf_distance(dp.absolute_distance(T="i64")))
     return space, (max_rows, max_rows, max_rows)
@@ -185,6 +195,7 @@ def _selection_space(max_rows: int):
 def _selection_params(max_rows: int, epsilon: float, delta: float) -> tuple[float, int]:
     """Smallest Laplace scale whose privacy map gives `epsilon`, then the smallest threshold whose
     map gives `delta` at that scale (both searched by OpenDP over its own maps)."""
+    dp = _opendp()
     space, d_in = _selection_space(max_rows)
     scale = dp.binary_search(
         lambda s: dp.m.make_laplace_threshold(*space, scale=s, threshold=2**62).map(d_in)[0] <= epsilon,
@@ -196,12 +207,14 @@ def _selection_params(max_rows: int, epsilon: float, delta: float) -> tuple[floa
 
 
 def _vector_space(integer: bool):
+    dp = _opendp()
     atom = dp.atom_domain(T="i64") if integer else dp.atom_domain(T=float, nan=False)
     return dp.vector_domain(atom), dp.l1_distance(T="i64" if integer else float)
 
 
 @lru_cache(maxsize=256)
 def _laplace_scale(integer: bool, d_in: float, epsilon: float) -> float:
+    dp = _opendp()
     space = _vector_space(integer)
     return dp.binary_search_param(lambda s: dp.m.make_laplace(*space, scale=s), d_in=d_in, d_out=epsilon)
 
@@ -249,6 +262,7 @@ def release(groups: pa.Table, keys: list[str], aggregates: list[Aggregate], max_
                 need(agg.count_input, True, max_rows)
     if not measured:
         raise ValueError("nothing to release: no aggregates")
+    dp = _opendp()
     share = epsilon / len(measured)
     spent_eps, spent_delta, scales, noisy, threshold = 0.0, 0.0, {}, {}, 0.0
     if grouped:

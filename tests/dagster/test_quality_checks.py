@@ -10,7 +10,7 @@ import pytest
 
 from assets.quality_checks import BLOCKING_TABLES, CHECK_NAME, quality_checks
 from assets.sources import source_assets
-from fedlake.quality import VALIDATE_ACTION, load_suites, register_quality_actions
+from fedlake.quality import load_suites
 from fedlake.silos import open_silo
 from fedlake.synth.seed import seed_demo_bank
 from platform_defs.definitions import build_definitions
@@ -32,25 +32,11 @@ def downstream_of_aml_cases() -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"ran": True})
 
 
-def with_quality_action(resource, suites):
-    """The silo resource, but its in-process agent also answers `validate` (wiring does this for real)."""
-
-    class WithQuality(type(resource)):
-        def agent(self):
-            client = super().agent()
-            if VALIDATE_ACTION not in client.agent.action_names():
-                register_quality_actions(client.agent, suites)
-            return client
-
-    return WithQuality(**{name: getattr(resource, name) for name in type(resource).model_fields})
-
-
 def quality_definitions(home, catalog):
+    """The deployment's own resources: their in-process agents serve `validate` as wired (resources/silos.py)."""
     defs = build_definitions(REPO / "silos.yaml", "local", home)
     suites = load_suites(REPO / "silos.yaml", catalog)
     resources = dict(defs.resources)
-    for silo in catalog.silos:
-        resources[silo] = with_quality_action(resources[silo], suites)
     gate = dg.define_asset_job(
         "quality_gate",
         selection=dg.AssetSelection.assets(TRANSACTIONS, AML_CASES, downstream_of_transactions, downstream_of_aml_cases),

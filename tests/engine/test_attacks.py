@@ -18,6 +18,7 @@ import pytest
 
 from fedlake.agent import FlightAgentClient, InProcessAgentClient, build_agent, client_token
 from fedlake.errors import FedlakeError
+from fedlake.plugins import serving_plugins
 from fedlake.policy.model import load_policy
 from fedlake.silos import open_silo
 from tests.conftest import REPO, TOKENS
@@ -224,7 +225,9 @@ def _in_text(text: str, secrets: set) -> list:
 def analyst(local_deployment, catalog):
     policy = load_policy(REPO / "policies.yaml", catalog)
     token = client_token(policy, "analyst", "local", local_deployment.home)
-    clients = {s: InProcessAgentClient(build_agent(catalog, policy, s, "local", local_deployment.home), token) for s in SILOS}
+    # served as `fedlake agent serve` serves them, so the validation and training attacks meet their role checks
+    clients = {s: InProcessAgentClient(build_agent(catalog, policy, s, "local", local_deployment.home, plugins=serving_plugins()), token)
+               for s in SILOS}
     yield clients
     for c in clients.values():
         c.close()

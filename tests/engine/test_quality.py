@@ -15,8 +15,9 @@ import pytest
 
 from fedlake.agent import Forbidden, InProcessAgentClient, build_agent, client_token
 from fedlake.errors import ConfigError, FedlakeError
+from fedlake.plugins import quality_plugin
 from fedlake.policy.model import load_policy
-from fedlake.quality import VALIDATE_ACTION, load_suites, register_quality_actions, validate_in_place
+from fedlake.quality import VALIDATE_ACTION, load_suites, validate_in_place
 from fedlake.silos import open_silo
 from fedlake.synth.seed import seed_demo_bank
 from tests.conftest import REPO
@@ -231,8 +232,7 @@ def test_null_national_ids_fail_in_postgres_with_the_values_withheld(defective_b
 @pytest.fixture
 def agent_client(defective_bank, catalog, policy, suites):
     def make(silo, identity="coordinator"):
-        agent = build_agent(catalog, policy, silo, "local", defective_bank)
-        register_quality_actions(agent, suites)
+        agent = build_agent(catalog, policy, silo, "local", defective_bank, plugins=(quality_plugin(suites),))
         return InProcessAgentClient(agent, client_token(policy, identity, "local", defective_bank))
 
     return make
