@@ -35,10 +35,13 @@ def render(plan: FederatedPlan, catalog: Catalog, analyze: bool = False) -> str:
             what += f", filters in silo: {' AND '.join(f.filters)}"
         lines.append(f"  fragment {f.name} at silo {f.silo} ({spec.kind}, {spec.region}): {what}; tables {', '.join(f.tables)}")
         lines.append(f"    SQL in silo: {run.sql_in_silo or f.sql}")
+        lines += [f"    {note}" for note in f.notes]
         for semijoin in run.semijoins:
             keys = ", ".join(f"{k.fragment}.{k.name}" for k in semijoin.build)
+            if semijoin.keys_sql:
+                keys = f"the subquery over {', '.join(semijoin.reads)} ({keys})"
             line = (f"    semi-join ({semijoin.condition}): the silo sends only rows whose {semijoin.probe.name} "
-                    f"may be among the keys of {keys}, sent to it as a Bloom filter")
+                    f"may be among the keys of {keys}, sent to it as a key set")
             if analyze and semijoin.condition in run.filters:
                 count, nbytes = run.filters[semijoin.condition]
                 line += f"; actual {count:,} keys in {nbytes:,} bytes"

@@ -232,16 +232,21 @@ def find_semijoins(residual: str, fragments: dict[str, list[str]]) -> list[SemiJ
 
 def choose_semijoins(candidates: list[SemiJoin], estimates: dict[str, tuple[int, int] | None]) -> list[SemiJoin]:
     """The semi-joins that may pay: each key set (KEY_BYTES per key, keys counted as the rows
-    estimated for their fragments, often several times too many) costs at most half of what its probe is estimated to send; the coordinator checks again with
-    the actual keys before sending (`FILTER_SHARE`). A probe may take several (on different
-    columns); largest probes first, and a fragment whose keys are sent never waits for keys itself
-    (no cycles, no chains)."""
+    estimated for their fragments, often several times too many) costs at most half of what its
+    probe is estimated to send; the coordinator checks again with the actual keys before sending
+    (`FILTER_SHARE`). Keys computed by a subquery (`keys_sql`: a HAVING, a join) are often far fewer
+    than the rows it reads, which no estimate tells: they are counted as at most MAX_FILTER_KEYS,
+    and the check with the actual keys decides. A probe may take several (on different columns);
+    largest probes first, and a fragment whose keys are sent never waits for keys itself (no cycles,
+    no chains)."""
     def usable(c: SemiJoin) -> bool:
         probe = estimates.get(c.probe.fragment)
         builds = [estimates.get(k.fragment) for k in c.build]
         if probe is None or any(b is None for b in builds):
             return False
         keys = sum(rows for rows, _ in builds)
+        if c.keys_sql:
+            keys = min(keys, MAX_FILTER_KEYS)
         return keys <= MAX_FILTER_KEYS and KEY_BYTES * keys <= probe[1] / 2
 
     chosen: list[SemiJoin] = []

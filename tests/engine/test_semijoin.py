@@ -152,7 +152,15 @@ def reduced(db: duckdb.DuckDBPyConnection, semijoin: SemiJoin) -> None:
                f"{column} NOT IN (SELECT k FROM ({keys}) AS keys(k) WHERE k IS NOT NULL)")
 
 
-@pytest.mark.parametrize("residual", MEMBERSHIPS, ids=[f"m{i}" for i in range(len(MEMBERSHIPS))])
+JOINS = [
+    'SELECT p.id, o.amount FROM "__f0" AS p JOIN "__f1" AS o ON o.person_id = p.id',
+    'SELECT p.id, o.amount FROM "__f0" AS p LEFT JOIN "__f1" AS o ON o.person_id = p.id',
+    'SELECT p.id, s.t FROM "__f0" AS p JOIN (SELECT person_id, sum(amount) AS t FROM "__f1" GROUP BY person_id) AS s ON s.person_id = p.id',
+    'SELECT p.id FROM "__f0" AS p JOIN (SELECT * FROM "__f1" UNION ALL SELECT * FROM "__f2") AS u ON u.person_id = p.id',
+]
+
+
+@pytest.mark.parametrize("residual", JOINS + MEMBERSHIPS, ids=[f"j{i}" for i in range(len(JOINS))] + [f"m{i}" for i in range(len(MEMBERSHIPS))])
 def test_every_semijoin_found_leaves_the_result_as_it_was(residual):
     """Each semi-join applied alone (the probe's rows whose key is not among the keys dropped,
     null keys too) and the residual run again: the same rows."""
@@ -161,3 +169,13 @@ def test_every_semijoin_found_leaves_the_result_as_it_was(residual):
         db = fragments_db()
         reduced(db, semijoin)
         assert sorted(db.execute(residual).fetchall(), key=repr) == expected, semijoin
+
+
+def test_keys_from_a_subquery_are_not_judged_by_the_rows_it_reads():
+    """A HAVING over 2M rows may keep a handful: its semi-join is tried on a large probe, where a
+    plain fragment's keys as many as its rows would not be."""
+    [exact] = [s for s in find_semijoins(ACROSS, FRAGMENTS) if s.keys_sql]
+    estimates = {"__f0": (3_000_000, 60_000_000), "__f1": (2_000_000, 32_000_000), "__f2": (10_000, 200_000)}
+    assert choose_semijoins([exact], estimates) == [exact]
+    plain = SemiJoin(exact.probe, exact.build, exact.condition)
+    assert choose_semijoins([plain], estimates) == []

@@ -93,6 +93,8 @@ def _scanned_sources(planning: Planning, scope: Scope) -> dict[str, list[Fragmen
 def _estimate(planning: Planning, fragments: list[Fragment], keys: list[str], first_names: list[str] | None) -> tuple[int, int] | None:
     """(groups, rows) of the partial aggregates of these fragments, from the tables' statistics;
     None where a key's distinct count or a table's rows is unknown."""
+    if not planning.statistics:
+        return None
     groups = rows = 0
     for fragment in fragments:
         origins = column_origins(fragment.sql)
