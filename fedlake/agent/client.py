@@ -8,6 +8,7 @@ planned once, and its ticket redeems it. Every failure names the silo.
 from __future__ import annotations
 
 import json
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ class AgentClient(ABC):
     @abstractmethod
     def fetch(self, ticket: str) -> pa.RecordBatchReader:
         """Run a planned fragment (once) and stream what the gate lets out."""
+
+    def cancel(self, ticket: str) -> None:
+        """Stop a fetch under way (another part of its query failed, or its deadline passed)."""
 
     @abstractmethod
     def action(self, name: str, **body: Any) -> Any: ...
@@ -147,6 +151,8 @@ class FlightAgentClient(AgentClient):
         self._client = flight.FlightClient(location, **kwargs)
         self._headers = [(b"authorization", f"Bearer {token}".encode())]
         self.timeout = timeout
+        self._open: dict[str, flight.FlightStreamReader] = {}  # fetches under way, by ticket
+        self._lock = threading.Lock()
 
     def _options(self, timeout: float | None = None) -> flight.FlightCallOptions:
         return flight.FlightCallOptions(headers=self._headers, timeout=timeout or self.timeout)
@@ -180,18 +186,45 @@ class FlightAgentClient(AgentClient):
             raise self._error(exc) from None
 
     def fetch(self, ticket: str) -> pa.RecordBatchReader:
-        try:
-            reader = self._client.do_get(flight.Ticket(Redeem(ticket).to_wire()), self._options()).to_reader()
-        except flight.FlightError as exc:
-            raise self._error(exc) from None
-        return pa.RecordBatchReader.from_batches(reader.schema, self._named(reader))
+        return self._stream(flight.Ticket(Redeem(ticket).to_wire()), ticket)
 
-    def _named(self, reader: pa.RecordBatchReader):
-        """The stream, with a failure mid-way named for its silo."""
+    def cancel(self, ticket: str) -> None:
+        with self._lock:
+            reader = self._open.get(ticket)
+        if reader is not None:
+            reader.cancel()
+
+    def _stream(self, ticket: flight.Ticket, name: str = "") -> pa.RecordBatchReader:
         try:
-            yield from reader
+            reader = self._client.do_get(ticket, self._options())
+            schema = reader.schema
         except flight.FlightError as exc:
             raise self._error(exc) from None
+        if name:
+            with self._lock:
+                self._open[name] = reader
+        return pa.RecordBatchReader.from_batches(schema, self._named(reader, name))
+
+    def _named(self, reader: flight.FlightStreamReader, name: str):
+        """The stream, with a failure mid-way named for its silo; abandoned, it is cancelled at the
+        agent (whose fragment then stops), not left to run to its end."""
+        done = False
+        try:
+            while True:
+                try:
+                    chunk = reader.read_chunk()
+                except StopIteration:
+                    done = True
+                    return
+                yield chunk.data
+        except flight.FlightError as exc:
+            done = True
+            raise self._error(exc) from None
+        finally:
+            with self._lock:
+                self._open.pop(name, None)
+            if not done:
+                reader.cancel()
 
     def action(self, name: str, **body: Any) -> Any:
         try:
@@ -201,11 +234,7 @@ class FlightAgentClient(AgentClient):
         return json.loads(results[0].body.to_pybytes())
 
     def residual(self, request: RunResidual) -> pa.RecordBatchReader:
-        try:
-            reader = self._client.do_get(flight.Ticket(request.to_wire()), self._options()).to_reader()
-        except flight.FlightError as exc:
-            raise self._error(exc) from None
-        return pa.RecordBatchReader.from_batches(reader.schema, self._named(reader))
+        return self._stream(flight.Ticket(request.to_wire()))
 
     def close(self) -> None:
         self._client.close()

@@ -74,7 +74,7 @@ def register_silo_actions(agent: SiloAgent) -> None:
         if not counted:
             return {"table": table, "rows": None, "bytes": None, "columns": hidden}
         plan = agent.plan(caller, f"SELECT {', '.join(map(_quote, counted))} FROM {_quote(table)}", body["purpose"], region)
-        shown = agent.planned_schema(plan)
+        shown = agent.fragments.planned_schema(plan)
         row = agent.connector.execute(stats_sql(f"({plan.sql}) AS q", shown, _quote), params=plan.params).read_all()
         stats = stats_from_row(table, shown, tuple(row.to_pylist()[0].values()), 0)
         columns = []

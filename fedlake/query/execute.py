@@ -11,9 +11,11 @@ query, not by the silos; and at most `max_streams` fragments stream at once per 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pyarrow as pa
@@ -37,6 +39,11 @@ from fedlake.silos.base import counted
 
 GOVERNED = "governed"  # the site name of the governed zone, for Federation(site=...)
 MAX_KEYS_BYTES_UNESTIMATED = 2 * 1024 * 1024  # what keys may cost for a probe with no estimate
+QUERY_SECONDS = float(os.environ.get("FEDLAKE_QUERY_SECONDS", "600"))
+
+
+class QueryDeadline(FedlakeError):
+    """A query's fragments did not arrive within its deadline; what was under way was cancelled."""
 
 __all__ = ["GOVERNED", "FederatedPlan", "Federation", "FragmentRun"]
 
@@ -53,12 +60,14 @@ class Federation:
         site: str = "auto",
         witness: Ledger | None = None,
         max_streams: int = 32,
+        deadline: float = QUERY_SECONDS,
     ):
         """`site`: where the residual runs: "auto" (the cheapest the policy allows), GOVERNED, or a
         silo's name (if the policy allows it). `witness`: the coordinator's own ledger, where the
         chain head of every agent a query used is recorded when the query ends, so that a silo's
         ledger cannot later be truncated or rewritten unnoticed. `max_streams`: fragments streaming
-        at once across this coordinator's queries (the others wait their turn: backpressure)."""
+        at once across this coordinator's queries (the others wait their turn: backpressure).
+        `deadline`: seconds a query's fragments may take to arrive; past it they are cancelled."""
         if site not in ("auto", GOVERNED, *catalog.silos):
             raise PlanningError(f"unknown site '{site}' (auto, {GOVERNED}, or a silo: {', '.join(catalog.silos)})")
         self.catalog = catalog
@@ -68,6 +77,7 @@ class Federation:
         self.site = site
         self.witness = witness
         self._streams = threading.BoundedSemaphore(max_streams)
+        self.deadline = deadline
 
     def _schema(self, sql: str) -> dict[str, dict[str, dict[str, str]]]:
         """{silo: {table: {column: type}}} for the tables the query names, one call per silo."""
@@ -254,14 +264,35 @@ class Federation:
 
                 workspace.load(run.fragment.name, reader, arrived)
 
+        expired = threading.Event()
+
+        def cancel() -> None:
+            workspace.interrupt()
+            for run in plan.runs:
+                if run.rows is None:
+                    self.clients[run.fragment.silo].cancel(run.planned.ticket)
+
+        def expire() -> None:
+            expired.set()
+            cancel()
+
+        timer = threading.Timer(self.deadline, expire)
+        timer.daemon = True
+        timer.start()
         try:
             with ThreadPoolExecutor(max_workers=len(plan.runs)) as pool:
                 for run in sorted(plan.runs, key=lambda r: bool(r.semijoins)):  # the fragments giving keys first
                     loaded[run.fragment.name] = pool.submit(fetch, run)
-                _first_failure(list(loaded.values()), workspace)
+                _first_failure(list(loaded.values()), cancel)
         except BaseException:
             workspace.close()
+            if expired.is_set():
+                waiting = [r.fragment.silo for r in plan.runs if r.rows is None]
+                raise QueryDeadline(f"the query ran past its deadline of {self.deadline:g} s (FEDLAKE_QUERY_SECONDS) waiting "
+                                    f"for {', '.join(sorted(set(waiting))) or 'its fragments'}; cancelled") from None
             raise
+        finally:
+            timer.cancel()
 
         def finished(rows: int, nbytes: int) -> None:
             plan.result_rows, plan.result_bytes = rows, nbytes
@@ -333,13 +364,12 @@ class Federation:
         return pa.RecordBatchReader.from_batches(reader.schema, counted(reader, finished))
 
 
-def _first_failure(futures: list[Future], workspace: Workspace) -> None:
-    """Wait for every fragment; at the first failure, interrupt the others' loading (their streams
-    end, which cancels them at their agents) and raise it."""
+def _first_failure(futures: list[Future], cancel: Callable[[], None]) -> None:
+    """Wait for every fragment; at the first failure, cancel the others (at their agents too) and raise it."""
     for future in futures:
         try:
             future.result()
         except BaseException:
-            workspace.interrupt()
+            cancel()
             raise
 
