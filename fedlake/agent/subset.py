@@ -10,15 +10,15 @@ OFFSET as literal numbers; the expression nodes and functions listed below.
 
 from __future__ import annotations
 
-import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
 from fedlake.errors import FedlakeError
+from fedlake.sql_text import LIMITS, SqlTooComplex, parse_sql
 
-MAX_SQL_CHARS = 200_000
-MAX_NESTING = 64  # parentheses deep: what sqlglot parses long before its recursion limit
-MAX_NODES = 20_000
+MAX_SQL_CHARS = LIMITS.chars
+MAX_NESTING = LIMITS.nesting  # parentheses deep
+MAX_NODES = LIMITS.nodes
 RESERVED_PREFIX = "__fl"  # names the agent gives its masked relations and bookkeeping columns
 
 
@@ -60,35 +60,15 @@ CAST_TYPES = {getattr(exp.DataType.Type, name) for name in (
 _NAMES = {exp.Union: "UNION", exp.Intersect: "INTERSECT", exp.Except: "EXCEPT"}
 
 
-def _nesting(sql: str) -> int:
-    """How deep parentheses nest outside string literals: checked before parsing, which recurses."""
-    depth = deepest = 0
-    quote = ""
-    for char in sql:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char == "(":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char == ")":
-            depth -= 1
-    return deepest
-
-
 def parse_subset(sql: str) -> exp.Query:
-    """Parse a request's SQL and check it against the subset; raises Refused naming what is not accepted."""
-    if len(sql) > MAX_SQL_CHARS:
-        raise Refused(f"the query has {len(sql)} characters; the most an agent accepts is {MAX_SQL_CHARS}")
-    if _nesting(sql) > MAX_NESTING:
-        raise Refused(f"the query nests parentheses {_nesting(sql)} deep; the most an agent accepts is {MAX_NESTING}")
+    """Parse a request's SQL under fedlake.sql_text's limits (size and depth, checked before and
+    after parsing) and check it against the subset; raises Refused naming what is not accepted."""
     try:
-        statements = sqlglot.parse(sql, read="duckdb")
+        statements = parse_sql(sql)
+    except SqlTooComplex as exc:
+        raise Refused(str(exc)) from None
     except ParseError as exc:
         raise Refused(f"the query does not parse: {str(exc).splitlines()[0]}") from None
-    except RecursionError:
-        raise Refused("the query is too deeply nested to plan") from None
     if len(statements) != 1 or statements[0] is None:
         raise Refused("a request is exactly one query")
     tree = statements[0]
