@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-import duckdb
-import duckdb_extensions
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -56,7 +53,7 @@ from fedlake.silos.base import (
 )
 from fedlake.silos.metadata import MetadataCache
 from fedlake.silos.pg_connections import Connections
-from fedlake.silos.postgres_catalog import CatalogEntry, distinct_estimates, read_catalog
+from fedlake.silos.postgres_catalog import CatalogEntry, distinct_estimates, read_catalog, schema_holds
 from fedlake.silos.postgres_roles import (
     ANNOTATION_PREFIX,
     EMBEDDED_READER,
@@ -68,7 +65,15 @@ from fedlake.silos.postgres_roles import (
     ensure_roles,
     with_user,
 )
-from fedlake.silos.postgres_sql import ARROW_BY_OID, pg_type, plain_type, quote_ident, to_postgres_sql
+from fedlake.silos.postgres_engines import (
+    AttachedDatabase,
+    describe,
+    pg_type,
+    plain_type,
+    quote_ident,
+    row_cursor_stream,
+    to_postgres_sql,
+)
 
 # the roles and SQL helpers live in their own modules; these names stay importable from here
 __all__ = [
@@ -128,8 +133,7 @@ class PostgresConnector(Connector):
         self._readers = Connections(name, lambda: self._connect(self._dsn))
         self._writers = Connections(name, lambda: self._connect(self._writer_dsn))
         self._metadata: MetadataCache[dict[str, CatalogEntry]] = MetadataCache(server_location(dsn))
-        self._analytics: duckdb.DuckDBPyConnection | None = None
-        self._analytics_lock = threading.Lock()
+        self._attached = AttachedDatabase(name, dsn, self._schemas)
 
     def _connect(self, dsn: str | None = None) -> psycopg.Connection:
         """A connection that finds source tables first, then made ones (a made table never shadows a source)."""
@@ -221,16 +225,13 @@ class PostgresConnector(Connector):
     def _qualified(entry: CatalogEntry) -> str:
         return f"{quote_ident(entry.schema)}.{quote_ident(entry.table)}"
 
-    def _describe(self, cursor: psycopg.Cursor) -> pa.Schema:
-        return pa.schema([(d.name, ARROW_BY_OID.get(d.type_code, pa.string())) for d in cursor.description])
-
     def schema(self, table: str) -> pa.Schema:
         entry = self._require(table)
 
-        def describe() -> pa.Schema:
-            return self._reading(lambda conn: self._describe(conn.execute(f"SELECT * FROM {self._qualified(entry)} LIMIT 0")))
+        def read() -> pa.Schema:
+            return self._reading(lambda conn: describe(conn.execute(f"SELECT * FROM {self._qualified(entry)} LIMIT 0")))
 
-        return self._metadata.value(table, entry.structure, "schema", describe)
+        return self._metadata.value(table, entry.structure, "schema", read)
 
     def row_count(self, table: str) -> int:
         entry = self._require(table)
@@ -264,7 +265,7 @@ class PostgresConnector(Connector):
                 return TableStatistics(rows=round(entry.reltuples), distinct=distinct)
             schema, rows = self.schema(table), self.row_count(table)
             sql = distinct_sql(f"silo.{self._qualified(entry)}", schema, quote_ident, exact=rows <= EXACT_DISTINCT_ROWS)
-            cursor = self._attached()
+            cursor = self._attached.cursor()
             try:
                 with named_errors(self.name, f"estimating the distinct values of {table}"):
                     row = cursor.execute(sql).fetchone()
@@ -287,28 +288,6 @@ class PostgresConnector(Connector):
 
     # -- fragments ------------------------------------------------------------------------------
 
-    def _attached(self) -> duckdb.DuckDBPyConnection:
-        """A cursor of the agent's DuckDB with the silo's database attached read-only (as the reader),
-        its source schema then the made one on the search path."""
-        with self._analytics_lock:
-            if self._analytics is None:
-                db = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-                duckdb_extensions.import_extension("postgres", con=db)
-                db.execute("LOAD postgres")
-                # tables fedlake creates in the silo become visible to the next fragment
-                db.execute("SET pg_staleness_query_enabled = true")
-                dsn = self._dsn.replace("'", "''")
-                try:
-                    db.execute(f"ATTACH '{dsn}' AS silo (TYPE postgres, READ_ONLY)")
-                except duckdb.Error as exc:
-                    db.close()
-                    raise SiloError(f"silo {self.name}: cannot attach PostgreSQL: {exc}") from exc
-                self._analytics = db
-            cursor = self._analytics.cursor()
-        path = ",".join(f"silo.{quote_ident(s)}" for s in self._schemas).replace("'", "''")
-        cursor.execute(f"SET search_path = '{path}'")
-        return cursor
-
     def estimate_rows(self, sql: str, params: dict | None = None) -> int | None:
         """PostgreSQL's planner estimate from its statistics (DuckDB's scanner of it has none). The
         statement is bound on the client: PostgreSQL takes no parameters for EXPLAIN."""
@@ -325,35 +304,11 @@ class PostgresConnector(Connector):
         statement = self._postgres_sql(sql)
         # a connection of its own, held as long as the stream is read (a lent one could be held forever)
         conn = self._connect()
-        conn.autocommit = False
-        cursor = conn.cursor(name=f"fl_{uuid.uuid4().hex[:12]}")
-        try:
-            cursor.execute(statement, params or None)
-            first = cursor.fetchmany(batch_rows)
-        except psycopg.Error as exc:
-            conn.close()
-            raise SiloError(f"silo {self.name}: {exc}") from exc
-        schema = self._describe(cursor)
-
-        def to_batch(rows: list[tuple]) -> pa.RecordBatch:
-            columns = [pa.array([r[i] for r in rows], type=f.type) for i, f in enumerate(schema)]
-            return pa.RecordBatch.from_arrays(columns, schema=schema)
-
-        def batches() -> Iterator[pa.RecordBatch]:
-            try:
-                rows = first
-                while rows:
-                    yield to_batch(rows)
-                    rows = cursor.fetchmany(batch_rows)
-            except psycopg.Error as exc:
-                raise SiloError(f"silo {self.name}: streaming a fragment failed: {exc}") from exc
-            finally:
-                conn.close()
-
-        return schema, ended_with(batches(), conn.close)
+        schema, batches = row_cursor_stream(conn, statement, params, batch_rows, self.name)
+        return schema, ended_with(batches, conn.close)
 
     def _stream_duckdb(self, sql: str, batch_rows: int, params: dict | None = None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        reader, close = duckdb_stream(self._attached(), sql, params, batch_rows, self.name)
+        reader, close = duckdb_stream(self._attached.cursor(), sql, params, batch_rows, self.name)
         schema = pa.schema([f.with_type(plain_type(f.type)) for f in reader.schema])
 
         def batches() -> Iterator[pa.RecordBatch]:
@@ -372,14 +327,6 @@ class PostgresConnector(Connector):
         conn.execute(f"DROP TABLE IF EXISTS {quote_ident(schema)}.{quote_ident(table)}")
         conn.execute(f"ALTER TABLE {quote_ident(schema)}.{quote_ident(staging)} RENAME TO {quote_ident(table)}")
 
-    @staticmethod
-    def _in_schema(conn: psycopg.Connection, schema: str, table: str) -> bool:
-        """Whether the schema holds the table, whoever may read it (pg_class is visible to every role)."""
-        return conn.execute(
-            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
-            (schema, table),
-        ).fetchone() is not None
-
     def materialize(self, table: str, sql: str, annotations: dict | None = None, params: dict | None = None) -> MaterializedTable:
         """As the writer, in its schema: a made table may not take the name of a source table. One
         transaction on a connection checked when lent; if the connection fails, the statement is
@@ -391,7 +338,7 @@ class PostgresConnector(Connector):
         try:
             with self._writers.connection() as conn:
                 with conn.transaction():
-                    if self._made != self._schema and self._in_schema(conn, self._schema, table):
+                    if self._made != self._schema and schema_holds(conn, self._schema, table):
                         raise SiloError(
                             f"silo {self.name}: '{table}' is a source table of schema {self._schema}; "
                             "a made table may not shadow it"
@@ -453,7 +400,7 @@ class PostgresConnector(Connector):
         silo_table_name(self.name, table)
         try:
             with self._writers.connection() as writer:
-                if self._made != self._schema and self._in_schema(writer, self._made, table):
+                if self._made != self._schema and schema_holds(writer, self._made, table):
                     writer.execute(f"DROP TABLE IF EXISTS {quote_ident(self._made)}.{quote_ident(table)}")
                     return
                 if self._owner_dsn == self._writer_dsn:
@@ -472,7 +419,4 @@ class PostgresConnector(Connector):
     def close(self) -> None:
         self._readers.close()
         self._writers.close()
-        with self._analytics_lock:
-            if self._analytics is not None:
-                self._analytics.close()
-                self._analytics = None
+        self._attached.close()

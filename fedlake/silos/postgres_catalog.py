@@ -74,3 +74,11 @@ def distinct_estimates(conn: psycopg.Connection, entry: CatalogEntry) -> dict[st
         n = float(n_distinct)
         estimates[column] = round(n if n >= 0 else -n * rows)
     return estimates
+
+
+def schema_holds(conn: psycopg.Connection, schema: str, table: str) -> bool:
+    """Whether the schema holds the table, whoever may read it (pg_class is visible to every role)."""
+    return conn.execute(
+        "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+        (schema, table),
+    ).fetchone() is not None
