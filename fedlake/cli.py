@@ -188,6 +188,10 @@ def agent_clients(catalog, policy, deployment: str, home: Path) -> Mapping[str, 
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    if os.environ.get("FEDLAKE_COORDINATOR"):  # a served coordinator: send the SQL there (fedlake.serve.remote)
+        from fedlake.serve.remote import cli_query
+
+        return cli_query(args, _deployment(args), lambda: _policy(args, load_catalog(args.silos)))
     from fedlake.agent import ledger_for
     from fedlake.query import Federation, render
     from fedlake.silos import data_dir
@@ -209,6 +213,17 @@ def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
     duckdb.connect().from_arrow(table).show(max_rows=args.max_rows)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fedlake.serve.coordinator import Coordinator
+    from fedlake.serve.flightsql import serve
+    from fedlake.silos import data_dir
+
+    catalog = load_catalog(args.silos)
+    coordinator = Coordinator(catalog, _policy(args, catalog), _deployment(args), data_dir())
+    serve(coordinator, args.host, args.port, args.tls_cert, args.tls_key)
     return 0
 
 
@@ -270,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--site", default="auto",
                        help="where the residual runs: auto (the fewest bytes the policy allows), governed, or a silo")
     query.set_defaults(run=cmd_query)
+
+    served = sub.add_parser("serve", help="run the coordinator as an Arrow Flight SQL server (ADBC, JDBC, BI tools)")
+    served.add_argument("--host", default="127.0.0.1")
+    served.add_argument("--port", type=int, default=32010, help="0 picks a free port (printed)")
+    served.add_argument("--tls-cert", type=Path, default=None)
+    served.add_argument("--tls-key", type=Path, default=None)
+    served.set_defaults(run=cmd_serve)
 
     audit = sub.add_parser("audit", help="the audit ledger").add_subparsers(dest="audit_command", required=True)
     verify = audit.add_parser("verify", help="check every chain's hashes, signatures and witnessed heads; names what is broken or missing")
