@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fedlake.catalog import Catalog, EnvRef, SiloSpec
 from fedlake.errors import ConfigError, SiloError
-from fedlake.silos.base import Connector, EgressCounter, MaterializedTable, TableStats
+from fedlake.silos.base import Connector, EgressCounter, MaterializedTable, TableStatistics, TableStats
 from fedlake.silos.parquet import ParquetConnector
 from fedlake.silos.postgres import MADE_SCHEMA, PostgresConnector, embedded_dsn, embedded_roles, ensure_roles
 from fedlake.silos.s3 import S3Connector
@@ -16,6 +16,7 @@ __all__ = [
     "Connector",
     "EgressCounter",
     "MaterializedTable",
+    "TableStatistics",
     "TableStats",
     "ParquetConnector",
     "PostgresConnector",

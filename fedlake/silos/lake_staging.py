@@ -104,7 +104,8 @@ class Staging:
 
     def sweep(self, table: str, current: Callable[[str], str | None]) -> list[str]:
         """Remove the versions of `table` that neither its pointer nor a live writer holds, and the
-        registrations of gone writers; returns the versions removed."""
+        registrations of gone writers; returns the versions removed. In a table without a pointer
+        only registered versions are candidates: its other folders may be data fedlake did not write."""
         now = time.time()
         table_dir = posixpath.join(self._base, table)
         versions, drafts = set(), set()
@@ -119,8 +120,10 @@ class Staging:
             for info in self._fs.get_file_info(pafs.FileSelector(posixpath.join(self._base, STAGING, table), allow_not_found=True))
             if info.type == pafs.FileType.File and info.path.endswith(".json")
         }
+        # a folder without a pointer may be a lake fedlake did not write: only registered versions are fedlake's there
+        candidates = registrations | (versions | drafts if current(table) is not None else set())
         removed = []
-        for version in sorted(versions | drafts | registrations):
+        for version in sorted(candidates):
             if self._writer(table, version, now) is not None:
                 continue
             # read after the registration: a writer publishes before it releases, so a version
@@ -134,6 +137,8 @@ class Staging:
                 removed.append(version)
             self._delete_file(posixpath.join(table_dir, POINTER_DRAFT_PREFIX + version))
             self.release(table, version)
+        if removed and current(table) is None and not self._fs.get_file_info(pafs.FileSelector(table_dir, allow_not_found=True)):
+            self._delete_dir(table_dir)  # what a killed first write of the table left
         return removed
 
     def sweep_lake(self, current: Callable[[str], str | None]) -> dict[str, list[str]]:

@@ -158,3 +158,19 @@ def test_a_writer_on_another_host_is_trusted_until_the_grace_period(lake):
     assert staging.sweep("big", lambda table: lake.current(table)) == ["v-elsewhere-stale"]
     assert lake.versions("big") == {lake.current("big"), "v-elsewhere-recent"}
     assert_first_version_readable(connector)
+
+
+def test_a_killed_first_write_leaves_no_table_and_folders_fedlake_did_not_write_stay(lake):
+    """Without a pointer, only registered versions are fedlake's: a lake's own sub-folder named
+    like a version is data, not an orphan."""
+    import pyarrow.parquet as pq
+
+    for folder in ("legacy", "legacy/v-2020"):
+        lake.fs.create_dir(posixpath.join(lake.base, folder), recursive=True)
+        pq.write_table(FIRST, posixpath.join(lake.base, folder, "part.parquet"), filesystem=lake.fs)
+    lake.killed_write()
+    assert lake.versions("big") and lake.registrations("big")
+    connector = lake.connector()
+    assert not lake.versions("big") and not lake.registrations("big")
+    assert lake.versions("legacy") == {"v-2020"}
+    assert connector.list_tables() == ["legacy"] and connector.row_count("legacy") == 1000
