@@ -117,6 +117,8 @@ def main() -> None:
     coordinates = "coordinate" in policy.clients[args.identity].roles
     federation = Federation(catalog, clients, site="auto" if coordinates else GOVERNED, semijoins=coordinates)
     in_process = timed(lambda: federation.run(SQL, args.purpose), args.repeat)
+    for client in clients.values():
+        client.close()
 
     print(f"{SQL!r} as {args.identity} for {args.purpose}, scale {args.scale:g}, {args.repeat} repetitions each")
     print(f"{'':<38}{'p50 ms':>9}{'p99 ms':>9}")

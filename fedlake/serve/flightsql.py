@@ -12,8 +12,8 @@ Flight SQL is Flight whose commands are protobuf messages wrapped in google.prot
 
 Everything else (updates, bound parameters, transactions, Substrait) is refused by name. Every call
 authenticates its bearer token to an identity (fedlake.serve.coordinator). A refusal or an error
-reaches the client as one line; an error fedlake did not raise on purpose is logged here under an
-error id and only the id leaves.
+reaches the client as one line; an error fedlake did not raise on purpose (an engine's, a bug) is
+logged here under an error id and only the id and the error's class leave.
 """
 
 from __future__ import annotations
@@ -49,15 +49,18 @@ class Refusal(FedlakeError):
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# where an error that wraps another quotes that one's Python traceback: nothing from there on leaves
+_TRACEBACK = re.compile(r"(\.?\s*Detail: Python exception:|Traceback \(most recent call last\)).*", re.DOTALL)
 
 
 def one_line(exc: BaseException) -> str:
-    return " ".join(_ANSI.sub("", str(exc)).split())
+    return " ".join(_TRACEBACK.sub("", _ANSI.sub("", str(exc))).split())
 
 
 def flight_error(exc: BaseException) -> flight.FlightError:
-    """What the client sees of an error: its one line under the matching gRPC status, or for an
-    error fedlake did not raise on purpose, an error id (the text stays in this server's log).
+    """What the client sees of an error: a refusal's or fedlake's own one line under the matching
+    gRPC status; for anything else (an engine's error, a bug) only an error id, its text going to
+    this server's log.
 
     Always a FlightError: for any other exception pyarrow would append the Python traceback to the
     message. Refusals of the request's content (bad SQL, unknown names, unserved commands) are
@@ -70,13 +73,10 @@ def flight_error(exc: BaseException) -> flight.FlightError:
         return flight.FlightUnauthorizedError(one_line(exc))
     if isinstance(exc, (FedlakeError, ValueError)):
         return flight.FlightServerError(one_line(exc))
-    if type(exc).__module__.split(".")[0] in ("duckdb", "_duckdb"):
-        # the residual runs here over what the agents released to this region, for this identity
-        return flight.FlightServerError(f"the query failed in the coordinator's engine: {one_line(exc)}")
     error_id = uuid.uuid4().hex[:16]
     log.error("fedlake serve: request failed [error id %s]", error_id, exc_info=exc)
-    return flight.FlightInternalError(f"fedlake serve: the request failed [error id {error_id}]; "
-                                      "the full text is in the coordinator's log")
+    return flight.FlightInternalError(f"fedlake serve: the query failed in the coordinator ({type(exc).__name__}) "
+                                      f"[error id {error_id}]; the full text is in the coordinator's log")
 
 
 class _Authenticated(flight.ServerMiddleware):

@@ -160,6 +160,17 @@ def test_errors_in_the_query_are_one_line_without_traceback(served):
             assert "\n" not in message and "Traceback" not in message and "\x1b" not in message
 
 
+def test_an_engine_error_leaves_as_an_error_id_without_values(served):
+    """A cast that fails in the coordinator's residual (it mixes two silos' columns): the client gets
+    the error's class and an id, not DuckDB's text, which quotes the value."""
+    sql = ("SELECT CAST(e.account_type || u.currency AS INTEGER) AS x FROM eu_core.accounts e "
+           "JOIN us_lake.accounts u ON e.account_type = u.account_type")
+    with served.connect("analyst") as connection:
+        message = error_of(connection, sql)
+    assert "the query failed in the coordinator (ConversionException) [error id " in message
+    assert "USD" not in message and "checking" not in message and "\n" not in message
+
+
 def test_the_purpose_header_decides_the_purpose_within_the_identity(served):
     national_ids = "SELECT national_id FROM eu_core.customers ORDER BY national_id LIMIT 3"
     with served.connect("coordinator") as connection:  # no header: its first purpose, credit_scoring
