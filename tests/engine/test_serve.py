@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import pytest
 from adbc_driver_flightsql import DatabaseOptions
 from google.protobuf import any_pb2
 
-from fedlake.agent import client_token, ledger_for, local_agent_client
+from fedlake.agent import FlightAgentClient, client_token, ledger_for, local_agent_client
 from fedlake.policy.model import load_policy
 from fedlake.query import GOVERNED, Federation
 from fedlake.serve import messages as m
@@ -62,16 +64,15 @@ class Served:
         return flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {self.tokens[identity]}".encode())])
 
 
-@pytest.fixture(scope="module")
-def served(local_deployment, tls, tmp_path_factory) -> Iterator[Served]:
-    """`fedlake serve` on the seeded local deployment, its own process, TLS on a loopback port."""
+@contextmanager
+def serve_process(deployment, tls: dict[str, Path], log: Path) -> Iterator[Served]:
+    """`fedlake serve` on a seeded deployment, its own process, TLS on a loopback port."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
     command = [
-        sys.executable, "-m", "fedlake.cli", "--deployment", "local", "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"]),
+        sys.executable, "-m", "fedlake.cli", "--deployment", deployment.name, "serve", "--host", "127.0.0.1",
+        "--port", str(port), "--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"]),
     ]
-    env = {**os.environ, "FEDLAKE_HOME": str(local_deployment.home)}
+    env = {**os.environ, "FEDLAKE_HOME": str(deployment.home)}
     with open(log, "w") as out:
         process = subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -79,9 +80,9 @@ def served(local_deployment, tls, tmp_path_factory) -> Iterator[Served]:
             wait_for_port(port, timeout=120)
         except RuntimeError:
             raise RuntimeError(f"fedlake serve did not start:\n{log.read_text()}") from None
-        policy = load_policy(REPO / "policies.yaml", local_deployment.catalog)
-        tokens = {identity: client_token(policy, identity, "local", local_deployment.home) for identity in policy.clients}
-        yield Served(f"grpc+tls://127.0.0.1:{port}", local_deployment.home, tls["ca"], tokens)
+        policy = load_policy(REPO / "policies.yaml", deployment.catalog)
+        tokens = {identity: client_token(policy, identity, deployment.name, deployment.home) for identity in policy.clients}
+        yield Served(f"grpc+tls://127.0.0.1:{port}", deployment.home, tls["ca"], tokens)
     finally:
         process.terminate()
         try:
@@ -90,10 +91,29 @@ def served(local_deployment, tls, tmp_path_factory) -> Iterator[Served]:
             process.kill()
 
 
-def in_process(deployment, identity: str) -> Federation:
-    """The Federation the CLI would build in-process, calling the agents as `identity`."""
+@pytest.fixture(scope="module")
+def served(local_deployment, tls, tmp_path_factory) -> Iterator[Served]:
+    with serve_process(local_deployment, tls, tmp_path_factory.mktemp("serve") / "serve.log") as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def served_prod(prod_deployment, tls, tmp_path_factory) -> Iterator[Served]:
+    """The same over the prod deployment: the server reaches each silo's agent process over Flight."""
+    with serve_process(prod_deployment, tls, tmp_path_factory.mktemp("serve-prod") / "serve.log") as served:
+        yield served
+
+
+def in_process(deployment, identity: str, ca: Path | None = None) -> Federation:
+    """The Federation the CLI would build in-process, calling the agents as `identity` (over Flight
+    for the prod deployment)."""
     policy = load_policy(REPO / "policies.yaml", deployment.catalog)
-    clients = {s: local_agent_client(deployment.catalog, policy, s, deployment.home, identity=identity) for s in deployment.catalog.silos}
+    if deployment.name == "prod":
+        token = client_token(policy, identity, "prod", deployment.home)
+        clients = {s: FlightAgentClient(s, deployment.env_location(s), token, ca) for s in deployment.catalog.silos}
+    else:
+        clients = {s: local_agent_client(deployment.catalog, policy, s, deployment.home, identity=identity)
+                   for s in deployment.catalog.silos}
     coordinates = "coordinate" in policy.clients[identity].roles
     return Federation(deployment.catalog, clients, site="auto" if coordinates else GOVERNED, semijoins=coordinates)
 
@@ -264,3 +284,23 @@ def test_the_cli_queries_through_the_coordinator_when_one_is_named(served, local
     refused = run_cli(served, COUNT, tmp_path, "not-a-token")
     assert refused.returncode == 2
     assert refused.stderr.strip() == f"fedlake: error: coordinator {served.location}: fedlake serve: invalid bearer token"
+
+
+@pytest.mark.prod
+def test_over_flight_agents_concurrent_clients_get_the_in_process_results(served_prod, prod_deployment, tls):
+    """Prod: the server calls each silo's agent process over Flight as the client's identity; eight
+    queries from four connections at once all equal the in-process Federation's results."""
+    expected = {sql: in_process(prod_deployment, "analyst", tls["ca"]).run(sql, "analytics")[0].to_pylist()
+                for sql in (COUNT, JOIN, UNION)}
+
+    def client(sqls: list[str]) -> list[list[dict]]:
+        with served_prod.connect("analyst") as connection:
+            return [fetch(connection, sql).to_pylist() for sql in sqls]
+
+    work = [[COUNT, JOIN], [UNION, COUNT], [JOIN, UNION], [COUNT, UNION]]
+    with ThreadPoolExecutor(len(work)) as pool:
+        answers = list(pool.map(client, work))
+    for sqls, got in zip(work, answers):
+        assert got == [expected[sql] for sql in sqls]
+    with served_prod.connect("analyst") as connection:
+        assert FULL_NAME_RULE in error_of(connection, DENIED)
