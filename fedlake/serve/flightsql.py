@@ -41,6 +41,7 @@ log = logging.getLogger("fedlake.serve")
 RESULT_SECONDS = 300  # a result not fetched within this is dropped
 STATEMENT_SECONDS = 3600  # a prepared statement not used within this is closed
 RESULTS_PER_IDENTITY = 32
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STATEMENTS_PER_IDENTITY = 256
 
 
@@ -274,8 +275,12 @@ def serve(coordinator: Coordinator, host: str, port: int, tls_cert: Path | None,
     """Run the Flight SQL server until SIGTERM or SIGINT; prints where it listens once it does."""
     # fragments from agents arrive over Flight at any alignment; Acero would warn per batch
     os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     scheme = "grpc+tls" if tls_cert else "grpc+tcp"
+    if scheme == "grpc+tcp" and host not in LOOPBACK:
+        coordinator.close()
+        raise FedlakeError(f"fedlake serve: bearer tokens would cross the network in clear on {host}: give --tls-cert "
+                           f"and --tls-key (without TLS it listens on loopback only: {', '.join(LOOPBACK)})")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server = FlightSqlServer(coordinator, f"{scheme}://{host}:{port}", tls_cert, tls_key)
     signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
     identities = ", ".join(coordinator.federations) or "none"

@@ -286,6 +286,16 @@ def test_the_cli_queries_through_the_coordinator_when_one_is_named(served, local
     assert refused.stderr.strip() == f"fedlake: error: coordinator {served.location}: fedlake serve: invalid bearer token"
 
 
+def test_without_tls_it_listens_on_loopback_only(local_deployment):
+    command = [sys.executable, "-m", "fedlake.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())]
+    env = {**os.environ, "FEDLAKE_HOME": str(local_deployment.home)}
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("fedlake: error: fedlake serve: bearer tokens would cross the network in clear on "
+                                   "0.0.0.0: give --tls-cert and --tls-key (without TLS it listens on loopback only: "
+                                   "127.0.0.1, localhost, ::1)")
+
+
 @pytest.mark.prod
 def test_over_flight_agents_concurrent_clients_get_the_in_process_results(served_prod, prod_deployment, tls):
     """Prod: the server calls each silo's agent process over Flight as the client's identity; eight
