@@ -63,6 +63,8 @@ class QueryResult:
 
 
 class Coordinator:
+    """Built once when the server starts; serves concurrent queries (a Federation keeps no per-query state)."""
+
     def __init__(self, catalog: Catalog, policy: Policy, deployment: str, home: Path):
         self.catalog = catalog
         self.policy = policy

@@ -73,7 +73,7 @@ class Handles(Generic[T]):
         self._on_drop(self.take(owner, handle))
 
     def _expire(self, now: float) -> list[T]:
-        stale = [h for h, e in self._entries.items() if now - e.touched > self.ttl]
+        stale = [h for h, e in self._entries.items() if now - e.touched >= self.ttl]
         return [self._entries.pop(h).value for h in stale]
 
     def clear(self) -> None:

@@ -28,6 +28,7 @@ from fedlake.agent import FlightAgentClient, client_token, ledger_for, local_age
 from fedlake.policy.model import load_policy
 from fedlake.query import GOVERNED, Federation
 from fedlake.serve import messages as m
+from fedlake.serve.statements import Handles, UnknownHandle
 from tests.conftest import REPO
 from tests.services import free_port, wait_for_port
 
@@ -258,6 +259,24 @@ def test_handles_belong_to_the_identity_that_made_them(served):
     with pytest.raises(flight.FlightServerError, match="does not serve arrow.flight.protocol.sql.CommandStatementUpdate"):
         client.get_flight_info(flight.FlightDescriptor.for_command(update), coordinator)
     client.close()
+
+
+def test_handles_are_bounded_per_identity_and_expire():
+    dropped = []
+    handles = Handles("query result", ttl_seconds=3600, per_identity=2, on_drop=dropped.append)
+    first, second = handles.add("analyst", "r1"), handles.add("analyst", "r2")
+    other = handles.add("coordinator", "r3")
+    handles.add("analyst", "r4")  # the analyst's oldest goes; the coordinator's stays
+    assert dropped == ["r1"]
+    with pytest.raises(UnknownHandle):
+        handles.get("analyst", first)
+    assert handles.get("analyst", second) == "r2" and handles.get("coordinator", other) == "r3"
+    stale = Handles("prepared statement", ttl_seconds=0, per_identity=8, on_drop=dropped.append)
+    old = stale.add("analyst", "s1")
+    stale.add("analyst", "s2")  # adding sweeps what outlived its time
+    with pytest.raises(UnknownHandle, match="no such prepared statement"):
+        stale.get("analyst", old)
+    assert "s1" in dropped
 
 
 def run_cli(served: Served, sql: str, home: Path, token: str) -> subprocess.CompletedProcess:
