@@ -41,7 +41,6 @@ from fedlake.query import GOVERNED, Federation, render
 from fedlake.serve.metadata import TableListing, like
 from fedlake.serve.witnessing import WITNESS_CHAIN, Witnessing
 
-PURPOSE_HEADER = "x-fedlake-purpose"
 _EXPLAIN = re.compile(r"\s*EXPLAIN(\s+ANALYZE)?\s+", re.IGNORECASE)
 
 

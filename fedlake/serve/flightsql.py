@@ -32,8 +32,9 @@ import pyarrow.flight as flight
 from fedlake.agent import EgressDenied, Forbidden, Unauthenticated
 from fedlake.errors import FedlakeError
 from fedlake.serve import messages as m
+from fedlake.serve.messages import PURPOSE_HEADER
 from fedlake.serve import metadata
-from fedlake.serve.coordinator import PURPOSE_HEADER, Coordinator, QueryResult, Session
+from fedlake.serve.coordinator import Coordinator, QueryResult, Session
 from fedlake.serve.statements import Handles
 
 log = logging.getLogger("fedlake.serve")

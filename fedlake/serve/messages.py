@@ -45,6 +45,9 @@ MESSAGES: dict[str, list[tuple[str, int, int, str]]] = {
     "ActionClosePreparedStatementRequest": [("prepared_statement_handle", 1, BYTES, SINGLE)],
 }
 
+# fedlake's own header: the purpose a call declares (fedlake.serve.coordinator)
+PURPOSE_HEADER = "x-fedlake-purpose"
+
 # Flight SQL's DoAction types, as the spec names them
 CREATE_PREPARED_STATEMENT = "CreatePreparedStatement"
 CLOSE_PREPARED_STATEMENT = "ClosePreparedStatement"

@@ -21,7 +21,6 @@ import pyarrow.flight as flight
 from fedlake.errors import FedlakeError
 from fedlake.policy.model import Policy
 from fedlake.serve import messages as m
-from fedlake.serve.coordinator import PURPOSE_HEADER
 
 COORDINATOR_ENV = "FEDLAKE_COORDINATOR"
 TOKEN_ENV = "FEDLAKE_TOKEN"
@@ -41,7 +40,7 @@ def query_coordinator(location: str, sql: str, purpose: str | None, token: str, 
     kwargs = {"tls_root_certs": Path(ca).read_bytes()} if ca else {}
     headers = [(b"authorization", f"Bearer {token}".encode())]
     if purpose:
-        headers.append((PURPOSE_HEADER.encode(), purpose.encode()))
+        headers.append((m.PURPOSE_HEADER.encode(), purpose.encode()))
     options = flight.FlightCallOptions(headers=headers, timeout=timeout)
     client = flight.FlightClient(location, **kwargs)
     try:
@@ -85,6 +84,8 @@ def cli_query(args: argparse.Namespace, deployment: str, policy: Callable[[], Po
     if args.explain or args.explain_analyze:
         print("\n".join(table.column("plan").to_pylist()))
         return 0
+    # Flight hands over buffers at any alignment, which costs nothing here; Acero would warn about them
+    os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
     import duckdb
 
     duckdb.connect().from_arrow(table).show(max_rows=args.max_rows)
