@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import duckdb
 import pyarrow as pa
@@ -68,6 +68,14 @@ class Workspace:
         finally:
             cursor.close()
 
+    def keys(self, sql: str) -> pa.ChunkedArray:
+        """The first column of a query over the loaded fragments: a semi-join's exact keys."""
+        cursor = self._db.cursor()
+        try:
+            return cursor.execute(sql).to_arrow_table().column(0)
+        finally:
+            cursor.close()
+
     def run(self, sql: str, finished: Callable[[int, int], None]) -> pa.RecordBatchReader:
         """Stream the residual's result; the workspace closes when the stream ends (or fails to start)."""
         try:
@@ -102,3 +110,12 @@ def check_residual(sql: str, fragments: set[str]) -> None:
     if unknown or any(t.args.get("db") or isinstance(t.this, exp.Func) for t in tables):
         raise FedlakeError(f"the residual may read only its fragments ({', '.join(sorted(fragments))}), "
                            f"not {', '.join(sorted(unknown)) or 'a qualified name or a table function'}")
+
+
+def semijoin_keys(workspace: Workspace, build: Iterable[tuple[str, str]], keys_sql: str, fragments: set[str]) -> pa.ChunkedArray:
+    """A semi-join's keys: the distinct values of its build columns, or exactly those its keys query
+    computes over the loaded fragments (checked, like a residual, to read only them)."""
+    if keys_sql:
+        check_residual(keys_sql, fragments)
+        return workspace.keys(keys_sql)
+    return workspace.distinct(list(build))

@@ -21,6 +21,7 @@ from fedlake.agent.gate import EgressDenied
 from fedlake.agent.peers import in_process_location, put_keys
 from fedlake.agent.protocol import (
     Decision, ExplainFragment, KeysFor, PlanFragment, PlannedFragment, PrepareTransfer, Redeem, ResidualReport, RunResidual,
+    TableInfo,
 )
 from fedlake.errors import FedlakeError
 from fedlake.keyset import KeySet
@@ -76,9 +77,11 @@ class AgentClient(ABC):
     def residual_report(self, rid: str) -> ResidualReport:
         return ResidualReport.from_fields(self.action("residual_report", id=rid))
 
-    def tables(self, names: list[str]) -> dict[str, dict[str, str]]:
-        """{table: {column: SQL type}} for those of `names` the silo holds, in one call."""
-        return self.action("tables", names=sorted(names))
+    def tables(self, names: list[str], purpose: str | None = None) -> dict[str, TableInfo]:
+        """For those of `names` the silo holds: column types and, for a purpose, the statistics the
+        caller's masks let out, in one call."""
+        found = self.action("tables", names=sorted(names), **({"purpose": purpose} if purpose else {}))
+        return {name: TableInfo.from_fields(info) for name, info in found.items()}
 
     def list_tables(self) -> list[str]:
         return self.action("list_tables")

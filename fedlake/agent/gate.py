@@ -12,7 +12,6 @@ base columns it is made of (EXPLAIN, `fedlake policy explain`, the ledger).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlglot import exp
 

@@ -27,7 +27,7 @@ from fedlake.agent.peers import Peer, open_peer
 from fedlake.agent.protocol import FragmentReport, ResidualReport, ResidualSemiJoin, RunResidual
 from fedlake.keyset import keys_if_they_pay
 from fedlake.errors import FedlakeError
-from fedlake.residual import Workspace, check_residual
+from fedlake.residual import Workspace, check_residual, semijoin_keys
 from fedlake.silos.base import counted
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: RunResidual) 
         raise FedlakeError(f"agent {agent.spec.name}: a transfer capability does not run residuals")
     agent.check_purpose(caller, request.purpose)
     imported = {i.name for i in request.imports}
-    if len(set(names)) != len(names) or any(s.probe not in imported for s in request.semijoins):
+    if len(set(names)) != len(names) or any(s.probe not in imported or s.sources - set(names) for s in request.semijoins):
         raise FedlakeError(f"agent {agent.spec.name}: a residual request names a fragment twice or a semi-join without its fragment")
     check_residual(request.sql, set(names))
     catalog = agent.policy.catalog
@@ -82,9 +82,9 @@ def run_placed_residual(agent: SiloAgent, caller: Caller, request: RunResidual) 
         """The import, reduced by the keys of the fragments its semi-joins take them from."""
         keys = []
         for semijoin in reducing.get(name, []):
-            for build, _ in semijoin.build:
-                loaded[build].result()
-            values = workspace.distinct(list(semijoin.build))
+            for source in semijoin.sources:
+                loaded[source].result()
+            values = semijoin_keys(workspace, semijoin.build, semijoin.keys_sql, set(names))
             keyset, why = keys_if_they_pay(values, semijoin.limit, semijoin.condition)
             with lock:
                 if keyset is not None:

@@ -124,6 +124,24 @@ class ColumnVerdict:
 
 
 @dataclass(frozen=True)
+class TableInfo:
+    """A table as a planner sees it: column SQL types and, if asked with a purpose, its rows and the
+    distinct values of the columns the caller's masks let out as they are or as pseudonyms."""
+
+    columns: dict[str, str]
+    rows: int | None = None
+    distinct: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_fields(cls, raw: dict[str, Any]) -> TableInfo:
+        try:
+            return cls({str(k): str(v) for k, v in raw["columns"].items()}, _int(raw.get("rows")),
+                       {str(k): int(v) for k, v in (raw.get("distinct") or {}).items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProtocolError(f"a table's description is malformed: {exc!r}") from None
+
+
+@dataclass(frozen=True)
 class PlanFragment(Message):
     """Plan a fragment for the caller's own region: decide it, store the plan, estimate if asked."""
 
@@ -258,6 +276,12 @@ class ResidualSemiJoin:
     column: str  # the probe's column
     build: tuple[tuple[str, str], ...]  # (fragment name, column) whose keys it takes
     limit: float  # the most bytes the keys may cost
+    keys_sql: str = ""  # if set: a query over fragments whose one column is exactly the keys
+    reads: tuple[str, ...] = ()  # the fragments keys_sql reads
+
+    @property
+    def sources(self) -> set[str]:
+        return {name for name, _ in self.build} | set(self.reads)
 
 
 @dataclass(frozen=True)
@@ -280,7 +304,8 @@ class RunResidual(Message):
                 tuple(LocalFragment(str(x["name"]), str(x["sql"])) for x in body.get("local", ())),
                 tuple(Import(str(x["name"]), str(x["silo"]), str(x["location"]), str(x["ticket"])) for x in body.get("imports", ())),
                 tuple(ResidualSemiJoin(str(x["condition"]), str(x["probe"]), str(x["column"]),
-                                       tuple((str(n), str(c)) for n, c in x["build"]), float(x["limit"]))
+                                       tuple((str(n), str(c)) for n, c in x["build"]), float(x["limit"]),
+                                       str(x.get("keys_sql", "")), tuple(str(r) for r in x.get("reads", ())))
                       for x in body.get("semijoins", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:

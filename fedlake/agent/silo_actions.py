@@ -39,15 +39,30 @@ def register_silo_actions(agent: SiloAgent) -> None:
         agent.check_role(caller, "query", "list the silo's tables")
         return agent.connector.list_tables()
 
-    def tables(caller: Caller, body: dict[str, Any]) -> dict[str, dict[str, str]]:
-        """{table: {column: SQL type}} for those of the named tables the silo holds: what a planner
-        needs of a silo for one query, in one call."""
+    def tables(caller: Caller, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """What a planner needs of a silo for one query, in one call: for those of the named tables
+        the silo holds, each column's SQL type and, for a purpose, the table's rows and the distinct
+        values of the columns that leave as they are or as pseudonyms (as many as their values) for
+        the caller's region; of any other column, nothing."""
         agent.check_role(caller, "query", "read schemas")
-        names = body.get("names")
+        names, purpose = body.get("names"), body.get("purpose")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise FedlakeError(f"agent {agent.spec.name}: action tables needs 'names', a list of table names")
+        if purpose is not None:
+            agent.check_purpose(caller, str(purpose))
         present = set(agent.connector.list_tables())
-        return {n: {f.name: sql_type(f.type) for f in agent.connector.schema(n)} for n in sorted(set(names) & present)}
+        found: dict[str, dict[str, Any]] = {}
+        for name in sorted(set(names) & present):
+            types = {f.name: sql_type(f.type) for f in agent.connector.schema(name)}
+            found[name] = {"columns": types}
+            if purpose is None:
+                continue
+            derived = {} if name in agent.spec.tables else {name: agent.connector.annotations(name) or {}}
+            mask = agent.gate.masks({name: types}, derived, str(purpose), caller.region)[name]
+            counted = {c for c, m in mask.columns.items() if m.action in ("allow", "pseudonymize")}
+            stats = agent.connector.column_statistics(name)
+            found[name].update(rows=stats.rows, distinct={c: n for c, n in stats.distinct.items() if c in counted})
+        return found
 
     def schema(caller: Caller, body: dict[str, Any]) -> list[list[str]]:
         """[name, Arrow type, the SQL type the planner qualifies the column as] per column."""

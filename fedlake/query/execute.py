@@ -33,8 +33,9 @@ from fedlake.keyset import KeySet, key_family, keys_if_they_pay
 from fedlake.query.cut import Fragment, PlanningError, cut_query
 from fedlake.query.placement import result_bytes, result_rows, site_costs, unique_columns
 from fedlake.query.plan import AgentPlanning, FederatedPlan, FragmentRun, each
+from fedlake.query.statistics import Statistics, TableStatistics, fragment_distinct
 from fedlake.query.semijoin import FILTER_SHARE, choose_semijoins, find_semijoins
-from fedlake.residual import Workspace
+from fedlake.residual import Workspace, semijoin_keys
 from fedlake.silos.base import counted
 
 GOVERNED = "governed"  # the site name of the governed zone, for Federation(site=...)
@@ -79,8 +80,9 @@ class Federation:
         self._streams = threading.BoundedSemaphore(max_streams)
         self.deadline = deadline
 
-    def _schema(self, sql: str) -> dict[str, dict[str, dict[str, str]]]:
-        """{silo: {table: {column: type}}} for the tables the query names, one call per silo."""
+    def _tables(self, sql: str, purpose: str) -> tuple[dict[str, dict[str, dict[str, str]]], Statistics]:
+        """{silo: {table: {column: type}}} for the tables the query names, and their statistics as
+        the coordinator's masks let them out: one call per silo."""
         try:
             tree = sqlglot.parse_one(sql, read="duckdb")
         except sqlglot.errors.ParseError as exc:
@@ -90,26 +92,31 @@ class Federation:
             if table.db in self.clients:
                 named.setdefault(table.db, set()).add(table.name)
         silos = sorted(named)
-        found = each(lambda silo: self.clients[silo].tables(sorted(named[silo])), silos)
+        found = dict(zip(silos, each(lambda silo: self.clients[silo].tables(sorted(named[silo]), purpose), silos)))
         schema: dict[str, dict[str, dict[str, str]]] = {name: {} for name in self.catalog.silos}
-        schema.update(dict(zip(silos, found)))
-        return schema
+        statistics: dict[str, dict[str, TableStatistics]] = {}
+        for silo, tables in found.items():
+            schema[silo] = {name: info.columns for name, info in tables.items()}
+            statistics[silo] = {name: TableStatistics(info.rows, info.distinct) for name, info in tables.items()
+                                if info.rows is not None}
+        return schema, statistics
 
     def plan(self, sql: str, purpose: str, with_estimates: bool = True) -> FederatedPlan:
         """Cut the query, have each fragment planned once by its agent, place the residual and the
         semi-joins. Estimates are asked where anything depends on them (or `with_estimates`)."""
         destination = self.catalog.governed_region
-        schema, silos = self._schema(sql), set(self.catalog.silos)
-        cut = cut_query(sql, schema, silos)
+        (schema, statistics), silos = self._tables(sql, purpose), set(self.catalog.silos)
+        cut = cut_query(sql, schema, silos, statistics=statistics)
         estimate = with_estimates or len(cut.fragments) > 1 or self.site not in ("auto", GOVERNED)
         agents = AgentPlanning(self.clients, purpose, estimate)
         partial = [f for f in cut.fragments if f.partial]
         refused = each(lambda f: self._partial_refused(agents, f, destination), partial)
         raw = {f.name: why for f, why in zip(partial, refused) if why}
         if raw:
-            cut = cut_query(sql, schema, silos, raw=set(raw))
-        runs = [FragmentRun(f, notes=[raw[f.name]] if f.name in raw else []) for f in cut.fragments]
+            cut = cut_query(sql, schema, silos, raw=set(raw), statistics=statistics)
+        runs = [FragmentRun(f, notes=[raw[f.name]] if f.name in raw else list(f.notes)) for f in cut.fragments]
         plan = FederatedPlan(sql, purpose, destination, cut, runs)
+        plan.distinct = fragment_distinct(cut.fragments, statistics)
 
         def decide(run: FragmentRun) -> None:
             planned = agents.take(run.fragment)
@@ -145,7 +152,7 @@ class Federation:
         if any(r.estimated_bytes is None or r.schema is None for r in runs):
             return  # a fragment the gate refuses: the run fails with its refusal, naming the column and rule
         shapes = {r.fragment.name: (r.estimated_rows or 0, unique_columns(r.fragment.sql)) for r in runs}
-        plan.result_estimated_rows = result_rows(plan.cut.residual, shapes)
+        plan.result_estimated_rows = result_rows(plan.cut.residual, shapes, distinct=plan.distinct)
         plan.result_estimated_bytes = result_bytes(
             plan.cut.residual, {r.fragment.name: r.schema for r in runs}, plan.result_estimated_rows, arrow_width
         )
@@ -212,6 +219,12 @@ class Federation:
                 here = agents.decision(source, destination, destination).actions().get(key.name)
                 if there is None or there == "deny" or there != here:
                     blocked.append(f"{source.silo} may not send {key.name} to {region} as it sends it to {destination}")
+            # which keys a query over other fragments keeps (a HAVING, say) tells of every column it reads
+            for name in semijoin.reads if region != destination else ():
+                source = by_name[name].fragment
+                there, here = agents.decision(source, region, destination), agents.decision(source, destination, destination)
+                if there.denied or there.actions() != here.actions() or there.dp:
+                    blocked.append(f"{source.silo} may not send {name}'s columns to {region} as it sends them to {destination}")
             if blocked:
                 run.notes.append("semi-join on " + semijoin.condition + " not used: " + "; ".join(blocked))
             else:
@@ -309,9 +322,9 @@ class Federation:
         key set that would not pay, or whose keys cannot match the probe's column, is not sent."""
         keys = []
         for semijoin in run.semijoins:
-            for key in semijoin.build:
-                loaded[key.fragment].result()
-            values = workspace.distinct([(k.fragment, k.name) for k in semijoin.build])
+            for source in semijoin.sources:
+                loaded[source].result()
+            values = semijoin_keys(workspace, [(k.fragment, k.name) for k in semijoin.build], semijoin.keys_sql, set(loaded))
             family = key_family(run.schema.field(semijoin.probe.name).type) if run.schema else None
             if family != key_family(values.type):
                 run.notes.append(f"semi-join on {semijoin.condition} not used: its keys are {values.type}, the column "
@@ -339,7 +352,8 @@ class Federation:
             imports=tuple(Import(r.fragment.name, r.fragment.silo, self.clients[r.fragment.silo].location, ticket)
                           for r, ticket in zip(remote, tickets)),
             semijoins=tuple(ResidualSemiJoin(s.condition, r.fragment.name, s.probe.name,
-                                             tuple((k.fragment, k.name) for k in s.build), self._filter_limit(r))
+                                             tuple((k.fragment, k.name) for k in s.build), self._filter_limit(r),
+                                             s.keys_sql, tuple(s.reads))
                             for r in remote for s in r.semijoins),
         )
         client = self.clients[site]

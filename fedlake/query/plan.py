@@ -69,6 +69,7 @@ class FederatedPlan:
     result_rows: int | None = None
     result_bytes: int | None = None
     seconds: float | None = None
+    distinct: dict[str, dict[str, int]] = field(default_factory=dict)  # {fragment: {column: distinct values}}
 
     @property
     def bytes_crossing(self) -> int | None:

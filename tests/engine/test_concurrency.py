@@ -7,8 +7,6 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from fedlake.agent import FlightAgentClient
 from fedlake.errors import FedlakeError
 from fedlake.query import Federation

@@ -281,7 +281,9 @@ def test_where_filters_still_go_into_the_silo_after_a_join_group_is_formed(feder
     table, plan = fed.run(sql, "analytics")
     assert normalized(table) == normalized(colocated.execute(sql).fetch_arrow_table())
     payments = next(r for r in plan.runs if r.fragment.silo == "sg")
-    assert payments.fragment.filters == ('"y"."method" = \'card\'',) and payments.fragment.partial
+    assert payments.fragment.filters == ('"y"."method" = \'card\'',)
+    # payments' order ids are nearly as many as its rows: grouping by them in the silo would not reduce
+    assert not payments.fragment.partial and any("partial aggregation per order_id not pushed" in n for n in payments.notes)
     outputs = {r.fragment.name: sqlglot.parse_one(r.fragment.sql, read="duckdb").named_selects for r in plan.runs}
     assert payments.fragment.name in {c.probe.fragment for c in find_semijoins(plan.cut.residual, outputs)}
 
