@@ -80,7 +80,7 @@ class LakeConnector(Connector):
         self._db_lock = threading.Lock()
         self._views: dict[str, Hashable] = {}  # the version each table's view shows
         self._metadata: MetadataCache[tuple[str, ...]] = MetadataCache(self._uri_prefix)
-        self._staging = Staging(fs, self._base)
+        self._staging = Staging(fs, self._base, discard_partial=self._discard_partial_uploads)
         self._sweep_lake()
 
     # -- storage layout -------------------------------------------------------------------------
@@ -154,6 +154,9 @@ class LakeConnector(Connector):
 
     def _configure(self, db: duckdb.DuckDBPyConnection) -> None:
         """Kind-specific set-up (the S3 lake loads httpfs and its credentials)."""
+
+    def _discard_partial_uploads(self, folder: str) -> None:
+        """Remove what a killed writer left under `folder` that no listing shows (S3: its multipart uploads)."""
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         with self._db_lock:

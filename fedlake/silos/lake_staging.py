@@ -66,10 +66,18 @@ class Writer:
 class Staging:
     """The registrations of one lake's writes in progress, and the sweep of its orphans."""
 
-    def __init__(self, fs: pafs.FileSystem, base: str, grace_seconds: float | None = None):
+    def __init__(
+        self,
+        fs: pafs.FileSystem,
+        base: str,
+        grace_seconds: float | None = None,
+        discard_partial: Callable[[str], None] | None = None,
+    ):
         self._fs = fs
         self._base = base
         self.grace_seconds = GRACE_SECONDS if grace_seconds is None else grace_seconds
+        # what a killed writer left that no listing shows (on S3, its unfinished multipart upload)
+        self._discard_partial = discard_partial
 
     def _registration(self, table: str, version: str) -> str:
         return posixpath.join(self._base, STAGING, table, f"{version}.json")
@@ -135,6 +143,8 @@ class Staging:
                 self._fs.delete_dir_contents(posixpath.join(table_dir, version), missing_dir_ok=True)
                 self._delete_dir(posixpath.join(table_dir, version))
                 removed.append(version)
+            if self._discard_partial is not None:
+                self._discard_partial(posixpath.join(table_dir, version))
             self._delete_file(posixpath.join(table_dir, POINTER_DRAFT_PREFIX + version))
             self.release(table, version)
         if removed and current(table) is None and not self._fs.get_file_info(pafs.FileSelector(table_dir, allow_not_found=True)):

@@ -44,8 +44,29 @@ class S3Connector(LakeConnector):
             scheme=endpoint.scheme if endpoint else "https",
             allow_bucket_creation=False,
         )
+        self._client_settings = {
+            "endpoint_url": endpoint_url or None,
+            "region_name": aws_region,
+            "aws_access_key_id": access_key_id or None,
+            "aws_secret_access_key": secret_access_key or None,
+        }
         base = "/".join(p for p in (bucket, prefix.strip("/")) if p)
         super().__init__(name, region, fs, base, f"s3://{base}")
+
+    def _discard_partial_uploads(self, folder: str) -> None:
+        """Abort the multipart uploads a killed writer started under `folder`: their parts are
+        stored (and billed) though no listing shows them."""
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, _, key = folder.partition("/")
+        try:
+            client = boto3.client("s3", **self._client_settings)
+            for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key.rstrip("/") + "/"):
+                for upload in page.get("Uploads", []):
+                    client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        except (BotoCoreError, ClientError) as exc:
+            raise OSError(f"aborting the multipart uploads under s3://{folder}: {exc}") from exc
 
     def _configure(self, db: duckdb.DuckDBPyConnection) -> None:
         duckdb_extensions.import_extension("httpfs", con=db)
