@@ -8,13 +8,14 @@ its batch has committed, so no caller believes in an entry that a crash could st
 commit fails, every caller of that batch gets the error and nothing of the batch is written.
 
 Under load the callers of one batch come back together: a leader that saw a batch of several waits
-up to GATHER_SECONDS for as many to queue again, rather than committing the first alone. While
-batches follow each other the store keeps its connection; once no append has come for
-IDLE_SECONDS it lets go, so that other processes get their turn at a DuckDB file.
+up to GATHER_SECONDS for as many to queue again, rather than committing the first alone. A store
+that keeps its connection (PostgreSQL) keeps it while batches follow each other and lets it go
+once none has committed for IDLE_SECONDS.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -38,6 +39,8 @@ class GroupCommit:
         self._queue: list[Pending] = []
         self._committing = False
         self._last_batch = 0
+        self._last_commit = 0.0
+        self._closing = False  # a timer will let the store's connection go once appends stop
         self.batches = 0  # transactions this queue has committed or tried
 
     def append(self, pending: Pending) -> Pending:
@@ -66,22 +69,30 @@ class GroupCommit:
                 self._commit(batch)
             finally:
                 self._lock.acquire()
+                self._last_commit = time.monotonic()
                 self.batches += 1
                 for done in batch:
                     done.done = True
-            if not self._queue:
-                idle = threading.Timer(IDLE_SECONDS, self._let_go_if_idle, args=(self.batches,))
-                idle.daemon = True
-                idle.start()
+            if self.store.keeps_connection and not self._closing:
+                self._closing = True
+                self._close_later(IDLE_SECONDS)
         finally:
             self._committing = False
             self._finished.notify_all()
 
-    def _let_go_if_idle(self, batches: int) -> None:
-        """Close the store's connection unless appends came since the queue ran dry."""
+    def _close_later(self, seconds: float) -> None:
+        closer = threading.Timer(seconds, self._let_go_when_idle)
+        closer.daemon = True
+        closer.start()
+
+    def _let_go_when_idle(self) -> None:
+        """Close the store's connection once no batch has committed for IDLE_SECONDS (one timer at a time)."""
         with self._lock:
-            if self._committing or self._queue or self.batches != batches:
+            idle = time.monotonic() - self._last_commit
+            if self._committing or self._queue or idle < IDLE_SECONDS:
+                self._close_later(max(IDLE_SECONDS - idle, 0.005))
                 return
+            self._closing = False
             self._committing = True
         try:
             self.store.let_go()
@@ -111,6 +122,20 @@ class GroupCommit:
 
 _queues: dict[tuple[str, ...], GroupCommit] = {}
 _queues_guard = threading.Lock()
+_inherited: list[object] = []  # a forked parent's connections: kept alive, never used, never closed
+
+
+def _start_afresh_in_child() -> None:
+    """A forked child must neither use nor close its parent's connections and locks: it starts
+    queues of its own, and its stores connect anew."""
+    global _queues_guard
+    for queue in _queues.values():
+        _inherited.append(queue.store.forget())
+    _queues.clear()
+    _queues_guard = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_start_afresh_in_child)
 
 
 def group_commit_for(store: Store) -> GroupCommit:

@@ -25,7 +25,11 @@ class Ledger:
     def __init__(self, store: Store, signer: Ed25519PrivateKey | None = None) -> None:
         self.store = store
         self.signer = signer
-        self.commits: GroupCommit = group_commit_for(store)
+
+    @property
+    def commits(self) -> GroupCommit:
+        """This process's queue for the ledger's table (looked up each time: a forked child has its own)."""
+        return group_commit_for(self.store)
 
     def record(
         self, *, requester: str, purpose: str, silo: str, destination: str, operation: str, fragment: str,

@@ -37,10 +37,12 @@ _LOCK_WAIT_SECONDS = 60  # how long an append waits for another process to let g
 
 class Store(ABC):
     """The ledger's table in one database; `key` names it, so that every ledger of this process on
-    the same table shares one group commit. A transaction keeps its connection for the next one
-    until `let_go` (appends that follow each other open the database once); reads connect apart."""
+    the same table shares one group commit. Where `keeps_connection`, a transaction keeps its
+    connection for the next one until `let_go` (appends that follow each other connect once);
+    reads connect apart."""
 
     key: tuple[str, ...]
+    keeps_connection = True
     _held = None  # the connection of the last transaction, until let go
 
     @abstractmethod
@@ -58,14 +60,33 @@ class Store(ABC):
     @contextmanager
     def transaction(self) -> Iterator[Run]:
         """One exclusive transaction: committed (durably) when the block ends, rolled back if it raises."""
-        connection, self._held = self._held or self._connect(), None
+        connection, run = self._started()
         try:
-            yield self._begin(connection)
+            yield run
             connection.execute("COMMIT")
         except BaseException:
             connection.close()  # closing without COMMIT rolls back; a broken connection is not kept
             raise
-        self._held = connection
+        if self.keeps_connection:
+            self._held = connection
+        else:
+            connection.close()
+
+    def _started(self) -> tuple[Any, Run]:
+        """A connection in its exclusive transaction: the kept one, or, if it has gone stale (a
+        server restarted since), a new one; nothing was written on the stale one."""
+        kept, self._held = self._held, None
+        if kept is not None:
+            try:
+                return kept, self._begin(kept)
+            except Exception:  # noqa: BLE001 - whatever broke it, a new connection is the answer
+                kept.close()
+        connection = self._connect()
+        try:
+            return connection, self._begin(connection)
+        except BaseException:
+            connection.close()
+            raise
 
     def let_go(self) -> None:
         """Close the connection kept from the last transaction (no append is waiting)."""
@@ -73,11 +94,19 @@ class Store(ABC):
         if connection is not None:
             connection.close()
 
+    def forget(self):
+        """Drop the kept connection without closing it (it is a forked parent's); returns it."""
+        connection, self._held = self._held, None
+        return connection
+
 
 class DuckDBStore(Store):
     """A DuckDB file, opened per transaction so that several processes (Dagster steps, agents) can
-    take turns; a process that finds it locked waits for its turn."""
+    take turns; a process that finds it locked waits for its turn. (A connection kept open would
+    lock the file for other processes while appends go on, and DuckDB's in-process instance would
+    outlive a fork, letting a child write through its parent's stale copy.)"""
 
+    keeps_connection = False
     _ready: set[Path] = set()  # files brought up to date by this process
 
     def __init__(self, path: str | Path):

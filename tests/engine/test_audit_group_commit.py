@@ -9,12 +9,15 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections import defaultdict
 
+import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from psycopg.conninfo import make_conninfo
 
-from fedlake.audit import Budget, BudgetExceeded, DuckDBLedger, PostgresLedger, fragment_hash
+from fedlake.audit import Budget, BudgetExceeded, DuckDBLedger, PostgresLedger, fragment_hash, group_commit
 from fedlake.audit.budget import NOT_SPENT
 from fedlake.audit.chain import Pending, place
 from fedlake.audit.entry import new_entry
@@ -183,3 +186,41 @@ def test_an_entry_the_table_cannot_store_fails_its_caller_before_it_joins_a_batc
         ledger.record(requester="coordinator", purpose="analytics", silo="us_lake", destination="EU", operation="query",
                       fragment="SELECT 1", columns=[], decision="failed", error="E1\x00")
     assert append(ledger, 0, 0) == 1 and ledger.verify().ok
+
+
+def test_a_child_forked_right_after_an_append_chains_its_own_entries(ledger):
+    """A process forked while its parent may still hold the ledger's connection (PostgreSQL keeps it
+    between batches) appends through connections of its own; both chains stay whole."""
+    assert append(ledger, 0, 0) == 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: append, report the seqs, and leave without running the parent's cleanup
+        try:
+            seqs = [append(ledger, 1, n) for n in range(3)]
+            os.write(write, " ".join(map(str, seqs)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    child = [int(seq) for seq in os.read(read, 1000).decode().split()]
+    os.close(read)
+    assert status == 0 and len(child) == 3
+    parent = [append(ledger, 0, n) for n in range(1, 4)]
+    entries = ledger.entries()
+    assert sorted(child + parent) == list(range(2, 8)) and [e["seq"] for e in entries] == list(range(1, 8))
+    assert ledger.verify().ok
+
+
+def test_a_kept_postgres_connection_that_went_stale_is_replaced(postgres_dsn, monkeypatch):
+    """PostgreSQL appends keep their connection while batches follow each other; if the server drops
+    it in between (a restart), the next append begins on a new one instead of failing."""
+    monkeypatch.setattr(group_commit, "IDLE_SECONDS", 30.0)
+    database = f"ledger_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+        ledger = PostgresLedger(make_conninfo(postgres_dsn, dbname=database), schema="audit")
+        assert append(ledger, 0, 0) == 1
+        dropped = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", [database]).fetchone()[0]
+        assert dropped == 1, "the connection of the last batch is kept"
+        assert append(ledger, 0, 1) == 2 and ledger.verify().ok
+        ledger.commits.store.let_go()
