@@ -108,6 +108,9 @@ class DuckDBStore(Store):
 
     keeps_connection = False
     _ready: set[Path] = set()  # files brought up to date by this process
+    # DuckDB's cache of open databases races when two threads of one process open the same file at
+    # once ("Unique file handle conflict"): opening is serialised, using the connections is not.
+    _opening = threading.Lock()
 
     def __init__(self, path: str | Path):
         self.path = Path(path).resolve()
@@ -120,16 +123,16 @@ class DuckDBStore(Store):
         deadline = time.monotonic() + _LOCK_WAIT_SECONDS
         while True:
             try:
-                db = duckdb.connect(str(self.path))
-                db.execute(f"CREATE TABLE IF NOT EXISTS audit_ledger ({TABLE_COLUMNS})")
-                break
+                with DuckDBStore._opening:
+                    db = duckdb.connect(str(self.path))
+                    if self.path not in DuckDBStore._ready:
+                        db.execute(f"CREATE TABLE IF NOT EXISTS audit_ledger ({TABLE_COLUMNS})")
+                        self._prepare(db)
+                return db
             except duckdb.IOException as exc:  # another process holds the file: wait for our turn
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        if self.path not in DuckDBStore._ready:
-            self._prepare(db)
-        return db
 
     def _prepare(self, db) -> None:
         """Bring a table made by an older fedlake up to date (checked once per process)."""

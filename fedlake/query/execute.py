@@ -36,6 +36,7 @@ from fedlake.query.plan import AgentPlanning, FederatedPlan, FragmentRun, each
 from fedlake.query.statistics import Statistics, TableStatistics, fragment_distinct
 from fedlake.query.semijoin import FILTER_SHARE, choose_semijoins, find_semijoins
 from fedlake.residual import Workspace, semijoin_keys
+from fedlake.sql_text import parse_sql
 from fedlake.silos.base import counted
 
 GOVERNED = "governed"  # the site name of the governed zone, for Federation(site=...)
@@ -84,9 +85,11 @@ class Federation:
         """{silo: {table: {column: type}}} for the tables the query names, and their statistics as
         the coordinator's masks let them out: one call per silo."""
         try:
-            tree = sqlglot.parse_one(sql, read="duckdb")
+            tree = parse_sql(sql)[0]
         except sqlglot.errors.ParseError as exc:
             raise PlanningError(f"cannot parse the query: {exc}") from None
+        if tree is None:
+            raise PlanningError("the query is empty")
         named: dict[str, set[str]] = {}
         for table in tree.find_all(exp.Table):
             if table.db in self.clients:

@@ -82,6 +82,8 @@ TOO_LARGE = {
                         lambda sql: f"the query has 2000 set operations (UNION, INTERSECT, EXCEPT); the limit is {LIMITS.set_operations}"),
     "a 1 MB literal": (lambda eu, us: f"SELECT id FROM {eu} WHERE name = '{'x' * MEGABYTE}'",
                        lambda sql: f"the query has {len(sql)} characters; the limit is {LIMITS.chars}"),
+    "500 nested IN subqueries": (lambda eu, us: nested_in(500, eu, f"SELECT id FROM {eu}"),
+                                 lambda sql: f"the query nests parentheses 500 deep; the limit is {LIMITS.nesting}"),
     "an expression 400 deep": (lambda eu, us: sum_deep(400, eu),
                                lambda sql: f"the query nests expressions 400 deep; the limit is {LIMITS.depth}"),
 }
