@@ -14,10 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from fedlake.agent import FlightAgentClient, InProcessAgentClient, build_agent, client_token
+from fedlake.agent.protocol import RunResidual
 from fedlake.errors import FedlakeError
+from fedlake.keyset import KeySet
 from fedlake.plugins import serving_plugins
 from fedlake.policy.model import load_policy
 from fedlake.silos import open_silo
@@ -154,7 +157,8 @@ def attacks() -> list[Attack]:
                 "local": [{"name": "__f0", "sql": "SELECT email FROM customers"}], "imports": [], "semijoins": []}, expect="refused"))
         out.append(Attack("coordination", s, action="prepare_transfer", body={
             "sql": "SELECT customer_id FROM customers", "purpose": "analytics", "destination": "US", "final": "EU", "receiver": "us_lake"}, expect="refused"))
-        out.append(Attack("coordination", s, action="semijoin_keys", body={"id": "someone-elses-fragment", "filter": None}, expect="refused"))
+        out.append(Attack("coordination", s, action="attach_keys", body={"ticket": "someone-elses-fragment", "column": "customer_id"}, expect="refused"))
+        out.append(Attack("coordination", s, action="fetch", body={"ticket": "0" * 64}, expect="refused"))
         out.append(Attack("coordination", s, action="residual_report", body={"id": "x"}, expect="refused"))
         out.append(Attack("coordination", s, action="residual", body={
             "id": "y", "purpose": "analytics", "sql": "SELECT * FROM __f1", "local": [], "semijoins": [],
@@ -264,8 +268,14 @@ def run(clients, attack: Attack, secrets: set, samples: dict) -> str:
     sql = _real(attack.sql, samples[attack.silo])
     try:
         if attack.action == "residual":
-            result = client.residual(attack.body).read_all().to_pylist()
+            result = client.residual(RunResidual.from_fields(attack.body)).read_all().to_pylist()
             values, rows = list(_flatten(result)), None
+        elif attack.action == "attach_keys":
+            client.attach_keys(attack.body["ticket"], attack.body["column"], KeySet.of(pa.array(["x"]), "text"))
+            values, rows = [], None
+        elif attack.action == "fetch":
+            table = client.fetch(attack.body["ticket"]).read_all()
+            values, rows = [v for column in table.columns for v in column.to_pylist()], table.to_pylist()
         elif attack.action:
             result = client.action(attack.action, **attack.body)
             values = [result] if not isinstance(result, dict) else list(_flatten(result))
