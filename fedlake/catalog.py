@@ -100,7 +100,7 @@ def read_yaml(path: str) -> Any:
     """A declarative file's content; a missing file or bad YAML is a ConfigError naming the line."""
     try:
         with open(path) as f:
-            return yaml.safe_load(f)
+            return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except FileNotFoundError:
         raise ConfigError(path, "<file>", "file not found") from None
     except yaml.YAMLError as exc:

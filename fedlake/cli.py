@@ -210,9 +210,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.explain_analyze:
         print(render(plan, catalog, analyze=True))
         return 0
-    import duckdb
+    from fedlake.display import render_table
 
-    duckdb.connect().from_arrow(table).show(max_rows=args.max_rows)
+    print(render_table(table, args.max_rows))
     return 0
 
 

@@ -259,6 +259,8 @@ class Federation:
             raise EgressDenied(None, refused.denied or f"fragment {refused.fragment.name} was not planned")
         if plan.site:
             return self._stream_from_silo(plan)
+        if len(plan.runs) == 1 and _passes_through(plan.cut.residual, plan.runs[0].fragment.name):
+            return self._stream_alone(plan)
         started = time.perf_counter()
         workspace = Workspace(self.memory_limit)
         lock = threading.Lock()
@@ -315,6 +317,18 @@ class Federation:
             plan.seconds = time.perf_counter() - started
 
         return workspace.run(plan.cut.residual, finished)
+
+    def _stream_alone(self, plan: FederatedPlan) -> pa.RecordBatchReader:
+        """A query one silo answers whole: its fragment's stream is the result, with no residual."""
+        run, started = plan.runs[0], time.perf_counter()
+        with self._streams:
+            reader = self.clients[run.fragment.silo].fetch(run.planned.ticket)
+
+        def finished(rows: int, nbytes: int) -> None:
+            run.rows, run.bytes, run.seconds = rows, nbytes, time.perf_counter() - started
+            plan.result_rows, plan.result_bytes, plan.seconds = rows, nbytes, run.seconds
+
+        return pa.RecordBatchReader.from_batches(reader.schema, counted(reader, finished))
 
     @staticmethod
     def _filter_limit(run: FragmentRun) -> float:
@@ -379,6 +393,17 @@ class Federation:
                 run.notes += report.notes.get(run.fragment.name, [])
 
         return pa.RecordBatchReader.from_batches(reader.schema, counted(reader, finished))
+
+
+def _passes_through(residual: str, fragment: str) -> bool:
+    """Whether the residual only passes its one fragment's rows on (`SELECT * FROM fragment`)."""
+    tree = sqlglot.parse_one(residual, read="duckdb")
+    if not isinstance(tree, exp.Select) or len(tree.expressions) != 1 or not isinstance(tree.expressions[0], exp.Star):
+        return False
+    source = tree.args.get("from") or tree.args.get("from_")
+    table = source.this if source is not None else None
+    clauses = ("where", "group", "having", "order", "limit", "offset", "distinct", "joins", "with", "qualify", "windows")
+    return isinstance(table, exp.Table) and table.name == fragment and not table.db and not any(tree.args.get(c) for c in clauses)
 
 
 def _first_failure(futures: list[Future], cancel: Callable[[], None]) -> None:

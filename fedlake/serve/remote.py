@@ -84,9 +84,7 @@ def cli_query(args: argparse.Namespace, deployment: str, policy: Callable[[], Po
     if args.explain or args.explain_analyze:
         print("\n".join(table.column("plan").to_pylist()))
         return 0
-    # Flight hands over buffers at any alignment, which costs nothing here; Acero would warn about them
-    os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
-    import duckdb
+    from fedlake.display import render_table
 
-    duckdb.connect().from_arrow(table).show(max_rows=args.max_rows)
+    print(render_table(table, args.max_rows))
     return 0

@@ -9,8 +9,18 @@ from fedlake.catalog import Catalog, EnvRef, SiloSpec
 from fedlake.errors import ConfigError, SiloError
 from fedlake.silos.base import Connector, EgressCounter, MaterializedTable, TableStatistics, TableStats
 from fedlake.silos.parquet import ParquetConnector
-from fedlake.silos.postgres import MADE_SCHEMA, PostgresConnector, embedded_dsn, embedded_roles, ensure_roles
 from fedlake.silos.s3 import S3Connector
+
+_POSTGRES = ("MADE_SCHEMA", "PostgresConnector", "embedded_dsn", "embedded_roles", "ensure_roles")
+
+
+def __getattr__(name: str):
+    """The PostgreSQL connector is imported when first asked for (psycopg costs a cold CLI ~0.1 s)."""
+    if name in _POSTGRES:
+        from fedlake.silos import postgres
+
+        return getattr(postgres, name)
+    raise AttributeError(f"module 'fedlake.silos' has no attribute '{name}'")
 
 __all__ = [
     "Connector",
@@ -58,6 +68,8 @@ def connector_for(kind: str, name: str, region: str, settings: dict[str, str], h
         return p if p.is_absolute() else home / p
 
     if kind == "postgres":
+        from fedlake.silos.postgres import MADE_SCHEMA, PostgresConnector, embedded_dsn, embedded_roles
+
         schema = settings.get("schema") or "public"
         writer_schema = settings.get("writer_schema") or MADE_SCHEMA
         if settings.get("dsn"):
@@ -110,7 +122,7 @@ def open_governed_zone(catalog: Catalog, deployment: str, home: Path | None = No
 def governed_connector(settings: dict[str, str], region: str, home: Path) -> Connector:
     kind = "postgres" if settings.get("dsn") else "parquet"
     connector = connector_for(kind, "governed", region, settings, home)
-    if isinstance(connector, PostgresConnector):
+    if kind == "postgres":
         connector.ensure_schema()
     return connector
 
