@@ -108,6 +108,7 @@ def run_variant(variant: str, home: Path, tls_dir: Path | None, locations: dict[
     else:
         from fedlake.agent import FlightAgentClient, client_token, local_agent_client
         from fedlake.query import GOVERNED, Federation
+        from fedlake.runtime import settle_heap
 
         if variant in ("d", "f", "g"):
             clients = {s: local_agent_client(catalog, policy, s, home) for s in catalog.silos}
@@ -115,6 +116,7 @@ def run_variant(variant: str, home: Path, tls_dir: Path | None, locations: dict[
             token = client_token(policy, "coordinator", "local", home)
             clients = {s: FlightAgentClient(s, locations[s], token, tls_dir / "ca.pem") for s in catalog.silos}
         federation = Federation(catalog, clients, semijoins=variant != "f", site=GOVERNED if variant == "g" else "auto")
+        settle_heap()  # as a Dagster step or a server settles it, once its imports are done
         federation.run(sql, "credit_scoring")
         start = time.perf_counter()
         table, plan = federation.run(sql, "credit_scoring")

@@ -70,6 +70,7 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
     from fedlake.agent import build_agent
     from fedlake.agent.server import AgentFlightServer
     from fedlake.plugins import serving_plugins
+    from fedlake.runtime import settle_heap
     from fedlake.silos import data_dir
 
     catalog = load_catalog(args.silos)
@@ -78,6 +79,7 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
     agent = build_agent(catalog, policy, args.silo, deployment, data_dir(), plugins=serving_plugins())
     scheme = "grpc+tls" if args.tls_cert else "grpc+tcp"
     server = AgentFlightServer(agent, f"{scheme}://{args.host}:{args.port}", args.tls_cert, args.tls_key)
+    settle_heap()
     signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
     print(f"agent {args.silo} ({agent.spec.kind}, {agent.spec.region}) listening on {scheme}://{args.host}:{server.port}", flush=True)
     server.serve()
@@ -217,12 +219,14 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from fedlake.runtime import settle_heap
     from fedlake.serve.coordinator import Coordinator
     from fedlake.serve.flightsql import serve
     from fedlake.silos import data_dir
 
     catalog = load_catalog(args.silos)
     coordinator = Coordinator(catalog, _policy(args, catalog), _deployment(args), data_dir())
+    settle_heap()
     serve(coordinator, args.host, args.port, args.tls_cert, args.tls_key)
     return 0
 

@@ -20,6 +20,7 @@ from fedlake.catalog import Catalog
 from fedlake.errors import FedlakeError
 from fedlake.query import Federation, render
 from fedlake.relation import FederatedRelation, Relation, RelationHandle
+from fedlake.runtime import settle_heap
 from resources.governed_zone import GOVERNED, GovernedZoneResource
 from resources.ledger import LedgerResource
 from resources.silos import SiloResource
@@ -48,6 +49,7 @@ def column_schema(columns: tuple[tuple[str, str], ...], classifications: dict[st
 
 class FederatedIOManager(dg.IOManager):
     def __init__(self, catalog: Catalog, silos: dict[str, SiloResource], governed: GovernedZoneResource, ledger: LedgerResource):
+        settle_heap()  # a step has loaded Dagster and the definitions: keep them out of the collector's way
         self._catalog = catalog
         self._silos = silos
         self._governed = governed

@@ -1,0 +1,29 @@
+"""Process settings for long-lived fedlake processes (agents, the coordinator, Dagster steps).
+
+Planning parses SQL with sqlglot, which allocates many small objects and so triggers the cyclic
+garbage collector often. In a process that has imported a large framework (Dagster, Great
+Expectations, torch), every full collection walks those hundreds of thousands of long-lived objects
+again: measured here, 20 parses of the credit workload's SQL took 2.4 s with Dagster loaded and 0.34 s
+once the heap was settled. Settling moves what exists now out of the collector's way (it is never
+freed, as imported modules never are) and lets young objects accumulate longer between collections.
+"""
+
+from __future__ import annotations
+
+import gc
+
+_YOUNG_THRESHOLD = 50_000  # allocations between young collections (Python's default is 700)
+_settled = False
+
+
+def settle_heap() -> None:
+    """Call once the process has imported and built what it keeps (a server before it serves);
+    later calls do nothing."""
+    global _settled
+    if _settled:
+        return
+    _settled = True
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(_YOUNG_THRESHOLD, older, oldest)
