@@ -152,10 +152,21 @@ def run_level(home: Path, catalog, tls: dict[str, Path], level: int, deadline: f
                     by_slot[record["slot"]].status, by_slot[record["slot"]].detail = record["status"], record["detail"]
         outcomes = list(by_slot.values())
     finally:
-        for agent in agents:
-            agent.terminate()
-            agent.wait(10)
+        stop_agents(agents)
     return outcomes, wall
+
+
+def stop_agents(agents: list[subprocess.Popen]) -> None:
+    """SIGTERM, then SIGKILL for an agent still running 10 s later (said, since it is a finding)."""
+    for agent in agents:
+        agent.terminate()
+    for agent in agents:
+        try:
+            agent.wait(10)
+        except subprocess.TimeoutExpired:
+            print(f"     agent {agent.args[agent.args.index('--silo') + 1]} was still running 10 s after SIGTERM: killed", flush=True)
+            agent.kill()
+            agent.wait()
 
 
 def fmt(value: float | None, spec: str) -> str:
