@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -70,7 +69,7 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
     from fedlake.agent import build_agent
     from fedlake.agent.server import AgentFlightServer
     from fedlake.plugins import serving_plugins
-    from fedlake.runtime import settle_heap
+    from fedlake.runtime import settle_heap, stop_on_sigterm
     from fedlake.silos import data_dir
 
     catalog = load_catalog(args.silos)
@@ -80,7 +79,7 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
     scheme = "grpc+tls" if args.tls_cert else "grpc+tcp"
     server = AgentFlightServer(agent, f"{scheme}://{args.host}:{args.port}", args.tls_cert, args.tls_key)
     settle_heap()
-    signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
+    stop_on_sigterm(server)
     print(f"agent {args.silo} ({agent.spec.kind}, {agent.spec.region}) listening on {scheme}://{args.host}:{server.port}", flush=True)
     server.serve()
     return 0

@@ -1,4 +1,5 @@
-"""Process settings for long-lived fedlake processes (agents, the coordinator, Dagster steps).
+"""Process settings for long-lived fedlake processes (agents, the coordinator, Dagster steps): a
+heap settled once imports are done, and a clean stop on SIGTERM.
 
 Planning parses SQL with sqlglot, which allocates many small objects and so triggers the cyclic
 garbage collector often. In a process that has imported a large framework (Dagster, Great
@@ -11,7 +12,11 @@ freed, as imported modules never are) and lets young objects accumulate longer b
 from __future__ import annotations
 
 import gc
+import os
+import signal
+import threading
 
+STOP_GRACE_SECONDS = 10.0
 _YOUNG_THRESHOLD = 50_000  # allocations between young collections (Python's default is 700)
 _settled = False
 
@@ -27,3 +32,17 @@ def settle_heap() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(_YOUNG_THRESHOLD, older, oldest)
+
+
+def stop_on_sigterm(server) -> None:
+    """On SIGTERM, stop a Flight server. Its shutdown waits for the requests under way, so it runs in
+    a thread of its own (from the serving thread's signal handler it would wait for itself); a
+    request still running after STOP_GRACE_SECONDS ends with the process."""
+
+    def stop(*_) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+        timer = threading.Timer(STOP_GRACE_SECONDS, lambda: os._exit(0))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, stop)

@@ -86,6 +86,8 @@ def plan_dp(bound: BoundQuery, settings: DPSettings | None, master: bytes, purpo
         raise _refuse(first_column, first_mask, f"{first_mask.table} declares no subject column (policies.yaml: subjects)")
 
     group = [g for g in (tree.args.get("group").expressions if tree.args.get("group") else [])]
+    if any(isinstance(g, (exp.Rollup, exp.Cube, exp.GroupingSets)) for g in group):
+        raise _refuse(first_column, first_mask, "ROLLUP, CUBE and GROUPING SETS are not bounded (group the released result)")
     group_sql = [g.sql("duckdb") for g in group]
     inner, keys, aggregates, outputs = [], [], [], []
     for i, expression in enumerate(group):

@@ -30,7 +30,8 @@ _STRUCTURE = (
     exp.Select, exp.Union, exp.Intersect, exp.Except, exp.Subquery, exp.With, exp.CTE, exp.From, exp.Join,
     exp.Where, exp.Group, exp.Having, exp.Qualify, exp.Order, exp.Ordered, exp.Limit, exp.Offset, exp.Distinct,
     exp.Table, exp.TableAlias, exp.Alias, exp.Identifier, exp.Column, exp.Star, exp.Window, exp.WindowSpec,
-    exp.Literal, exp.Boolean, exp.Null, exp.Var, exp.DataType, exp.Interval, exp.Tuple, exp.Paren,
+    exp.Literal, exp.Boolean, exp.Null, exp.Var, exp.DataType, exp.DataTypeParam, exp.Interval, exp.Tuple, exp.Paren,
+    exp.Rollup, exp.Cube, exp.GroupingSets, exp.Grouping,
 )
 _OPERATORS = (
     exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeEQ, exp.NullSafeNEQ, exp.And, exp.Or, exp.Not,

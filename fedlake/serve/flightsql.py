@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ import pyarrow.flight as flight
 
 from fedlake.agent import EgressDenied, Forbidden, Unauthenticated
 from fedlake.errors import FedlakeError
+from fedlake.runtime import stop_on_sigterm
 from fedlake.serve import messages as m
 from fedlake.serve.messages import PURPOSE_HEADER
 from fedlake.serve import metadata
@@ -283,7 +283,7 @@ def serve(coordinator: Coordinator, host: str, port: int, tls_cert: Path | None,
                            f"and --tls-key (without TLS it listens on loopback only: {', '.join(LOOPBACK)})")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server = FlightSqlServer(coordinator, f"{scheme}://{host}:{port}", tls_cert, tls_key)
-    signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
+    stop_on_sigterm(server)
     identities = ", ".join(coordinator.federations) or "none"
     print(f"fedlake serve: Flight SQL on {scheme}://{host}:{server.port} (identities: {identities})", flush=True)
     try:

@@ -228,3 +228,22 @@ def test_amounts_that_may_leave_only_aggregated_leave_with_differential_privacy_
               "JOIN us_lake.transactions u ON u.channel = e.channel GROUP BY e.channel")
     with pytest.raises(EgressDenied, match="us_lake.transactions.amount may leave only through differentially private"):
         Federation(catalog, clients).run(across, "analytics")
+
+
+def test_an_agent_stops_on_sigterm_even_with_a_stream_open(prod_deployment, tls, tmp_path):
+    """SIGTERM stops an agent promptly: a client that opened a stream and walked away does not keep
+    the process alive (the shutdown waits for requests under way at most a grace period)."""
+    import signal
+    import time
+
+    from tests.services import agent_process
+
+    env = {**prod_deployment.env, "FEDLAKE_HOME": str(prod_deployment.home)}
+    with agent_process("sg_lake", env, tls, tmp_path / "a.log") as (location, process):
+        c = FlightAgentClient("sg_lake", location, TOKENS["coordinator"], tls["ca"], timeout=30)
+        abandoned = c.query("SELECT * FROM transactions", "credit_scoring")
+        next(iter(abandoned))
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+        assert time.monotonic() - started < 15

@@ -82,6 +82,8 @@ def test_the_budget_is_charged_in_the_ledger_and_a_request_over_it_is_refused(tm
     # refused requests spend nothing: a query outside the DP shape is refused before any charge
     with pytest.raises(EgressDenied, match="may leave only through differentially private"):
         client.query("SELECT max(income) AS m FROM people", "analytics", "EU").read_all()
+    with pytest.raises(EgressDenied, match="ROLLUP, CUBE and GROUPING SETS are not bounded"):
+        client.query("SELECT region, sum(income) AS s FROM people GROUP BY ROLLUP (region)", "analytics", "EU").read_all()
     assert len([e for e in ledger.entries() if e["operation"] == "dp_charge"]) == 4
 
 

@@ -220,6 +220,8 @@ QUERIES = [
     "SELECT p.region, sum(e.amount) AS total, count(e.amount) AS n FROM eu.people p JOIN everywhere e ON e.who = p.id GROUP BY p.region",
     # derived tables
     "SELECT t.category, avg(t.n) AS avg_n FROM (SELECT pr.category, o.person_id, count(*) AS n FROM eu.orders o JOIN us.products pr ON pr.sku = o.sku GROUP BY 1, 2) AS t GROUP BY t.category",
+    # a table read for its rows alone (no column of it leaves: a placeholder column the agent accepts)
+    "SELECT (SELECT count(*) FROM us.visits WHERE duration > 100) AS long_visits FROM eu.people WHERE region = 'north' LIMIT 1",
 ]
 
 

@@ -16,6 +16,9 @@ ACCEPTED = [
     "SELECT row_number() OVER (PARTITION BY a ORDER BY b) AS r, lag(b) OVER (ORDER BY b) AS p FROM t QUALIFY r = 1",
     "SELECT date_trunc('month', ts) AS m, EXTRACT(year FROM ts) AS y, coalesce(a, 0) AS z FROM t",
     "SELECT a FROM t WHERE a IN (1, 2, 3) AND b BETWEEN 1 AND 5 AND c NOT IN (SELECT c FROM u)",
+    "SELECT a, b, grouping(a) AS g, sum(CAST(c AS DECIMAL(7, 2))) AS s FROM t GROUP BY ROLLUP (a, b)",
+    "SELECT a, b, count(*) AS n FROM t GROUP BY CUBE (a, b)",
+    "SELECT a, b, count(*) AS n FROM t GROUP BY GROUPING SETS ((a), (a, b), ())",
 ]
 
 REFUSED = [

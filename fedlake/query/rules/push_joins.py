@@ -76,7 +76,7 @@ def push_join(planning: Planning, scope: Scope, group: list[str]) -> None:
     needed = sorted({(c.table, c.name) for c in columns})
     fragment = exp.select(
         *[exp.alias_(exp.column(col, table=alias, quoted=True), f"{alias}__{col}", quoted=True) for alias, col in needed]
-        or [exp.alias_(exp.Literal.number(1), "__fl_row", quoted=True)]
+        or [exp.alias_(exp.Literal.number(1), "__row", quoted=True)]
     ).from_(aliased_table(tables[group[0]].name, group[0]))
     for alias in group[1:]:
         fragment = fragment.join(aliased_table(tables[alias].name, alias), join_type="cross")

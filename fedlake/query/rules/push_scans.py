@@ -44,7 +44,7 @@ def push_scan(planning: Planning, scope: Scope, alias: str, table: exp.Table) ->
         condition.replace(exp.true())
     columns = sorted({c.name for c in references_to(scope, {alias}, planning.attached)})
     projection = [exp.alias_(exp.column(c, table=alias, quoted=True), c, quoted=True) for c in columns] or [
-        exp.alias_(exp.Literal.number(1), "__fl_row", quoted=True)
+        exp.alias_(exp.Literal.number(1), "__row", quoted=True)
     ]
     query = exp.select(*projection).from_(aliased_table(table.name, alias))
     for condition in pushed:
