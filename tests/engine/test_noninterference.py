@@ -294,17 +294,15 @@ def outcome(w: World, silo: str, sql: str, ordered: bool, rename: dict[str, str]
     before = w.ledger.last_seq()
     left: dict = {}
     try:
-        table = client.query(sql, "analytics", "EU").read_all()
+        # planned once, as the coordinator plans: the estimate and decisions, then the rows by its ticket
+        planned = client.estimate(sql, "analytics", "EU")
+        left["estimate"] = (planned.rows, planned.bytes, planned.schema, planned.decision)
+        table = client.fetch(planned.ticket).read_all()
         rows = [tuple((rename or {}).get(v, v) if isinstance(v, str) else v for v in row.values()) for row in table.to_pylist()]
         left["result"] = (table.schema, rows if ordered else sorted(rows, key=repr))
     except FedlakeError as exc:
         left["error"] = (type(exc).__name__, re.sub(r"error id [0-9a-f]+", "error id ?", str(exc)))
     left["explain"] = client.explain(sql, "analytics", "EU")
-    try:
-        estimate = client.estimate(sql, "analytics", "EU")
-        left["estimate"] = (estimate.rows, estimate.bytes, estimate.schema, estimate.decision)
-    except FedlakeError as exc:
-        left["estimate"] = re.sub(r"error id [0-9a-f]+", "error id ?", str(exc))
     entries = w.ledger.entries(after=before)
     left["ledger"] = [(e["operation"], e["decision"], e["destination"], e["columns"], e["rows"], e["error"].split(":")[0])
                       for e in entries]
