@@ -9,9 +9,12 @@ its memory limit, so memory is bounded by the query, not by the silos.
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -26,9 +29,39 @@ def _ident(name: str) -> str:
     return '"' + str(name).replace('"', '""') + '"'
 
 
+SPILL_PREFIX = "fedlake-residual-"
+
+
+def sweep_spills(folder: Path | None = None) -> list[Path]:
+    """Remove the spill folders of workspaces whose process is gone (killed before it could clean
+    up: a residual past its deadline, say); each folder's name carries its process id."""
+    removed = []
+    for spill in Path(folder or tempfile.gettempdir()).glob(f"{SPILL_PREFIX}*-*"):
+        pid = spill.name[len(SPILL_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(spill, ignore_errors=True)
+            removed.append(spill)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Workspace:
+    _swept = False
+
     def __init__(self, memory_limit: str = "2GB"):
-        self._spill = tempfile.TemporaryDirectory(prefix="fedlake-residual-")
+        if not Workspace._swept:
+            Workspace._swept = True
+            sweep_spills()
+        self._spill = tempfile.TemporaryDirectory(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
         self._db = duckdb.connect(config={
             "memory_limit": memory_limit, "temp_directory": self._spill.name, "preserve_insertion_order": True,
             "autoinstall_known_extensions": False, "autoload_known_extensions": False,

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from fedlake.errors import FedlakeError
-from fedlake.residual import Workspace, check_residual
+from fedlake.residual import SPILL_PREFIX, Workspace, check_residual, sweep_spills
 
 
 def reader(table: pa.Table) -> pa.RecordBatchReader:
@@ -56,3 +56,20 @@ def test_a_residual_names_only_its_fragments(sql):
 
 def test_a_residual_may_name_its_own_ctes():
     check_residual("WITH x AS (SELECT * FROM __f0) SELECT * FROM x JOIN __f1 USING (k)", {"__f0", "__f1"})
+
+
+def test_a_killed_workspaces_spill_folder_is_swept_a_live_ones_kept(tmp_path):
+    """A process killed mid-residual (past its deadline, say) leaves its spill folder; the next
+    workspace's sweep removes it, and never a folder whose process still runs."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = tmp_path / f"{SPILL_PREFIX}{dead.stdout.strip()}-abc"
+    live = tmp_path / f"{SPILL_PREFIX}{os.getpid()}-def"
+    for folder in (gone, live):
+        folder.mkdir()
+        (folder / "duckdb_temp_storage-0.tmp").write_bytes(b"x" * 1024)
+    assert sweep_spills(tmp_path) == [gone]
+    assert not gone.exists() and live.exists()
