@@ -129,11 +129,16 @@ def agent_process(silo: str, env: dict[str, str], tls: dict[str, Path], log: Pat
             raise RuntimeError(f"agent {silo} did not start:\n{log.read_text()}") from None
         yield f"grpc+tls://127.0.0.1:{port}", process
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def restart_postgres(pgdata: Path) -> None:

@@ -30,7 +30,7 @@ from fedlake.query import GOVERNED, Federation
 from fedlake.serve import messages as m
 from fedlake.serve.statements import Handles, UnknownHandle
 from tests.conftest import REPO
-from tests.services import free_port, wait_for_port
+from tests.services import free_port, stop_process, wait_for_port
 
 COUNT = "SELECT count(*) AS n FROM sg_lake.customers"
 # a join across two silos on a public column, and a union over all three
@@ -85,11 +85,7 @@ def serve_process(deployment, tls: dict[str, Path], log: Path) -> Iterator[Serve
         tokens = {identity: client_token(policy, identity, deployment.name, deployment.home) for identity in policy.clients}
         yield Served(f"grpc+tls://127.0.0.1:{port}", deployment.home, tls["ca"], tokens)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")
