@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install browser demo test ui dagster-home clean bench-agent bench bench-tpcds bench-load bench-cli
+.PHONY: install spark java browser demo test ui dagster-home clean bench-agent bench bench-tpcds bench-load bench-cli
 
 DBT_MANIFEST := dbt_project/target/manifest.json
 DBT_SOURCES := $(shell find dbt_project -type f \( -name '*.sql' -o -name '*.yml' -o -name '*.py' \) -not -path 'dbt_project/target/*' -not -path 'dbt_project/logs/*')
@@ -35,6 +35,17 @@ $(STAMP):
 $(DBT_MANIFEST): $(STAMP) $(DBT_SOURCES) assets/dbt_marts.py
 	$(PY) -m assets.dbt_marts parse
 
+# Silos with `engine: spark` need pyspark (an optional extra) and a Java runtime; only `make test` installs them.
+SPARK_STAMP := $(VENV)/.spark-$(shell cat requirements-spark.lock | sha1sum | cut -c1-12)
+spark: $(SPARK_STAMP) java
+$(SPARK_STAMP): $(STAMP) requirements-spark.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-spark.lock
+	rm -f $(VENV)/.spark-*
+	touch $@
+
+java:
+	@command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null)
+
 # The browser test drives Debian's chromium with Playwright.
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
@@ -47,7 +58,7 @@ demo: install dagster-home
 	$(VENV)/bin/fedlake seed --scale $(SCALE) --seed $(SEED)
 	$(PY) -m platform_defs.demo
 
-test: install browser
+test: install spark browser
 	$(PY) -m pytest
 
 ui: install dagster-home
