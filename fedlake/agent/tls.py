@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from pathlib import Path
 
 from cryptography import x509
@@ -51,10 +52,23 @@ def make_tls(folder: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), 
     paths = {"ca": folder / "ca.pem", "cert": folder / "agent.pem", "key": folder / "agent.key"}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    write_private(paths["key"], key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return paths
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a private key readable by its owner only: created 0600 under a temporary name, so that no
+    moment exists where the key lies on disk with wider permissions, then renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, 0o600)  # the umask could only have narrowed it; say it outright
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _alt_name(host: str) -> x509.GeneralName:
