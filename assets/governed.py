@@ -11,40 +11,48 @@ import dagster as dg
 
 from fedlake.catalog import Catalog
 from fedlake.relation import FederatedRelation, RelationHandle
-from fedlake.synth.default_model import FX_TO_EUR, REGION_COUNTRIES, WINDOW_END, WINDOW_START
+from fedlake.regions import Money
 
 GROUP = "governed"
 CREDIT_PURPOSE = "credit_scoring"
 AML_PURPOSE = "aml"
+# The behaviour window of the credit features: the calendar year before the loans (issued in Q1 2026).
+WINDOW_START, WINDOW_END = "2025-01-01 00:00:00", "2026-01-01 00:00:00"
 
 
-def _eur(amount: str, currency: str) -> str:
-    cases = " ".join(f"WHEN '{c}' THEN {rate}" for c, rate in FX_TO_EUR.items())
+def _eur(amount: str, currency: str, money: Money) -> str:
+    """Codes and rates were held to strict shapes when silos.yaml was loaded (fedlake.regions)."""
+    cases = " ".join(f"WHEN '{c}' THEN {rate!r}" for c, rate in money.rates_to_eur.items())
     return f"{amount} * CASE {currency} {cases} END"
 
 
-def _foreign(country: str, region: str) -> str:
-    domestic = ", ".join(f"'{c}'" for c in REGION_COUNTRIES[region])
+def _foreign(country: str, region: str, money: Money) -> str:
+    domestic = ", ".join(f"'{c}'" for c in money.region(region).domestic_countries)
     return f"({country} IS NOT NULL AND {country} NOT IN ({domestic}))"
 
 
 def _regional_silos(catalog: Catalog) -> list[tuple[str, str]]:
-    return [
+    """Every silo that holds the bank's customers, accounts and transactions, whatever its region;
+    a region silos.yaml does not declare under `regions` is an error naming it, not a silo left out."""
+    parts = [
         (name, spec.region)
         for name, spec in catalog.silos.items()
-        if {"customers", "accounts", "transactions"} <= set(spec.tables) and spec.region in REGION_COUNTRIES
+        if {"customers", "accounts", "transactions"} <= set(spec.tables)
     ]
+    for _, region in parts:
+        catalog.money.region(region, catalog.path)
+    return parts
 
 
 MONTHS = tuple(f"d{m:02d}" for m in range(1, 13))
 _PERSON_SUMS = (*MONTHS, "gambling_eur", "cash_advance_eur", "transactions", "cross_border")
 
 
-def person_sql(silo: str, region: str) -> str:
+def person_sql(silo: str, region: str, money: Money) -> str:
     """One silo's part, one row per person (national id): debit spending in EUR for each month of
     the window, its gambling and cash-advance parts, and transaction counts; computed in the silo."""
     debit = "t.direction = 'debit'"
-    eur = _eur("t.amount", "t.currency")
+    eur = _eur("t.amount", "t.currency", money)
     months = ",\n           ".join(
         f"sum(CASE WHEN {debit} AND month(t.ts) = {m} THEN {eur} ELSE 0 END) AS {column}"
         for m, column in enumerate(MONTHS, start=1)
@@ -55,7 +63,7 @@ def person_sql(silo: str, region: str) -> str:
            sum(CASE WHEN {debit} AND t.merchant_category = 'gambling' THEN {eur} ELSE 0 END) AS gambling_eur,
            sum(CASE WHEN {debit} AND t.merchant_category = 'cash_advance' THEN {eur} ELSE 0 END) AS cash_advance_eur,
            count(*) AS transactions,
-           sum(CASE WHEN {_foreign('t.counterparty_country', region)} THEN 1 ELSE 0 END) AS cross_border
+           sum(CASE WHEN {_foreign('t.counterparty_country', region, money)} THEN 1 ELSE 0 END) AS cross_border
     FROM {silo}.transactions t
     JOIN {silo}.accounts a ON a.account_id = t.account_id
     JOIN {silo}.customers c ON c.customer_id = a.customer_id
@@ -83,7 +91,7 @@ def _person_features(source: str) -> str:
 
 def credit_features_sql(catalog: Catalog, loans_silo: str) -> str:
     parts = _regional_silos(catalog)
-    ctes = [f"{silo}_people AS ({person_sql(silo, region)})" for silo, region in parts]
+    ctes = [f"{silo}_people AS ({person_sql(silo, region, catalog.money)})" for silo, region in parts]
     everywhere = " UNION ALL ".join(f"SELECT * FROM {silo}_people" for silo, _ in parts)
     ctes.append(f"all_people AS ({everywhere})")
     ctes.append(f"everywhere AS ({_person_features('all_people')})")
@@ -110,14 +118,15 @@ def account_signals_sql(catalog: Catalog) -> str:
     parts = _regional_silos(catalog)
     per_silo = []
     for silo, region in parts:
-        eur = _eur("t.amount", "t.currency")
+        eur = _eur("t.amount", "t.currency", catalog.money)
+        foreign = _foreign("t.counterparty_country", region, catalog.money)
         per_silo.append(f"""
         SELECT t.account_id, '{region}' AS region, count(*) AS transactions,
                sum({eur}) AS volume_eur,
                sum(CASE WHEN t.direction = 'credit' AND t.channel = 'cash' AND t.amount >= 9000 AND t.amount < 10000
                         THEN 1 ELSE 0 END) AS near_threshold_cash,
-               sum(CASE WHEN {_foreign('t.counterparty_country', region)} THEN 1 ELSE 0 END) AS cross_border,
-               sum(CASE WHEN {_foreign('t.counterparty_country', region)} THEN {eur} ELSE 0 END) AS cross_border_eur,
+               sum(CASE WHEN {foreign} THEN 1 ELSE 0 END) AS cross_border,
+               sum(CASE WHEN {foreign} THEN {eur} ELSE 0 END) AS cross_border_eur,
                max(CASE WHEN t.direction = 'credit' THEN {eur} ELSE 0 END) AS largest_credit_eur
         FROM {silo}.transactions t GROUP BY t.account_id""")
     links = " UNION ALL ".join(
