@@ -132,15 +132,14 @@ def register_learning_actions(
     DP-SGD with at least this noise (whatever the coordinator asks), and evaluation histograms are
     Laplace-noised with release_epsilon (RELEASE_EPSILON unless given; given without dp_required,
     it noises the histograms alone). domestic_countries: the counterparty countries that are not
-    cross-border for this silo's accounts; by default those of its region in the demo bank.
+    cross-border for this silo's accounts; by default those its region declares in silos.yaml.
     registry: the model registry (the governed zone's models folder) whose versions evaluate_round
     may score; without one, evaluation is refused. min_count: the fewest accounts a released
     histogram bin may hold.
     """
     if domestic_countries is None:
-        from fedlake.synth.default_model import REGION_COUNTRIES
-
-        domestic_countries = tuple(REGION_COUNTRIES.get(agent.spec.region, ()))
+        catalog = agent.policy.catalog
+        domestic_countries = catalog.money.region(agent.spec.region, catalog.path).domestic_countries
     if min_count < 1:
         raise ValueError(f"min_count must be at least 1, got {min_count}")
     if release_epsilon is None and dp_required is not None:
