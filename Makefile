@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install spark java browser demo test ui dagster-home clean bench-agent bench bench-tpcds bench-load bench-cli
+.PHONY: install spark java browser demo test prod-up prod-down ui dagster-home clean bench-agent bench bench-tpcds bench-load bench-cli
 
 DBT_MANIFEST := dbt_project/target/manifest.json
 DBT_SOURCES := $(shell find dbt_project -type f \( -name '*.sql' -o -name '*.yml' -o -name '*.py' \) -not -path 'dbt_project/target/*' -not -path 'dbt_project/logs/*')
@@ -60,6 +60,16 @@ demo: install dagster-home
 
 test: install spark browser
 	$(PY) -m pytest
+
+# The prod-like deployment on this machine (PostgreSQL over TCP, S3, TLS agents, Dagster on PostgreSQL);
+# `source $(PROD_DIR)/stack.env` afterwards. DAGSTER=0 leaves Dagster out.
+PROD_DIR ?= $(FEDLAKE_HOME)/prod
+DAGSTER ?= 1
+prod-up: install
+	$(PY) -m fedlake.stack up --dir $(PROD_DIR) $(if $(filter 1,$(DAGSTER)),--dagster --dagster-port $(or $(PORT),3000))
+
+prod-down:
+	$(PY) -m fedlake.stack down --dir $(PROD_DIR)
 
 ui: install dagster-home
 	$(VENV)/bin/dagster dev -w workspace.yaml
