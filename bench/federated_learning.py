@@ -47,7 +47,6 @@ from fedlake.learning.models import ModelSpec  # noqa: E402
 from fedlake.learning.train import DPConfig, TrainConfig, predict, train_local  # noqa: E402
 from fedlake.policy.model import load_policy  # noqa: E402
 from fedlake.query import Federation  # noqa: E402
-from fedlake.synth.default_model import REGION_COUNTRIES  # noqa: E402
 from fedlake.synth.seed import seed_demo_bank  # noqa: E402
 from fedlake.silos import open_silo  # noqa: E402
 
@@ -62,7 +61,7 @@ class TruthEvaluator:
         self.silos: dict[str, AMLData] = {}
         for name, spec in catalog.silos.items():
             with open_silo(spec, "local", home) as connector:
-                self.silos[name] = aml_examples(connector, buckets, tuple(REGION_COUNTRIES.get(spec.region, ())))
+                self.silos[name] = aml_examples(connector, buckets, catalog.money.region(spec.region).domestic_countries)
         self.all = AMLData.concat(list(self.silos.values()))
         self.truth = np.array([a in truth for a in self.all.account_ids], dtype=float)
         self.confirmed = self.all.labels == 1
