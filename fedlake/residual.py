@@ -22,6 +22,7 @@ import sqlglot
 from sqlglot import exp
 
 from fedlake.errors import FedlakeError
+from fedlake.runtime import tolerate_unaligned_arrow
 from fedlake.silos.base import counted
 
 
@@ -58,6 +59,7 @@ class Workspace:
     _swept = False
 
     def __init__(self, memory_limit: str = "2GB"):
+        tolerate_unaligned_arrow()
         if not Workspace._swept:
             Workspace._swept = True
             sweep_spills()

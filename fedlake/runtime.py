@@ -21,6 +21,14 @@ _YOUNG_THRESHOLD = 50_000  # allocations between young collections (Python's def
 _settled = False
 
 
+def tolerate_unaligned_arrow() -> None:
+    """Arrow batches that arrive over Flight sit at whatever buffer alignment gRPC gave them. The
+    CPUs fedlake runs on read them as they are, but Acero (under DuckDB's scan of Arrow data) prints
+    a warning per batch unless told otherwise, and Arrow reads that setting once per process: call
+    this before the first scan of foreign Arrow data."""
+    os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
+
+
 def settle_heap() -> None:
     """Call once the process has imported and built what it keeps (a server before it serves);
     later calls do nothing."""

@@ -19,7 +19,6 @@ logged here under an error id and only the id and the error's class leave.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ import pyarrow.flight as flight
 
 from fedlake.agent import EgressDenied, Forbidden, Unauthenticated
 from fedlake.errors import FedlakeError
-from fedlake.runtime import stop_on_sigterm
+from fedlake.runtime import stop_on_sigterm, tolerate_unaligned_arrow
 from fedlake.serve import messages as m
 from fedlake.serve.messages import PURPOSE_HEADER
 from fedlake.serve import metadata
@@ -274,8 +273,7 @@ def _one_line_errors(result: QueryResult) -> Iterator[pa.RecordBatch]:
 
 def serve(coordinator: Coordinator, host: str, port: int, tls_cert: Path | None, tls_key: Path | None) -> None:
     """Run the Flight SQL server until SIGTERM or SIGINT; prints where it listens once it does."""
-    # fragments from agents arrive over Flight at any alignment; Acero would warn per batch
-    os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
+    tolerate_unaligned_arrow()
     scheme = "grpc+tls" if tls_cert else "grpc+tcp"
     if scheme == "grpc+tcp" and host not in LOOPBACK:
         coordinator.close()
