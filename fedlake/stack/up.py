@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shlex
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -149,6 +150,7 @@ def up(
         keys = signing_key_files(root / "keys", [*catalog.silos, "coordinator"])
         stack.env["FEDLAKE_SIGNING_KEY"] = str(keys["coordinator"])
         ports = {name: free_port() for name in catalog.silos}
+        agents: dict[str, subprocess.Popen] = {}
         for name, spec in catalog.silos.items():
             agent = spec.agents.get("prod") or {}
             if not isinstance(agent.get("location"), EnvRef):
@@ -163,11 +165,11 @@ def up(
             command = [sys.executable, "-m", "fedlake.cli", "--deployment", "prod", "agent", "serve", "--silo", name,
                        "--host", "127.0.0.1", "--port", str(ports[name]),
                        "--tls-cert", str(root / "certs" / "agent.pem"), "--tls-key", str(root / "certs" / "agent.key")]
-            process = spawn(command, env, root / "logs" / f"agent-{name}.log")
-            stack.processes[f"agent:{name}"] = process.pid
+            agents[name] = spawn(command, env, root / "logs" / f"agent-{name}.log")
+            stack.processes[f"agent:{name}"] = agents[name].pid
             _private_json(root / STATE_FILE, state)
-        for name in catalog.silos:
-            _await_agent(root, name, ports[name])
+        for name, process in agents.items():
+            _await_agent(root, name, ports[name], process)
         if dagster:
             _start_dagster(stack, admin, workspace or Path("workspace.yaml"), dagster_port)
             _private_json(root / STATE_FILE, state)
@@ -205,19 +207,19 @@ def _common_env(catalog: Catalog, policy, silos_path: Path, policies_path: Path,
     return env
 
 
-def _await_agent(root: Path, name: str, port: int) -> None:
-    pid = json.loads((root / STATE_FILE).read_text())["processes"][f"agent:{name}"]
+def _await_agent(root: Path, name: str, port: int, process: subprocess.Popen) -> None:
+    log = root / "logs" / f"agent-{name}.log"
     deadline = time.monotonic() + AGENT_START_SECONDS
     while time.monotonic() < deadline:
-        if not alive(pid):
-            log = (root / "logs" / f"agent-{name}.log").read_text().strip().splitlines()
-            raise FedlakeError(f"agent {name} did not start: {log[-1] if log else 'no output'} (log: {root / 'logs' / f'agent-{name}.log'})")
+        if process.poll() is not None:
+            lines = [line for line in log.read_text().splitlines() if line.strip()]
+            raise FedlakeError(f"agent {name} did not start: {lines[-1] if lines else 'no output'} (log: {log})")
         try:
             wait_for_port(port, timeout=0.5)
             return
         except RuntimeError:
             continue
-    raise FedlakeError(f"agent {name} did not listen on 127.0.0.1:{port} within {AGENT_START_SECONDS:.0f}s (log: {root / 'logs' / f'agent-{name}.log'})")
+    raise FedlakeError(f"agent {name} did not listen on 127.0.0.1:{port} within {AGENT_START_SECONDS:.0f}s (log: {log})")
 
 
 def _start_dagster(stack: Stack, admin: str, workspace: Path, port: int) -> None:
