@@ -15,7 +15,7 @@ from fedlake.drift import bin_shares, quantile_edges
 from fedlake.learning.aggregate import FedAvg, FedProx
 from fedlake.learning.coordinator import FederatedTrainer
 from fedlake.learning.credit import BEHAVIOUR, credit_comparison
-from fedlake.learning.models import ModelSpec
+from fedlake.learning.models import aml_spec
 from fedlake.learning.train import DPConfig, TrainConfig
 from fedlake.relation import RelationHandle
 
@@ -44,6 +44,8 @@ class AMLTrainingConfig(dg.Config):
     round_timeout_s: float = 300.0
     dp_noise_multiplier: float = 0.0  # > 0: DP-SGD in every silo, epsilon reported
     seed: int = 0
+    encoder: str = "ngram"  # the light baseline; "minilm-lora": all-MiniLM-L6-v2 fine-tuned with LoRA in each silo
+    max_samples: int = 0  # > 0: each silo trains each round on at most this many accounts (a short fine-tune)
 
 
 def _card_metadata(version) -> dict:
@@ -118,10 +120,14 @@ def aml_model_asset(catalog: Catalog) -> dg.AssetsDefinition:
     def aml_model(context: dg.AssetExecutionContext, config: AMLTrainingConfig, **inputs: RelationHandle):
         """An AML model over each silo's transactions and memos, trained federatedly: only weights leave a silo."""
         clients = {silo: getattr(context.resources, silo).agent() for silo in silos}
-        spec = ModelSpec(AML_MODEL, "aml", {})
+        try:
+            spec = aml_spec(AML_MODEL, config.encoder)
+        except ValueError as exc:
+            raise dg.Failure(description=str(exc)) from None
         strategy = FedProx(mu=config.mu) if config.strategy == "fedprox" else FedAvg()
         dp = DPConfig(noise_multiplier=config.dp_noise_multiplier) if config.dp_noise_multiplier > 0 else None
-        train_config = TrainConfig(epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size, dp=dp, seed=config.seed)
+        train_config = TrainConfig(epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size, dp=dp, seed=config.seed,
+                                   max_samples=config.max_samples or None)
         registry = context.resources.model_registry.registry()
         # a restarted training of the same data and settings resumes from its last checkpoint
         key = hashlib.sha256(json.dumps([config.model_dump(), sorted((h.qualified_name, h.rows) for h in inputs.values())]).encode())

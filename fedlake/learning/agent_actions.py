@@ -23,15 +23,17 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from fedlake.agent.agent import Caller, Forbidden, SiloAgent
 from fedlake.learning import weights as wire
-from fedlake.learning.data import AMLData, aml_examples, data_fingerprint, held_out_mask
+from fedlake.learning.data import AMLData, data_fingerprint, held_out_mask
 from fedlake.learning.metrics import release_histogram
-from fedlake.learning.models import ModelSpec
+from fedlake.learning.models import AML_KINDS, ModelSpec
 from fedlake.learning.registry import ModelRegistry, RegistryError
+from fedlake.learning.silo_examples import examples_key, silo_examples
 from fedlake.learning.train import DPConfig, TrainConfig, predict, train_local
 
 TRAIN_ACTION = "train_round"
@@ -66,17 +68,18 @@ class _Examples:
         self.agent = agent
         self.domestic_countries = domestic_countries
         self._lock = threading.Lock()
-        self._cache: dict[int, _Split] = {}
+        self._cache: dict[Hashable, _Split] = {}
 
-    def get(self, buckets: int) -> _Split:
+    def get(self, spec: ModelSpec) -> _Split:
+        key = examples_key(spec)
         with self._lock:
             fingerprint = data_fingerprint(self.agent.connector)
-            cached = self._cache.get(buckets)
+            cached = self._cache.get(key)
             if cached is None or cached.all.fingerprint != fingerprint:
-                data = aml_examples(self.agent.connector, buckets, self.domestic_countries, fingerprint)
+                data = silo_examples(self.agent.connector, spec, self.domestic_countries, fingerprint)
                 held_out = held_out_mask(data.account_ids)
                 cached = _Split(data, data.subset(~held_out), data.subset(held_out))
-                self._cache = {buckets: cached}
+                self._cache = {key: cached}
             return cached
 
 
@@ -89,7 +92,7 @@ def _spec(body: dict[str, Any], silo: str) -> ModelSpec:
 
 
 def _aml_only(spec: ModelSpec, silo: str) -> ModelSpec:
-    if spec.kind != "aml":
+    if spec.kind not in AML_KINDS:
         raise TrainingRefused(
             f"agent {silo}: only AML models train on a silo's own rows (got kind '{spec.kind}'); "
             "credit models train on the governed zone's compliant features"
@@ -180,7 +183,7 @@ def register_learning_actions(
         config = replace(config, seed=config.seed + int(body.get("round", 0)))
         config, enforced = _enforce_dp(config, dp_required)
         model = _model(spec, body, silo)
-        split = examples.get(spec.params["buckets"])
+        split = examples.get(spec)
         history = [tuple(h) for h in body.get("dp_history") or []]
         local = train_local(model, split.train, config, dp_history=history)
         metrics: dict[str, Any] = {"steps": local.steps, "train_seconds": local.seconds, "data_fingerprint": split.all.fingerprint}
@@ -210,7 +213,7 @@ def register_learning_actions(
         which = body.get("split", "held_out")
         if which not in ("held_out", "all"):
             raise TrainingRefused(f"agent {silo}: split must be 'held_out' or 'all', got {which!r}")
-        split = examples.get(spec.params["buckets"])
+        split = examples.get(spec)
         data = split.held_out if which == "held_out" else split.all
         key = (version.sha256, which, split.all.fingerprint)
         with released_lock:

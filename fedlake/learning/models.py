@@ -15,6 +15,12 @@ from torch import nn
 
 AML_DEFAULTS: dict[str, Any] = {"n_numeric": 16, "buckets": 2**14, "text_dim": 16, "hidden": 32, "prior": 0.005}
 CREDIT_DEFAULTS: dict[str, Any] = {"n_features": 11, "hidden": 32}
+AML_MINILM_DEFAULTS: dict[str, Any] = {"n_numeric": 16, "encoder": "all-MiniLM-L6-v2", "max_tokens": 48, "lora_r": 8,
+                                       "lora_alpha": 16, "text_dim": 32, "hidden": 32, "prior": 0.005}
+AML_KINDS = ("aml", "aml_minilm")  # trained inside the silos, on their own accounts and memos
+# The AML text encoders to choose from: the light hashed n-gram baseline, or the pretrained
+# all-MiniLM-L6-v2 fine-tuned with LoRA adapters.
+AML_ENCODERS = {"ngram": "aml", "minilm-lora": "aml_minilm"}
 
 
 class CreditNet(nn.Module):
@@ -64,7 +70,18 @@ class AMLNet(nn.Module):
         return self.head(torch.cat([self.numeric(numeric), text], dim=1)).squeeze(-1)
 
 
-_KINDS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {"aml": (AMLNet, AML_DEFAULTS), "credit": (CreditNet, CREDIT_DEFAULTS)}
+def _minilm_aml(**params: Any) -> nn.Module:
+    """The pretrained-encoder AML model; transformers and peft are imported only for this kind."""
+    from fedlake.learning.lora import MiniLMAMLNet
+
+    return MiniLMAMLNet(**params)
+
+
+_KINDS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "aml": (AMLNet, AML_DEFAULTS),
+    "aml_minilm": (_minilm_aml, AML_MINILM_DEFAULTS),
+    "credit": (CreditNet, CREDIT_DEFAULTS),
+}
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,13 @@ class ModelSpec:
         if missing:
             raise ValueError(f"a model spec needs {sorted(missing)}; got keys {sorted(raw)}")
         return cls(name=raw["name"], kind=raw["kind"], params=dict(raw.get("params") or {}))
+
+
+def aml_spec(name: str, encoder: str, params: dict[str, Any] | None = None) -> ModelSpec:
+    """The AML model with the chosen text encoder (a key of AML_ENCODERS)."""
+    if encoder not in AML_ENCODERS:
+        raise ValueError(f"model '{name}': unknown AML text encoder {encoder!r} (choose one of: {', '.join(AML_ENCODERS)})")
+    return ModelSpec(name, AML_ENCODERS[encoder], dict(params or {}))
 
 
 def default_device() -> torch.device:
