@@ -111,3 +111,19 @@ def limits_guard() -> Iterator[None]:
         yield
     except RecursionError:
         raise SqlTooComplex("nests too deeply to plan (past Python's recursion limit)") from None
+
+
+def parse_error_message(exc: ParseError) -> str:
+    """What a user can act on in a parser's error: what was expected, where, and the text there;
+    none of the parser's own class names, nor the terminal codes it underlines with."""
+    first = exc.errors[0] if exc.errors else None
+    if first is None:  # the tokenizer's: it quotes the whole text
+        return "the text does not read as SQL (an unclosed quote or an unknown character?)"
+    description = str(first.get("description") or "unexpected text")
+    highlight = str(first.get("highlight") or "")
+    if description.startswith("Required keyword") or "<class" in description:
+        description = f"'{highlight}' is incomplete" if highlight else "an expression is incomplete"
+    elif description == "Invalid expression / Unexpected token":
+        description = f"unexpected '{highlight}'" if highlight else "unexpected text"
+    near = f"{str(first.get('start_context') or '')[-40:]}{highlight}{str(first.get('end_context') or '')[:40]}".strip()
+    return f"{description} at line {first.get('line')}, column {first.get('col')} (near: {near})"

@@ -136,11 +136,17 @@ class SiloAgent:
             )
 
     def check_purpose(self, caller: Caller, purpose: str) -> None:
+        """A purpose the identity does not hold is refused, and the refusal ledgered: asking for
+        data under a purpose one was not granted is what an auditor looks for."""
         if purpose not in caller.purposes:
-            raise Forbidden(
+            refusal = Forbidden(
                 f"agent {self.spec.name}: client '{caller.identity}' may not declare purpose '{purpose}' "
                 f"(may declare: {', '.join(caller.purposes) or 'none'}; {self.policy.path}: clients.{caller.identity})"
             )
+            self.ledger.record(requester=caller.identity, purpose=purpose, silo=self.spec.name, destination=caller.region,
+                               operation="declare_purpose", fragment="", columns=[{"refused": str(refusal)}],
+                               decision="denied", error="FORBIDDEN_PURPOSE")
+            raise refusal
 
     def destination(self, caller: Caller, requested: str | None) -> str:
         """Where the caller's results go: its identity's region. A request naming another is refused."""

@@ -77,6 +77,11 @@ class Ledger:
         rows = self.store.read(f"SELECT {', '.join(STORED)} FROM {{table}} WHERE {where} ORDER BY seq", params)
         return [dict(zip(STORED, row)) for row in rows]
 
+    def window(self, first: int, last: int) -> list[dict[str, Any]]:
+        """The entries with a ledger seq from `first` to `last`, in ledger order (what a reader pages through)."""
+        rows = self.store.read(f"SELECT {', '.join(STORED)} FROM {{table}} WHERE seq BETWEEN ? AND ? ORDER BY seq", [first, last])
+        return [dict(zip(STORED, row)) for row in rows]
+
     def last_seq(self) -> int:
         """The ledger seq of the last entry (0 when empty)."""
         return int(self.store.read("SELECT coalesce(max(seq), 0) FROM {table}", [])[0][0])

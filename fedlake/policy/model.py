@@ -6,6 +6,7 @@ error naming the file and the key, not a rule that silently never matches.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,13 +154,20 @@ def parse_policy(raw: Any, catalog: Catalog, path: str = "policies.yaml") -> Pol
     purposes = tuple(purposes)
 
     clients = {}
-    for identity, body in (raw.get("clients") or {}).items():
+    raw_clients = raw.get("clients") or {}
+    if not isinstance(raw_clients, dict):
+        raise ConfigError(path, "clients", f"expected a mapping of client name to {{token_env: VARIABLE, region: REGION, "
+                          f"purposes: [...], roles: [...]}}, not a {type(raw_clients).__name__}")
+    for identity, body in raw_clients.items():
         key = f"clients.{identity}"
         if not isinstance(body, dict) or not isinstance(body.get("token_env"), str):
             raise ConfigError(path, key, "expected {token_env: VARIABLE, region: REGION, purposes: [...], roles: [...]}")
         unknown = set(body) - {"token_env", "region", "purposes", "roles"}
         if unknown:
             raise ConfigError(path, f"{key}.{sorted(unknown)[0]}", "unknown key (allowed: token_env, region, purposes, roles)")
+        for listed in ("purposes", "roles"):
+            if not isinstance(body.get(listed) or [], list):
+                raise ConfigError(path, f"{key}.{listed}", f"expected a list, not {type(body[listed]).__name__} {body[listed]!r}")
         client_purposes = body.get("purposes") or []
         for i, p in enumerate(client_purposes):
             if p not in purposes:
@@ -187,12 +195,10 @@ def parse_policy(raw: Any, catalog: Catalog, path: str = "policies.yaml") -> Pol
         raise ConfigError(path, "aggregate", "k-anonymity thresholds are gone: aggregate-only columns leave only as "
                           "differentially private aggregates; declare `dp` (epsilon, delta, budget, bounds) instead")
 
-    generalize = {}
-    for column, spec in (raw.get("generalize") or {}).items():
-        key = f"generalize.{column}"
-        if not isinstance(spec, dict) or spec.get("method") not in GENERALIZE_METHODS:
-            raise ConfigError(path, key, f"expected {{method: {' | '.join(GENERALIZE_METHODS)}, ...}}")
-        generalize[str(column)] = dict(spec)
+    raw_generalize = raw.get("generalize") or {}
+    if not isinstance(raw_generalize, dict):
+        raise ConfigError(path, "generalize", "expected a mapping of column name to {method: ..., ...}")
+    generalize = {str(column): _parse_generalize(path, f"generalize.{column}", spec) for column, spec in raw_generalize.items()}
 
     regions = _regions(catalog)
     classification_rules = {}
@@ -233,6 +239,39 @@ def parse_policy(raw: Any, catalog: Catalog, path: str = "policies.yaml") -> Pol
             if rule.action == "generalize" and pattern.split(".")[-1] not in generalize:
                 raise ConfigError(path, rule.where, f"generalize needs a `generalize.{pattern.split('.')[-1]}` entry")
     return policy
+
+
+# Each generalization method's settings: (type, check, what the check wants), checked at load so
+# that a width of "ten" is an error naming its key, not a failed query later.
+GENERALIZE_SETTINGS: dict[str, dict[str, tuple[tuple[type, ...], Any, str]]] = {
+    "age_band": {"width": ((int,), lambda v: v > 0, "a positive whole number of years"),
+                 "as_of": ((str, dt.date), lambda v: bool(_iso_date(v)), "a date, YYYY-MM-DD")},
+    "prefix": {"length": ((int,), lambda v: v > 0, "a positive whole number of characters")},
+}
+
+
+def _iso_date(value: Any) -> dt.date | None:
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        return None
+
+
+def _parse_generalize(path: str, key: str, spec: Any) -> dict[str, Any]:
+    if not isinstance(spec, dict) or spec.get("method") not in GENERALIZE_METHODS:
+        raise ConfigError(path, key, f"expected {{method: {' | '.join(GENERALIZE_METHODS)}, ...}}")
+    settings = GENERALIZE_SETTINGS[spec["method"]]
+    for name, value in spec.items():
+        if name == "method":
+            continue
+        if name not in settings:
+            raise ConfigError(path, f"{key}.{name}", f"unknown setting for {spec['method']} (allowed: {', '.join(settings)})")
+        kinds, check, wanted = settings[name]
+        if not isinstance(value, kinds) or isinstance(value, bool) or not check(value):
+            raise ConfigError(path, f"{key}.{name}", f"expected {wanted}, not {type(value).__name__} {value!r}")
+    return dict(spec)
 
 
 def _parse_domains(path: str, raw: Any, purposes: tuple[str, ...], catalog: Catalog) -> tuple[DomainMember, ...]:

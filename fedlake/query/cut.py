@@ -14,7 +14,7 @@ from sqlglot.errors import ParseError
 
 from fedlake.query.rules import Cut, Fragment, Planning, PlanningError, apply_rules, conjuncts
 from fedlake.query.statistics import Statistics
-from fedlake.sql_text import parse_sql
+from fedlake.sql_text import parse_error_message, parse_sql
 
 __all__ = ["Cut", "Fragment", "PlanningError", "conjuncts", "cut_query", "plan_query"]
 
@@ -23,7 +23,7 @@ def parse_query(sql: str) -> exp.Query:
     try:
         statements = parse_sql(sql)  # under limits: a query too large or too deep is refused in one line
     except ParseError as exc:
-        raise PlanningError(f"cannot parse the query: {exc}") from None
+        raise PlanningError(f"cannot parse the query: {parse_error_message(exc)}") from None
     if len(statements) != 1 or not isinstance(statements[0], exp.Query):
         raise PlanningError("a federated query is exactly one SELECT (with CTEs, subqueries and set operations)")
     return statements[0]

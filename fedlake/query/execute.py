@@ -33,10 +33,11 @@ from fedlake.keyset import KeySet, key_family, keys_if_they_pay
 from fedlake.query.cut import Fragment, PlanningError, cut_query
 from fedlake.query.placement import result_bytes, result_rows, site_costs, unique_columns
 from fedlake.query.plan import AgentPlanning, FederatedPlan, FragmentRun, each
+from fedlake.query.rules.qualify import check_declared
 from fedlake.query.statistics import Statistics, TableStatistics, fragment_distinct
 from fedlake.query.semijoin import FILTER_SHARE, choose_semijoins, find_semijoins
 from fedlake.residual import Workspace, semijoin_keys
-from fedlake.sql_text import parse_sql
+from fedlake.sql_text import parse_error_message, parse_sql
 from fedlake.silos.base import counted
 
 GOVERNED = "governed"  # the site name of the governed zone, for Federation(site=...)
@@ -87,7 +88,7 @@ class Federation:
         try:
             tree = parse_sql(sql)[0]
         except sqlglot.errors.ParseError as exc:
-            raise PlanningError(f"cannot parse the query: {exc}") from None
+            raise PlanningError(f"cannot parse the query: {parse_error_message(exc)}") from None
         if tree is None:
             raise PlanningError("the query is empty")
         named: dict[str, set[str]] = {}
@@ -102,6 +103,7 @@ class Federation:
             schema[silo] = {name: info.columns for name, info in tables.items()}
             statistics[silo] = {name: TableStatistics(info.rows, info.distinct) for name, info in tables.items()
                                 if info.rows is not None}
+        check_declared(tree, schema, self.catalog)
         return schema, statistics
 
     def plan(self, sql: str, purpose: str, with_estimates: bool = True) -> FederatedPlan:
