@@ -36,13 +36,15 @@ def quality_plugin(suites: QualitySuites | None = None) -> AgentPlugin:
 
 
 def learning_plugin(registry: str | os.PathLike | None = None) -> AgentPlugin:
-    """`train_round` and `evaluate_round`. `registry` is the model registry whose versions may be
-    evaluated; by default the governed zone's, under the agent's data folder."""
+    """`train_round`, `evaluate_round` and the secure-aggregation stages, whose peer adverts are
+    checked against the deployment's ledger public keys. `registry` is the model registry whose
+    versions may be evaluated; by default the governed zone's, under the agent's data folder."""
 
     def register(agent: SiloAgent, context: PluginContext) -> None:
         from fedlake.learning.agent_actions import register_learning_actions
 
-        register_learning_actions(agent, registry=registry if registry is not None else context.home / MODELS_FOLDER)
+        register_learning_actions(agent, registry=registry if registry is not None else context.home / MODELS_FOLDER,
+                                  peer_keys=context.home)
 
     return register
 

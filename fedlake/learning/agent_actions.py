@@ -23,9 +23,12 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Mapping
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedlake.agent.agent import Caller, Forbidden, SiloAgent
 from fedlake.learning import weights as wire
@@ -33,6 +36,7 @@ from fedlake.learning.data import AMLData, data_fingerprint, held_out_mask
 from fedlake.learning.metrics import release_histogram
 from fedlake.learning.models import AML_KINDS, ModelSpec
 from fedlake.learning.registry import ModelRegistry, RegistryError
+from fedlake.learning.secagg.actions import SECAGG_RULE, masked_answer, peer_key_source, register_secagg_actions
 from fedlake.learning.silo_examples import examples_key, silo_examples
 from fedlake.learning.train import DPConfig, TrainConfig, predict, train_local
 
@@ -128,8 +132,9 @@ def register_learning_actions(
     registry: ModelRegistry | str | os.PathLike | None = None,
     min_count: int = MIN_COUNT,
     release_epsilon: float | None = None,
+    peer_keys: str | os.PathLike | Mapping[str, Ed25519PublicKey] | None = None,
 ) -> None:
-    """Serve train_round and evaluate_round on this agent.
+    """Serve train_round and evaluate_round on this agent, and the secure-aggregation stages.
 
     dp_required: where the silo's policy asks for differential privacy, every local round runs
     DP-SGD with at least this noise (whatever the coordinator asks), and evaluation histograms are
@@ -138,7 +143,8 @@ def register_learning_actions(
     cross-border for this silo's accounts; by default those its region declares in silos.yaml.
     registry: the model registry (the governed zone's models folder) whose versions evaluate_round
     may score; without one, evaluation is refused. min_count: the fewest accounts a released
-    histogram bin may hold.
+    histogram bin may hold. peer_keys: the Ed25519 public keys (or the data folder whose keys/ holds
+    them; FEDLAKE_LEDGER_KEYS if not given) that check the other silos' secure-aggregation adverts.
     """
     if domestic_countries is None:
         catalog = agent.policy.catalog
@@ -173,6 +179,8 @@ def register_learning_actions(
         agent.egress.add_bytes(len(payload))
         return result
 
+    participant = register_secagg_actions(agent, admit, leave, peer_key_source(peer_keys))
+
     def train_round(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         admit(caller, body)
         spec = _spec(body, silo)
@@ -189,8 +197,11 @@ def register_learning_actions(
         metrics: dict[str, Any] = {"steps": local.steps, "train_seconds": local.seconds, "data_fingerprint": split.all.fingerprint}
         if local.dp_record:
             metrics["dp"] = {"record": list(local.dp_record), "delta": config.dp.delta, "enforced_by_silo": enforced}
-        result = {"weights": wire.encode(wire.to_numpy(local.state)), "n_samples": local.n_samples,
-                  "metrics": metrics, "epsilon": local.epsilon}
+        update = wire.to_numpy(local.state)
+        masked = masked_answer(participant, caller, body, update, local.n_samples, metrics, local.epsilon)
+        if masked is not None:
+            return leave(caller, body, "train_round", "masked_update", "allow", SECAGG_RULE, masked)
+        result = {"weights": wire.encode(update), "n_samples": local.n_samples, "metrics": metrics, "epsilon": local.epsilon}
         return leave(caller, body, "train_round", "model_weights", "allow", TRAIN_RULE, result)
 
     def evaluate_round(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:

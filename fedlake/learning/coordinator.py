@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -28,19 +29,15 @@ from fedlake.learning.agent_actions import DEFAULT_PURPOSE, EVALUATE_ACTION, TRA
 from fedlake.learning.aggregate import Strategy
 from fedlake.learning.metrics import metrics_from_histograms, summary
 from fedlake.learning.models import ModelSpec
+from fedlake.learning.quorum import QuorumError
 from fedlake.learning.registry import ModelVersion
+from fedlake.learning.secagg import SecAggConfig, SecureOutcome, SecureRound
+from fedlake.learning.secagg.ring import Layout
 from fedlake.learning.train import TrainConfig, dp_epsilon
 from fedlake.learning.weights import Weights
 
 STATE_FILE = "state.json"
-
-
-class QuorumError(FedlakeError):
-    """Too few silos answered a round (or an evaluation) to go on."""
-
-    def __init__(self, message: str, left_out: dict[str, str]):
-        super().__init__(message)
-        self.left_out = left_out
+__all__ = ["CheckpointMismatch", "FederatedResult", "FederatedTrainer", "QuorumError"]
 
 
 class CheckpointMismatch(FedlakeError):
@@ -70,6 +67,11 @@ class FederatedTrainer:
     own (FedProx's mu). The first round starts from `initial_weights`, else from the spec built
     with `seed`; a checkpoint in `checkpoint_dir` takes precedence over both (that is the resume).
     `on_round(round, weights, record)` is called after each completed round.
+
+    With `secure_aggregation` (on by default; None turns it off) every round of two or more silos
+    is a secure-aggregation round: the coordinator learns the sample-weighted sum of the updates
+    and the total sample count, never one silo's weights or count. Each training has its own
+    session id, so concurrent trainings through the same agents keep apart.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class FederatedTrainer:
         initial_weights: Weights | None = None,
         seed: int = 0,
         on_round: Callable[[int, Weights, dict[str, Any]], None] | None = None,
+        secure_aggregation: SecAggConfig | None = SecAggConfig(),
     ):
         if not clients:
             raise ValueError("FederatedTrainer needs at least one silo client")
@@ -107,6 +110,10 @@ class FederatedTrainer:
         self.initial_weights = initial_weights
         self.seed = seed
         self.on_round = on_round
+        self.secure_aggregation = secure_aggregation
+        if secure_aggregation is not None and len(clients) > 1:
+            secure_aggregation.threshold_for(len(clients), min_silos)
+        self.session = uuid.uuid4().hex
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -179,6 +186,22 @@ class FederatedTrainer:
             left_out,
         )
 
+    def _secure_round(self, round_: int, weights: Weights, bodies: dict[str, dict[str, Any]]) -> SecureOutcome | None:
+        """The round's updates summed under masks, or None where it is a plain round."""
+        if self.secure_aggregation is None or len(self.clients) < 2:
+            return None
+        secure = SecureRound(self.secure_aggregation, self._ask_all, self._quorum, list(self.clients), self.min_silos,
+                             round_, f"{self.session}-r{round_}", self.purpose)
+        return secure.run(Layout.of(weights), TRAIN_ACTION, bodies)
+
+    def _plain_update(self, answer: dict[str, Any]) -> tuple[Weights, int]:
+        update = wire.decode(answer["weights"])
+        wire.load_into(self.spec.build(), update)
+        n = int(answer["n_samples"])
+        if n <= 0:
+            raise ValueError(f"n_samples must be positive, got {n}")
+        return update, n
+
     # -- training -------------------------------------------------------------------------------
 
     def fit(self) -> FederatedResult:
@@ -201,26 +224,26 @@ class FederatedTrainer:
                        "purpose": self.purpose, "destination": self.destination, "dp_history": dp_history.get(silo, {}).get("records", [])}
                 for silo in self.clients
             }
-            answers, left_out, seconds = self._ask_all(TRAIN_ACTION, bodies)
-            results: list[tuple[Weights, int]] = []
+            secure = self._secure_round(round_, weights, bodies)
+            answers, left_out, seconds = (secure.answers, secure.left_out, secure.seconds) if secure else self._ask_all(TRAIN_ACTION, bodies)
+            results: list[tuple[Weights, int]] = [(secure.mean, secure.n_samples)] if secure else []
             record: dict[str, Any] = {"round": round_, "participants": [], "left_out": left_out, "samples": {},
                                       "metrics": {}, "epsilon": {}, "bytes_in": {}}
+            if secure:
+                record["secure_aggregation"] = secure.cost
+                record["samples_total"] = secure.n_samples
             for silo, answer in sorted(answers.items()):
-                try:
-                    update = wire.decode(answer["weights"])
-                    wire.load_into(self.spec.build(), update)
-                    n = int(answer["n_samples"])
-                    if n <= 0:
-                        raise ValueError(f"n_samples must be positive, got {n}")
-                except (KeyError, TypeError, ValueError) as exc:
-                    left_out[silo] = f"sent an unusable answer: {type(exc).__name__}: {exc}"
-                    continue
-                results.append((update, n))
+                if not secure:
+                    try:
+                        results.append(self._plain_update(answer))
+                    except (KeyError, TypeError, ValueError) as exc:
+                        left_out[silo] = f"sent an unusable answer: {type(exc).__name__}: {exc}"
+                        continue
+                    record["samples"][silo] = results[-1][1]
                 record["participants"].append(silo)
-                record["samples"][silo] = n
                 record["metrics"][silo] = answer.get("metrics") or {}
                 record["epsilon"][silo] = answer.get("epsilon")
-                record["bytes_in"][silo] = len(json.dumps(answer))
+                record["bytes_in"][silo] = secure.cost["masked_bytes"][silo] if secure else len(json.dumps(answer))
                 dp = record["metrics"][silo].get("dp")
                 if dp:
                     spent = dp_history.setdefault(silo, {"records": [], "delta": dp["delta"]})
@@ -228,7 +251,7 @@ class FederatedTrainer:
                     spent["delta"] = dp["delta"]
                 if record["metrics"][silo].get("data_fingerprint"):
                     fingerprints[silo] = record["metrics"][silo]["data_fingerprint"]
-            self._quorum(f"round {round_}", len(results), left_out)
+            self._quorum(f"round {round_}", len(record["participants"]), left_out)
             weights = self.strategy.aggregate(results)
             record["silo_seconds"] = {silo: seconds[silo] for silo in record["participants"]}
             record["bytes_out"] = len(payload) * len(self.clients)

@@ -121,7 +121,7 @@ def test_federated_training_moves_only_weights_through_the_agents(local_deployme
     before = {silo: c.inner.agent.egress.snapshot() for silo, c in clients.items()}
 
     trainer = FederatedTrainer(clients, SPEC, FedProx(mu=0.01), rounds=3, min_silos=3, round_timeout_s=120,
-                               checkpoint_dir=tmp_path / "ckpt", config=CONFIG)
+                               checkpoint_dir=tmp_path / "ckpt", config=CONFIG, secure_aggregation=None)
     result = trainer.fit()
 
     assert [r["round"] for r in result.history] == [1, 2, 3]

@@ -20,6 +20,7 @@ from fedlake.learning.data import AML_FEATURES, aml_examples, held_out_mask
 from fedlake.learning.metrics import evaluate, metrics_from_histograms, release_histogram, score_histogram
 from fedlake.learning.models import ModelSpec
 from fedlake.learning.registry import ModelRegistry
+from fedlake.learning.secagg.messages import ADVERTISE_ACTION, SHARE_KEYS_ACTION, UNMASK_ACTION
 from fedlake.learning.text import ngram_ids
 from fedlake.learning.train import DPConfig, TrainConfig, predict
 from fedlake.policy.model import load_policy
@@ -88,11 +89,13 @@ def test_a_client_without_the_train_role_may_call_no_learning_action(local_deplo
     register = analyst.agent.register_action
     monkeypatch.setattr(analyst.agent, "register_action", lambda name, handler: (learning.add(name), register(name, handler)))
     register_learning_actions(analyst.agent, registry=registry.root)
-    assert learning == {TRAIN_ACTION, EVALUATE_ACTION}, "a new learning action needs its attack here"
+    assert learning == {TRAIN_ACTION, EVALUATE_ACTION, ADVERTISE_ACTION, SHARE_KEYS_ACTION, UNMASK_ACTION}, "a new learning action needs its attack here"
     version = registry.register("aml_model", SPEC, wire.model_weights(SPEC.build(seed=0)))
     bodies = {
         TRAIN_ACTION: {"spec": SPEC.to_dict(), "weights": wire.encode(isolating_weights(0.0)), "config": {}},
         EVALUATE_ACTION: {"model": version.sha256},
+        **{stage: {"session": "s", "participants": ["us_lake", "eu_core"], "threshold": 2}
+           for stage in (ADVERTISE_ACTION, SHARE_KEYS_ACTION, UNMASK_ACTION)},
     }
     for action in sorted(learning):
         for purpose in ("aml", "analytics"):

@@ -10,12 +10,14 @@ import pytest
 
 from fedlake.agent import build_agent
 from fedlake.learning.agent_actions import EVALUATE_ACTION, TRAIN_ACTION
+from fedlake.learning.secagg.messages import ADVERTISE_ACTION, SHARE_KEYS_ACTION, UNMASK_ACTION
 from fedlake.plugins import learning_plugin, quality_plugin, serving_plugins
 from fedlake.policy.model import load_policy
 from fedlake.quality import VALIDATE_ACTION
 from tests.conftest import REPO
 
-PLUGGED = {VALIDATE_ACTION, TRAIN_ACTION, EVALUATE_ACTION}
+LEARNING = {TRAIN_ACTION, EVALUATE_ACTION, ADVERTISE_ACTION, SHARE_KEYS_ACTION, UNMASK_ACTION}
+PLUGGED = {VALIDATE_ACTION, *LEARNING}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def test_an_agent_built_without_plugins_serves_queries_but_no_plugged_action(loc
 def test_each_plugin_adds_its_own_actions(local_deployment, policy):
     bare = served_actions(local_deployment, policy, ())
     assert served_actions(local_deployment, policy, (quality_plugin(),)) - bare == {VALIDATE_ACTION}
-    assert served_actions(local_deployment, policy, (learning_plugin(),)) - bare == {TRAIN_ACTION, EVALUATE_ACTION}
+    assert served_actions(local_deployment, policy, (learning_plugin(),)) - bare == LEARNING
     assert served_actions(local_deployment, policy, serving_plugins()) - bare == PLUGGED
 
 

@@ -1,0 +1,122 @@
+"""The typed messages of a secure-aggregation round, in the order they cross.
+
+    coordinator -> every silo      Setup                 who takes part, the threshold, the ring
+    silo -> coordinator            KeyAdvert             two public keys, signed
+    coordinator -> every silo      ShareKeys             every advert that came back
+    silo -> coordinator            SealedShares          shares of its secrets, one sealed box per peer
+    coordinator -> every silo      MaskRequest           (inside train_round) the boxes addressed to it
+    silo -> coordinator            MaskedInput           (inside train_round's answer) its masked update
+    coordinator -> every survivor  Unmask                who sent a masked input, who dropped
+    survivor -> coordinator        UnmaskShares          self-mask shares of survivors, mask-key shares of the dropped
+
+Each is a protocol Message: read back from a request body with every field checked, so a
+malformed one is refused in one line naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+from fedlake.agent.protocol import Message, ProtocolError
+
+ADVERTISE_ACTION = "secagg_advertise"
+SHARE_KEYS_ACTION = "secagg_share_keys"
+UNMASK_ACTION = "secagg_unmask"
+MASK_FIELD = "secagg"  # the MaskRequest inside a train_round body
+MASKED_FIELD = "masked"  # the MaskedInput inside a train_round answer
+
+_TYPES = {"str": str, "int": int, "list[str]": list, "dict[str, str]": dict, "list[dict[str, str]]": list}
+
+
+@dataclass(frozen=True)
+class _Typed(Message):
+    kind: ClassVar[str] = ""
+
+    def body(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def _checked(self):
+        for f in fields(self):
+            value, expected = getattr(self, f.name), _TYPES.get(str(f.type))
+            if expected and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+                raise ProtocolError(f"a {self.kind} message's '{f.name}' must be {f.type}, not {type(value).__name__}")
+            if isinstance(value, list) and str(f.type) == "list[str]" and not all(isinstance(v, str) for v in value):
+                raise ProtocolError(f"a {self.kind} message's '{f.name}' must list names")
+            if isinstance(value, dict) and not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise ProtocolError(f"a {self.kind} message's '{f.name}' must map names to text")
+        return self
+
+
+@dataclass(frozen=True)
+class Setup(_Typed):
+    kind: ClassVar[str] = "secagg_setup"
+    session: str
+    round: int
+    participants: list[str]
+    threshold: int
+    frac_bits: int
+    vector_size: int
+    purpose: str
+
+
+@dataclass(frozen=True)
+class KeyAdvert(_Typed):
+    kind: ClassVar[str] = "secagg_key_advert"
+    silo: str
+    channel_public: str
+    mask_public: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class ShareKeys(_Typed):
+    kind: ClassVar[str] = "secagg_share_keys"
+    session: str
+    adverts: list[dict[str, str]]
+    purpose: str
+
+    def parsed(self) -> list[KeyAdvert]:
+        if not all(isinstance(a, dict) for a in self.adverts):
+            raise ProtocolError(f"a {self.kind} message's 'adverts' must be key adverts")
+        return [KeyAdvert.from_fields(a) for a in self.adverts]
+
+
+@dataclass(frozen=True)
+class SealedShares(_Typed):
+    kind: ClassVar[str] = "secagg_sealed_shares"
+    silo: str
+    sealed: dict[str, str]  # recipient -> base64 AES-GCM box
+
+
+@dataclass(frozen=True)
+class MaskRequest(_Typed):
+    kind: ClassVar[str] = "secagg_mask_request"
+    session: str
+    sealed: dict[str, str]  # sender -> base64 box addressed to this silo
+
+
+@dataclass(frozen=True)
+class MaskedInput(_Typed):
+    kind: ClassVar[str] = "secagg_masked_input"
+    silo: str
+    vector: str  # base64 of little-endian uint64 ring elements
+    signature: str
+
+
+@dataclass(frozen=True)
+class Unmask(_Typed):
+    kind: ClassVar[str] = "secagg_unmask"
+    session: str
+    survivors: list[str]
+    dropped: list[str]
+    signatures: dict[str, str]  # survivor -> its signature over its masked input's session
+    purpose: str
+
+
+@dataclass(frozen=True)
+class UnmaskShares(_Typed):
+    kind: ClassVar[str] = "secagg_unmask_shares"
+    silo: str
+    self_mask: dict[str, str]  # survivor -> share of its self-mask seed
+    mask_key: dict[str, str]  # dropped silo -> share of its mask private key
