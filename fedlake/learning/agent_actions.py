@@ -23,8 +23,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Mapping
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
