@@ -7,8 +7,9 @@ columns of silos.yaml. Two kinds of truth are planted, not guessed:
 - loan defaults follow the documented formula of fedlake.synth.default_model, fed by features of
   the borrower's transactions in every region;
 - laundering patterns (structuring, rapid pass-through, cross-border cycles) run through mule
-  accounts of random customers, and investigators confirmed only about half of the involved
-  accounts (aml_cases).
+  accounts of random customers, planted mostly in some regions, among honest customers who look
+  like them, with cover stories in some memos; investigators confirmed only some of the involved
+  accounts (aml_cases). How hard this is to find is set by fedlake.synth.laundering's knobs.
 
 The full truth (loan_truth, aml_patterns, aml_pattern_accounts, aml_pattern_transactions) is for
 evaluation only; the caller writes it outside every silo.
@@ -29,8 +30,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fedlake.synth import default_model
+from fedlake.synth import default_model, memos
 from fedlake.synth import vocabulary as vocab
+from fedlake.synth.laundering import (
+    DEFAULT_KNOBS, STYLE_HEAD, Flow, LaunderingKnobs, lookalike_flows, memo_styles, pattern_region, ring_regions,
+)
 
 REGIONS = vocab.REGIONS
 REGION_TABLES = {
@@ -44,6 +48,7 @@ CUSTOMERS_AT_SCALE_1 = 15_000
 MIN_BLOCK_CUSTOMERS = 100
 MAX_CUSTOMERS = 10**7  # the SG NRIC has seven digits, and every person needs a distinct one
 PATTERNS_AT_SCALE_1 = {"structuring": 40, "pass_through": 40, "cross_border_cycle": 25}
+MIN_PATTERNS_PER_KIND = 3
 HOME_SHARES = (0.45, 0.35, 0.20)
 ONE_OTHER_REGION_SHARE = 0.35
 BOTH_OTHER_REGIONS_SHARE = 0.08
@@ -51,9 +56,6 @@ DEBITS_PER_YEAR = 10.0
 CREDITS_PER_YEAR = 3.0
 INTERNAL_TRANSFER_SHARE = 0.3
 REPORTING_THRESHOLD = 10_000.0
-SUSPICIOUS_MEMO_P_LAUNDERING = 0.35
-SUSPICIOUS_MEMO_P_NORMAL = 0.03
-CASE_CONFIRMATION_P = 0.5
 
 _SCHEMAS = {
     "customers": pa.schema(
@@ -154,8 +156,9 @@ def customer_count(scale: float) -> int:
 
 
 def expected_pattern_counts(scale: float) -> dict[str, int]:
-    """Laundering patterns of each kind planted at a scale: proportional, at least one each."""
-    return {kind: max(1, round(count * scale)) for kind, count in PATTERNS_AT_SCALE_1.items()}
+    """Laundering patterns of each kind planted at a scale: proportional, at least
+    MIN_PATTERNS_PER_KIND each, so that a test-size bank still has confirmed cases to learn from."""
+    return {kind: max(MIN_PATTERNS_PER_KIND, round(count * scale)) for kind, count in PATTERNS_AT_SCALE_1.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,6 +190,7 @@ _US_FORMAT, _SG_FORMAT = len(vocab.EU_HOME_COUNTRIES), len(vocab.EU_HOME_COUNTRI
 
 # Counterparty kinds of a transaction.
 _CP_EXTERNAL, _CP_INTERNAL, _CP_NONE = 0, 1, 2
+_CP_KINDS = {"external": _CP_EXTERNAL, "internal": _CP_INTERNAL, "none": _CP_NONE}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -284,7 +288,7 @@ def _split(total: int, sizes: list[int]) -> list[int]:
 # --------------------------------------------------------------------------------------------
 
 
-def _memo_vocabulary() -> tuple[pa.Array, np.ndarray, np.ndarray, int, int]:
+def _memo_vocabulary() -> tuple[pa.Array, np.ndarray, np.ndarray]:
     heads: list[str] = []
     start = np.zeros((len(vocab.CATEGORIES), len(REGIONS)), dtype=np.int64)
     length = np.zeros_like(start)
@@ -293,14 +297,13 @@ def _memo_vocabulary() -> tuple[pa.Array, np.ndarray, np.ndarray, int, int]:
             words = vocab.MEMO_HEADS[category][region]
             start[c, r], length[c, r] = len(heads), len(words)
             heads.extend(words)
-    suspicious_start = len(heads)
-    heads.extend(vocab.SUSPICIOUS_MEMO_HEADS)
-    return _strings(heads), start, length, suspicious_start, len(vocab.SUSPICIOUS_MEMO_HEADS)
+    return _strings(heads), start, length
 
 
-_MEMO_HEADS, _MEMO_START, _MEMO_LEN, _SUSPICIOUS_START, _SUSPICIOUS_LEN = _memo_vocabulary()
+_MEMO_HEADS, _MEMO_START, _MEMO_LEN = _memo_vocabulary()
 
-# Memo detail after the head: none, "dd/mm", month name, "inv NNNN", "ref NNNNNN".
+# Memo detail after the head: none, "dd/mm", month name, "inv NNNN", "ref NNNNNN" ("suspicious":
+# that of a phrase of fedlake.synth.memos).
 _DETAIL_P = {
     "card": (0.5, 0.5, 0.0, 0.0, 0.0),
     "monthly": (0.25, 0.0, 0.65, 0.0, 0.1),
@@ -713,9 +716,9 @@ def _start(rng: np.random.Generator, latest: str) -> int:
     return int(rng.integers(_YEAR_START + 4 * _US_PER_DAY, int(np.datetime64(latest, "us").astype(np.int64))))
 
 
-def _structuring(rng: np.random.Generator, people: _People, accounts: _Accounts) -> _Pattern:
+def _structuring(rng: np.random.Generator, people: _People, accounts: _Accounts, knobs: LaunderingKnobs) -> _Pattern:
     """6-12 cash deposits just under the reporting threshold within about ten days."""
-    account = _mule(rng, people, accounts)
+    account = _mule(rng, people, accounts, pattern_region(rng, "structuring", REGIONS, knobs))
     n = int(rng.integers(6, 13))
     times = np.sort(_start(rng, "2025-12-15") + rng.integers(0, 10 * _US_PER_DAY, n))
     amounts = 9_000.0 + 10.0 * rng.integers(0, 100, n)
@@ -727,9 +730,9 @@ def _structuring(rng: np.random.Generator, people: _People, accounts: _Accounts)
     return _Pattern("structuring", [account], rows)
 
 
-def _pass_through(rng: np.random.Generator, people: _People, accounts: _Accounts) -> _Pattern:
+def _pass_through(rng: np.random.Generator, people: _People, accounts: _Accounts, knobs: LaunderingKnobs) -> _Pattern:
     """A large credit from abroad, forwarded within 1-48 h minus a 1-8 % cut."""
-    account = _mule(rng, people, accounts)
+    account = _mule(rng, people, accounts, pattern_region(rng, "pass_through", REGIONS, knobs))
     region = int(accounts.region[account])
     t0 = _start(rng, "2025-12-25")
     inflow = round(float(rng.uniform(20_000, 150_000)), 2)
@@ -749,12 +752,10 @@ def _pass_through(rng: np.random.Generator, people: _People, accounts: _Accounts
     return _Pattern("pass_through", [account], rows)
 
 
-def _cycle(rng: np.random.Generator, people: _People, accounts: _Accounts) -> _Pattern:
+def _cycle(rng: np.random.Generator, people: _People, accounts: _Accounts, knobs: LaunderingKnobs) -> _Pattern:
     """Money going round 3-5 of the bank's accounts in 2+ regions, losing 1-3 % per hop."""
     n = int(rng.integers(3, 6))
-    regions = rng.integers(0, 3, n)
-    while len(set(regions.tolist())) < 2:
-        regions = rng.integers(0, 3, n)
+    regions = ring_regions(rng, n, REGIONS, knobs)
     ring: list[int] = []
     owners: set[int] = set()
     for r in regions:
@@ -781,8 +782,16 @@ def _cycle(rng: np.random.Generator, people: _People, accounts: _Accounts) -> _P
 _PATTERN_MAKERS = {"structuring": _structuring, "pass_through": _pass_through, "cross_border_cycle": _cycle}
 
 
-def _pattern_transactions(rng: np.random.Generator, patterns: list[_Pattern]) -> dict[str, np.ndarray]:
+def _pattern_transactions(
+    rng: np.random.Generator, patterns: list[_Pattern], accounts: _Accounts, lookalikes: list[Flow]
+) -> dict[str, np.ndarray]:
+    """The patterns' rows (pattern index last) and the honest look-alikes' (their code last)."""
     rows = [row + (i,) for i, p in enumerate(patterns) for row in p.rows]
+    rows += [
+        _pattern_row(accounts, f.account, f.ts, f.amount, f.credit, f.category, f.channel, _CP_KINDS[f.counterparty],
+                     f.cp_account, f.cp_key, f.cp_country) + (f.code,)
+        for f in lookalikes
+    ]
     if not rows:
         return {name: np.zeros(0, dtype=np.uint64 if name == "cp_key" else np.int64) for name in _TXN_FIELDS}
     columns = list(zip(*rows))
@@ -820,12 +829,10 @@ def _ibans(countries: pa.Array, country: np.ndarray, key: np.ndarray, salt: int)
 
 
 def _memos(rng: np.random.Generator, txns: dict[str, np.ndarray], ts: pa.Array) -> pa.Array:
+    """The ordinary head of the category, or a phrase in the account's language (fedlake.synth.memos)."""
     n = len(txns["category"])
-    laundering = txns["pattern"] >= 0
-    p = np.where(laundering, SUSPICIOUS_MEMO_P_LAUNDERING, SUSPICIOUS_MEMO_P_NORMAL)
-    suspicious = rng.random(n) < p
-    head = np.where(suspicious, _SUSPICIOUS_START + rng.integers(0, _SUSPICIOUS_LEN, n), txns["memo_head"])
-    detail_class = np.where(suspicious, len(vocab.CATEGORIES), txns["category"])
+    phrase = memos.phrases(rng, txns["memo_style"], txns["account_country"])
+    detail_class = np.where(txns["memo_style"] != STYLE_HEAD, len(vocab.CATEGORIES), txns["category"])
     detail = _pick_cdf(rng, _DETAIL_CDF[detail_class])
     details = pc.choose(
         pa.array(detail.astype(np.int8)),
@@ -835,7 +842,7 @@ def _memos(rng: np.random.Generator, txns: dict[str, np.ndarray], ts: pa.Array) 
         _join("inv ", _padded(rng.integers(1000, 10_000, n), 4)),
         _join("ref ", _padded(rng.integers(0, 1_000_000, n), 6)),
     )
-    return _join(_take(_MEMO_HEADS, head), details, sep=" ")
+    return _join(pc.coalesce(phrase, _take(_MEMO_HEADS, txns["memo_head"])), details, sep=" ")
 
 
 def _transactions_table(
@@ -994,14 +1001,19 @@ def _loans(rng: np.random.Generator, people: _People, customer_ids: pa.Array, fi
 
 
 def _block(
-    rng: np.random.Generator, global_index: np.ndarray, quotas: dict[str, int], ids: _IdSpace, counters: _Counters
+    rng: np.random.Generator, global_index: np.ndarray, quotas: dict[str, int], ids: _IdSpace, counters: _Counters,
+    knobs: LaunderingKnobs,
 ) -> Block:
     people = _people(rng, global_index)
     accounts = _accounts(rng, people)
     patterns = [
-        _PATTERN_MAKERS[kind](rng, people, accounts) for kind in PATTERNS_AT_SCALE_1 for _ in range(quotas[kind])
+        _PATTERN_MAKERS[kind](rng, people, accounts, knobs) for kind in PATTERNS_AT_SCALE_1 for _ in range(quotas[kind])
     ]
-    txns = _concat([_normal_transactions(rng, people, accounts), _pattern_transactions(rng, patterns)])
+    lookalikes = lookalike_flows(rng, people, accounts, quotas, REGIONS, _FX, knobs)
+    txns = _concat([_normal_transactions(rng, people, accounts), _pattern_transactions(rng, patterns, accounts, lookalikes)])
+    txns["account_country"] = accounts.country[txns["account"]]
+    is_transfer = txns["category"] == _CATEGORY_INDEX["transfer"]
+    txns["memo_style"] = memo_styles(rng, txns["pattern"], is_transfer, len(patterns), knobs)
     strings = _person_strings(rng, people, ids)
 
     silo_tables: dict[str, dict[str, pa.Table]] = {}
@@ -1046,7 +1058,7 @@ def _block(
             "transactions": table,
         }
 
-    truth = _aml_truth(rng, patterns, txns, accounts, all_account_ids, pattern_txn_parts, silo_tables, counters)
+    truth = _aml_truth(rng, patterns, txns, accounts, all_account_ids, pattern_txn_parts, silo_tables, counters, knobs)
 
     loans = _loans(rng, people, customer_ids_by_region[0], counters.loans)
     counters.loans += len(loans)
@@ -1067,6 +1079,7 @@ def _aml_truth(
     pattern_txn_parts: list[tuple[np.ndarray, int, pa.Array]],
     silo_tables: dict[str, dict[str, pa.Table]],
     counters: _Counters,
+    knobs: LaunderingKnobs,
 ) -> dict[str, pa.Table]:
     """Truth tables of the block's patterns, and the confirmed subset each silo's investigators hold."""
     pattern_ids = [f"P{counters.patterns + i:06d}" for i in range(len(patterns))]
@@ -1092,7 +1105,7 @@ def _aml_truth(
             account_rows["pattern_id"].append(pattern_ids[i])
             account_rows["region"].append(region)
             account_rows["account"].append(account)
-            if rng.random() < CASE_CONFIRMATION_P:
+            if rng.random() < knobs.confirmation(region):
                 cases[region]["account"].append(account)
                 cases[region]["kind"].append(pattern.kind)
                 cases[region]["opened"].append(ended[i] + int(rng.integers(3 * _US_PER_DAY, 45 * _US_PER_DAY)))
@@ -1147,8 +1160,9 @@ def _aml_truth(
     }
 
 
-def generate(scale: float, seed: int, block_customers: int = 20_000) -> Iterator[Block]:
-    """Stream the demo bank in equal blocks of at most block_customers people.
+def generate(scale: float, seed: int, block_customers: int = 20_000, knobs: LaunderingKnobs = DEFAULT_KNOBS) -> Iterator[Block]:
+    """Stream the demo bank in equal blocks of at most block_customers people; `knobs` set how hard
+    its laundering is to find (fedlake.synth.laundering).
 
     Deterministic for (scale, seed, block_customers): block b draws from
     SeedSequence([seed, b]) and ids come from counters carried across blocks.
@@ -1169,4 +1183,4 @@ def generate(scale: float, seed: int, block_customers: int = 20_000) -> Iterator
     counters = _Counters()
     for b, (start, size) in enumerate(zip(starts, sizes)):
         rng = np.random.default_rng(np.random.SeedSequence([seed, b]))
-        yield _block(rng, np.arange(start, start + size), {k: q[b] for k, q in quotas.items()}, ids, counters)
+        yield _block(rng, np.arange(start, start + size), {k: q[b] for k, q in quotas.items()}, ids, counters, knobs)

@@ -188,13 +188,8 @@ MEMO_HEADS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 
-# The weak text signal of laundering: these phrases appear in some laundering memos and, rarely, in
-# honest ones, so a memo alone never decides.
-SUSPICIOUS_MEMO_HEADS = (
-    "consulting fee", "invoice", "loan repayment", "gift", "services rendered", "commission",
-    "payment for goods", "business advance", "investment return", "agency fee", "project fee",
-    "settlement",
-)
+# The text signal of laundering (cover stories, in each account's language) and the words of the
+# honest look-alikes live in fedlake.synth.memos.
 
 LOAN_PURPOSES = (
     "car", "home_improvement", "debt_consolidation", "education", "medical", "business", "wedding",

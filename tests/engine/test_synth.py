@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from fedlake.synth import bank, default_model, vocabulary
+from fedlake.synth import bank, default_model, memos, vocabulary
+from fedlake.synth.laundering import DEFAULT_KNOBS
 
 SILOS_YAML = Path(__file__).resolve().parents[2] / "silos.yaml"
 SILO_OF_REGION = {"EU": "eu_core", "US": "us_lake", "SG": "sg_lake"}
@@ -213,7 +215,7 @@ def test_patterns_are_planted_in_the_documented_numbers(demo):
     _, truth = demo
     counts = pc.value_counts(truth["aml_patterns"]["kind"]).to_pylist()
     assert {c["values"]: c["counts"] for c in counts} == bank.expected_pattern_counts(1.0)
-    assert bank.expected_pattern_counts(0.001) == {"structuring": 1, "pass_through": 1, "cross_border_cycle": 1}
+    assert bank.expected_pattern_counts(0.001) == {"structuring": 3, "pass_through": 3, "cross_border_cycle": 3}
 
 
 def test_structuring_stays_under_the_reporting_threshold(demo):
@@ -273,7 +275,8 @@ def test_confirmed_cases_are_an_incomplete_subset_of_the_truth(demo):
 def test_memos_carry_only_a_weak_laundering_signal(demo):
     silos, truth = demo
     links = truth["aml_pattern_transactions"]
-    suspicious = "^(" + "|".join(vocabulary.SUSPICIOUS_MEMO_HEADS) + ")( |$)"
+    stories = [re.escape(p) for phrases in memos.COVER_STORIES.values() for p in phrases]
+    suspicious = "^(" + "|".join(stories) + ")( |$)"
     share = {}
     for laundering in (True, False):
         hits = total = 0
@@ -284,5 +287,6 @@ def test_memos_carry_only_a_weak_laundering_signal(demo):
             hits += pc.sum(pc.match_substring_regex(chosen["memo"], suspicious)).as_py() or 0
             total += chosen.num_rows
         share[laundering] = hits / total
-    assert 0.2 <= share[True] <= 0.5
-    assert 0.01 <= share[False] <= 0.05
+    told = DEFAULT_KNOBS.cover_story_p * DEFAULT_KNOBS.cover_memo_p
+    assert told / 2 <= share[True] <= told * 1.5
+    assert 0.0005 <= share[False] <= 0.02
