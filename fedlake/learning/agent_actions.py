@@ -48,6 +48,7 @@ TRAIN_ROLE = "train"
 MIN_COUNT = 10  # the fewest accounts a released histogram bin may hold
 RELEASE_EPSILON = 1.0  # the histogram's epsilon where the silo requires DP and none is given
 EVALUATE_FIELDS = ("model", "split", "purpose", "destination")
+EXAMPLE_SETS = 4  # example sets an agent keeps at once, one per kind of model being trained
 
 
 class TrainingRefused(Forbidden):
@@ -65,7 +66,9 @@ class _Split:
 
 class _Examples:
     """The silo's AML examples and their fixed train/held-out split, rebuilt only when the data
-    changed (by fingerprint), so that rounds do not re-aggregate and re-hash the same transactions."""
+    changed (by fingerprint), so that rounds do not re-aggregate and re-hash the same transactions.
+    One set per kind of examples (n-gram buckets, tokenizer), up to EXAMPLE_SETS: specialised
+    models trained at the same time do not evict each other's examples every round."""
 
     def __init__(self, agent: SiloAgent, domestic_countries: tuple[str, ...]):
         self.agent = agent
@@ -82,7 +85,10 @@ class _Examples:
                 data = silo_examples(self.agent.connector, spec, self.domestic_countries, fingerprint)
                 held_out = held_out_mask(data.account_ids)
                 cached = _Split(data, data.subset(~held_out), data.subset(held_out))
-                self._cache = {key: cached}
+                self._cache = {k: v for k, v in self._cache.items() if v.all.fingerprint == fingerprint and k != key}
+                self._cache[key] = cached
+                while len(self._cache) > EXAMPLE_SETS:
+                    self._cache.pop(next(iter(self._cache)))
             return cached
 
 

@@ -6,6 +6,7 @@ can load this file on its own. Models are small on purpose: they travel to every
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch import nn
 
 AML_DEFAULTS: dict[str, Any] = {"n_numeric": 16, "buckets": 2**14, "text_dim": 16, "hidden": 32, "prior": 0.005}
 CREDIT_DEFAULTS: dict[str, Any] = {"n_features": 11, "hidden": 32}
+_BUILDING = threading.RLock()  # model initialisation uses torch's global generator
 AML_MINILM_DEFAULTS: dict[str, Any] = {"n_numeric": 16, "encoder": "all-MiniLM-L6-v2", "max_tokens": 48, "lora_r": 8,
                                        "lora_alpha": 16, "text_dim": 32, "hidden": 32, "prior": 0.005}
 AML_KINDS = ("aml", "aml_minilm")  # trained inside the silos, on their own accounts and memos
@@ -105,13 +107,16 @@ class ModelSpec:
         object.__setattr__(self, "params", {**defaults, **self.params})
 
     def build(self, seed: int | None = None) -> nn.Module:
-        """A fresh model; with a seed, the same initial weights on every machine."""
+        """A fresh model; with a seed, the same initial weights on every machine. Initialisation
+        draws from torch's process-wide generator, so builds take turns: a training started
+        alongside another gets the same seeded weights as it would alone."""
         cls, _ = _KINDS[self.kind]
-        if seed is None:
-            return cls(**self.params)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return cls(**self.params)
+        with _BUILDING:
+            if seed is None:
+                return cls(**self.params)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return cls(**self.params)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
