@@ -99,7 +99,7 @@ def run_variant(variant: str, home: Path, tls_dir: Path | None, locations: dict[
             db.execute(f"CREATE SCHEMA {name}")
             with open_silo(spec, "local", home) as lake:
                 for t in RAW_TABLES:
-                    files = [lake._file_uri(p) for p in lake._data_files(t)]
+                    files = lake.data_files(t)
                     db.execute(f"CREATE VIEW {name}.{t} AS SELECT * FROM read_parquet({files!r})")
         db.execute(sql).fetch_arrow_table()
         start = time.perf_counter()

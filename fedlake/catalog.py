@@ -34,6 +34,9 @@ AGENT_KEYS = {"location"}
 GOVERNED_KEYS = {"dsn", "schema", "path"}
 # Settings whose value is one of a few words.
 SETTING_VALUES = {"engine": ("duckdb", "postgres")}
+# A lake's tables: how each source table is stored (Delta unless declared), how long old versions last.
+TABLE_FORMATS = ("delta", "parquet")
+LAKE_KEYS = ("formats", "retention_hours")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,15 @@ class TableSpec:
 
 
 @dataclass(frozen=True)
+class LakeSpec:
+    """A lake silo's storage: source tables declared `parquet` are plain Parquet folders another tool
+    writes, every other table is a Delta table; versions older than `retention_hours` are vacuumed."""
+
+    formats: dict[str, str] = field(default_factory=dict)  # table -> delta | parquet
+    retention_hours: int = 168
+
+
+@dataclass(frozen=True)
 class SiloSpec:
     name: str
     kind: str
@@ -66,6 +78,7 @@ class SiloSpec:
     tables: dict[str, TableSpec]
     connections: dict[str, dict[str, str | EnvRef]] = field(default_factory=dict)
     agents: dict[str, dict[str, str | EnvRef]] = field(default_factory=dict)  # deployment -> {location}
+    lake: LakeSpec = field(default_factory=LakeSpec)  # lake kinds only
     source_file: str = "silos.yaml"
 
     def connection(self, deployment: str) -> dict[str, str | EnvRef]:
@@ -154,9 +167,9 @@ def _parse_silo(path: str, name: str, body: Any) -> SiloSpec:
         raise ConfigError(path, key, "a silo name must be an identifier (letters, digits, underscore)")
     if not isinstance(body, dict):
         raise ConfigError(path, key, "expected a mapping with kind, region, connection and tables")
-    unknown = set(body) - {"kind", "region", "connection", "agent", "tables"}
+    unknown = set(body) - {"kind", "region", "connection", "agent", "tables", "lake"}
     if unknown:
-        raise ConfigError(path, f"{key}.{sorted(unknown)[0]}", "unknown key (allowed: kind, region, connection, agent, tables)")
+        raise ConfigError(path, f"{key}.{sorted(unknown)[0]}", "unknown key (allowed: kind, region, connection, agent, tables, lake)")
     kind = body.get("kind")
     if kind not in KINDS:
         raise ConfigError(path, f"{key}.kind", f"unknown kind {kind!r} (allowed: {', '.join(KINDS)})")
@@ -174,9 +187,29 @@ def _parse_silo(path: str, name: str, body: Any) -> SiloSpec:
         for deployment, settings in connections.items():
             _check_postgres_roles(path, f"{key}.connection.{deployment}", settings)
     agents = _parse_connections(path, f"{key}.agent", body.get("agent", {}), AGENT_KEYS, "an agent")
+    lake = _parse_lake(path, f"{key}.lake", body["lake"], kind, tables) if "lake" in body else LakeSpec()
     return SiloSpec(
-        name=name, kind=kind, region=region, tables=tables, connections=connections, agents=agents, source_file=path
+        name=name, kind=kind, region=region, tables=tables, connections=connections, agents=agents, lake=lake, source_file=path
     )
+
+
+def _parse_lake(path: str, key: str, raw: Any, kind: str, tables: dict[str, TableSpec]) -> LakeSpec:
+    if kind == "postgres":
+        raise ConfigError(path, key, "only a lake silo (kind s3 or parquet) has lake settings")
+    if not isinstance(raw, dict) or set(raw) - set(LAKE_KEYS):
+        raise ConfigError(path, key, f"expected a mapping with {' and/or '.join(LAKE_KEYS)}")
+    formats = raw.get("formats") or {}
+    if not isinstance(formats, dict):
+        raise ConfigError(path, f"{key}.formats", "expected a mapping of source table to its format (delta or parquet)")
+    for table, table_format in formats.items():
+        if table not in tables:
+            raise ConfigError(path, f"{key}.formats.{table}", f"not a table of this silo (tables: {', '.join(tables)})")
+        if table_format not in TABLE_FORMATS:
+            raise ConfigError(path, f"{key}.formats.{table}", f"unknown format {table_format!r} (allowed: {', '.join(TABLE_FORMATS)})")
+    retention = raw.get("retention_hours", LakeSpec.retention_hours)
+    if not isinstance(retention, int) or isinstance(retention, bool) or retention < 0:
+        raise ConfigError(path, f"{key}.retention_hours", f"expected a whole number of hours, 0 or more, not {retention!r}")
+    return LakeSpec(formats={str(t): f for t, f in formats.items()}, retention_hours=retention)
 
 
 def _check_postgres_roles(path: str, key: str, settings: dict[str, str | EnvRef]) -> None:

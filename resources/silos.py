@@ -62,7 +62,7 @@ class SiloResource(dg.ConfigurableResource):
             self.silo,
             "local",
             home,
-            connector=connector_for(self.kind, self.silo, self.region, self._settings(), home),
+            connector=connector_for(self.kind, self.silo, self.region, self._settings(), home, catalog.silo(self.silo).lake),
             # the in-process agent signs its own chain, as an agent process would
             ledger=open_ledger(self.ledger, signer=signing_key(home, self.silo)) if self.ledger else ledger_for(home, self.silo),
             plugins=serving_plugins(),

@@ -4,12 +4,10 @@
   `source('governed', ...)` is always called, so dbt (and Dagster, through the manifest) knows the
   lineage. In the prod target the source is the governed PostgreSQL schema attached as
   `governed_pg`, and the source relation is used as it is. In the local target the governed zone is
-  a Parquet lake that fedlake writes in versions: each write goes to a new version folder, becomes
-  visible when the `_current` pointer names it, and the previous version is then deleted. Globbing
-  every version folder would read a write in progress (two folders, rows twice) or a folder being
-  deleted, so the pointer is read first, at run time, and only that version's files are scanned,
-  exactly as fedlake's own lake connector does. A folder without a pointer (a lake fedlake did not
-  write) is read as it is.
+  a lake of Delta tables that fedlake writes, one commit per write: `delta_scan` (DuckDB's delta
+  extension, loaded from its wheel) reads the committed version only, never the files of a write in
+  progress or of a replaced version awaiting vacuum. A folder without a Delta log (a lake fedlake
+  did not write) is read as plain Parquet.
 #}
 {% macro governed_table(table_name) %}
   {%- set relation = source('governed', table_name) -%}
@@ -31,17 +29,12 @@
 
 {% macro governed_lake_scan(table_name) %}
   {%- set folder = governed_zone_path() ~ '/' ~ table_name -%}
-  {%- set pointer = folder ~ '/_current' -%}
-  {%- set has_pointer = run_query("SELECT count(*) FROM glob(" ~ dbt.string_literal(pointer) ~ ")").columns[0].values()[0] > 0 -%}
-  {%- if has_pointer -%}
-    {%- set version = run_query("SELECT trim(content) FROM read_text(" ~ dbt.string_literal(pointer) ~ ")").columns[0].values()[0] -%}
-    {%- if not modules.re.fullmatch('[A-Za-z0-9_.-]+', version or '') -%}
-      {{ exceptions.raise_compiler_error("governed zone: " ~ pointer ~ " names no valid version folder (it reads " ~ (version | tojson) ~ ")") }}
-    {%- endif -%}
-    {%- set pattern = folder ~ '/' ~ version ~ '/**/*.parquet' -%}
-  {%- else -%}
-    {%- set pattern = folder ~ '/*.parquet' -%}
+  {%- set log = folder ~ '/_delta_log/*.json' -%}
+  {%- set is_delta = run_query("SELECT count(*) FROM glob(" ~ dbt.string_literal(log) ~ ")").columns[0].values()[0] > 0 -%}
+  {%- if is_delta -%}
+    {{ return("delta_scan(" ~ dbt.string_literal(folder) ~ ")") }}
   {%- endif -%}
+  {%- set pattern = folder ~ '/*.parquet' -%}
   {%- set files = run_query("SELECT count(*) FROM glob(" ~ dbt.string_literal(pattern) ~ ")").columns[0].values()[0] -%}
   {%- if files == 0 -%}
     {{ exceptions.raise_compiler_error(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fedlake.catalog import Catalog, EnvRef, SiloSpec
+from fedlake.catalog import Catalog, EnvRef, LakeSpec, SiloSpec
 from fedlake.errors import ConfigError, SiloError
 from fedlake.silos.base import Connector, EgressCounter, MaterializedTable, TableStatistics, TableStats
 from fedlake.silos.parquet import ParquetConnector
@@ -60,8 +60,10 @@ def resolve_settings(spec: SiloSpec, deployment: str) -> dict[str, str]:
     }
 
 
-def connector_for(kind: str, name: str, region: str, settings: dict[str, str], home: Path) -> Connector:
-    """Build the connector of one kind from plain settings; relative paths live under `home`."""
+def connector_for(kind: str, name: str, region: str, settings: dict[str, str], home: Path, lake: LakeSpec | None = None) -> Connector:
+    """Build the connector of one kind from plain settings; relative paths live under `home`. A lake
+    silo's `lake` settings say which source tables are plain Parquet and how long versions last."""
+    lake = lake or LakeSpec()
 
     def under_home(path: str) -> Path:
         p = Path(path).expanduser()
@@ -103,10 +105,12 @@ def connector_for(kind: str, name: str, region: str, settings: dict[str, str], h
             aws_region=settings.get("region") or "us-east-1",
             access_key_id=settings.get("access_key_id", ""),
             secret_access_key=settings.get("secret_access_key", ""),
+            formats=lake.formats,
+            retention_hours=lake.retention_hours,
         )
     if kind in ("s3", "parquet") and settings.get("path"):
         # An s3 silo with a path is the local deployment's stand-in: the same lake on local disk.
-        return ParquetConnector(name, region, under_home(settings["path"]))
+        return ParquetConnector(name, region, under_home(settings["path"]), lake.formats, lake.retention_hours)
     raise ConfigError("silos.yaml", f"silos.{name}.connection", f"incomplete settings for kind {kind}: {sorted(settings)}")
 
 
@@ -128,4 +132,4 @@ def governed_connector(settings: dict[str, str], region: str, home: Path) -> Con
 
 
 def open_silo(spec: SiloSpec, deployment: str, home: Path | None = None) -> Connector:
-    return connector_for(spec.kind, spec.name, spec.region, resolve_settings(spec, deployment), home or data_dir())
+    return connector_for(spec.kind, spec.name, spec.region, resolve_settings(spec, deployment), home or data_dir(), spec.lake)

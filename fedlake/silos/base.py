@@ -142,6 +142,7 @@ class MaterializedTable:
     schema: pa.Schema
     rows: int
     bytes: int
+    version: int | None = None  # the Delta version a lake's write committed; None where the silo has none
 
 
 class Connector(ABC):

@@ -1,34 +1,34 @@
-"""A Parquet lake, local or on S3, queried in place by an embedded DuckDB next to it.
+"""A lake, local or on S3, queried in place by an embedded DuckDB next to it.
 
-Tables are folders. A table that fedlake writes is versioned: each write goes to a fresh version
-folder, registered as in progress under the lake's `_staging/` prefix (see lake_staging), and
-becomes visible only when the small `_current` pointer is replaced, so a failed or killed write
-leaves the previous version (or nothing) and never a half-written table; what a killed write left
-is swept at the next write or connector start. A folder of plain Parquet files without a pointer
-(a lake fedlake did not write) is read as it is.
+Tables are folders. Every table fedlake writes is a Delta Lake table (see `delta`): a write is one
+Delta commit, so a failed or killed write leaves the previous version (or nothing) and never a
+half-written table, old versions stay readable for the lake's retention period, and any Delta
+reader (Spark, Trino, DuckDB) reads the table as a table. A source table that another tool writes
+as a plain folder of Parquet files is declared `parquet` in silos.yaml (`silos.<name>.lake.formats`)
+and read as it is; fedlake never writes one.
 
-A table's metadata (files, schema, rows, statistics) is cached per version: the pointer names it,
-and a version folder never changes once published.
+A table's metadata (files, schema, rows, statistics) is cached per version: a Delta version never
+changes once committed, and a plain folder's version is its listing (files, sizes, times).
 """
 
 from __future__ import annotations
 
-import json
+import copy
+import logging
 import posixpath
 import re
 import threading
-import uuid
-from collections.abc import Hashable, Iterable, Iterator
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 
 import duckdb
+import duckdb_extensions
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from fedlake.errors import SiloError
 from fedlake.silos.base import (
+    DEFAULT_BATCH_ROWS,
     Connector,
     MaterializedTable,
     TableStatistics,
@@ -43,45 +43,47 @@ from fedlake.silos.base import (
     stats_from_row,
     stats_sql,
 )
-from fedlake.silos.lake_staging import POINTER_DRAFT_PREFIX, VERSION_PREFIX, Staging, log
+from fedlake.silos.delta import DEFAULT_RETENTION_HOURS, DeltaError, DeltaLake
+from fedlake.silos.lake_tables import (
+    DELTA,
+    PARQUET,
+    TableVersion,
+    check_pins,
+    has_delta_log,
+    parquet_files,
+    plain_version,
+    quote_ident,
+)
 from fedlake.silos.metadata import MetadataCache
 
-POINTER = "_current"
-ANNOTATIONS = "_fedlake.json"
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-@dataclass(frozen=True)
-class TableVersion:
-    """The visible version of a table: a token that changes with it, and its Parquet files."""
-
-    table: str
-    token: Hashable  # the pointer's version; for a folder fedlake did not write, its files, sizes and times
-    version: str | None
-    files: tuple[str, ...]
+log = logging.getLogger("fedlake.silos")
 
 
 class LakeConnector(Connector):
-    """Shared by the local Parquet lake and the S3 lake; they differ only in filesystem and URIs."""
+    """Shared by the local lake and the S3 lake; they differ only in filesystem, URIs and credentials."""
 
-    def __init__(self, name: str, region: str, fs: pafs.FileSystem, base: str, uri_prefix: str):
+    def __init__(
+        self,
+        name: str,
+        region: str,
+        fs: pafs.FileSystem,
+        base: str,
+        uri_prefix: str,
+        formats: Mapping[str, str] | None = None,
+        retention_hours: float = DEFAULT_RETENTION_HOURS,
+        storage_options: dict[str, str] | None = None,
+    ):
         super().__init__(name, region)
         self._fs = fs
         self._base = base.rstrip("/")  # path of the lake root inside `fs`
-        self._uri_prefix = uri_prefix.rstrip("/")  # how DuckDB names the same root
+        self._uri_prefix = uri_prefix.rstrip("/")  # how DuckDB and delta-rs name the same root
+        self._formats = dict(formats or {})  # table -> delta | parquet; undeclared tables are Delta
+        self._delta = DeltaLake(self._uri_prefix, storage_options, retention_hours)
+        self._pins: dict[str, int] = {}  # table -> the Delta version this connector reads (time travel)
         self._db: duckdb.DuckDBPyConnection | None = None
         self._db_lock = threading.Lock()
         self._views: dict[str, Hashable] = {}  # the version each table's view shows
         self._metadata: MetadataCache[tuple[str, ...]] = MetadataCache(self._uri_prefix)
-        self._staging = Staging(fs, self._base, discard_partial=self._discard_partial_uploads)
-        self._sweep_lake()
 
     # -- storage layout -------------------------------------------------------------------------
 
@@ -94,44 +96,49 @@ class LakeConnector(Connector):
     def _file_uri(self, path: str) -> str:
         return self._uri(posixpath.relpath(path, self._base))
 
-    def _current_version(self, table: str) -> str | None:
-        try:
-            with self._fs.open_input_stream(self._path(table, POINTER)) as f:
-                return f.read().decode().strip()
-        except FileNotFoundError:
-            return None
+    def _fs_path(self, uri: str) -> str:
+        return self._path(posixpath.relpath(uri, self._uri_prefix))
 
-    def _parquet_files(self, folder: str, recursive: bool) -> list[pafs.FileInfo]:
-        selector = pafs.FileSelector(folder, allow_not_found=True, recursive=recursive)
-        infos = [i for i in self._fs.get_file_info(selector) if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
-        return sorted(infos, key=lambda i: i.path)
+    def table_format(self, table: str) -> str:
+        return self._formats.get(table, DELTA)
 
     def _visible(self, table: str) -> TableVersion | None:
-        """The table's visible version: one pointer read, or for a folder fedlake did not write, one listing."""
-        version = self._current_version(table)
-        if version is not None:
-            files = self._metadata.value(
-                table, version, "files",
-                lambda: tuple(i.path for i in self._parquet_files(self._path(table, version), recursive=True)),
-            )
-            token: Hashable = version
-        else:
-            infos = self._parquet_files(self._path(table), recursive=False)
-            files = tuple(i.path for i in infos)
-            token = tuple((i.path, i.size, i.mtime_ns) for i in infos)
-        return TableVersion(table, token, version, files) if files else None
+        """The version of `table` this connector reads: its current Delta version (or the pinned
+        one), or for a plain Parquet table, one listing of its folder."""
+        if self.table_format(table) == PARQUET:
+            return plain_version(self.name, self._fs, table, self._path(table))
+        try:
+            snapshot = self._delta.snapshot(table, self._pins.get(table))
+        except DeltaError as exc:
+            if table in self._pins:
+                raise SiloError(
+                    f"silo {self.name}: table {table} has no version {self._pins[table]} (versions in its log: "
+                    f"{', '.join(map(str, self._delta.versions(table))) or 'none'})"
+                ) from None
+            raise SiloError(f"silo {self.name}: reading the Delta log of {table} failed: {exc}") from None
+        return TableVersion(table, snapshot.token, snapshot) if snapshot else None
 
-    def _data_files(self, table: str) -> list[str]:
-        """Paths (inside fs) of the Parquet files that make up the table's visible version."""
-        with named_errors(self.name, f"reading table {table}"):
-            visible = self._visible(table)
-        return list(visible.files) if visible else []
+    def data_files(self, table: str) -> list[str]:
+        """The URIs (local paths, or s3://) of the Parquet files of the table's current version, as
+        its Delta log lists them (or, for a plain Parquet table, its folder): what another engine
+        reads to see exactly the rows fedlake sees. Stable public API."""
+        visible = self._require(table)
+        if visible.delta is not None:
+            return list(visible.delta.files)
+        return [self._file_uri(p) for p in visible.paths]
+
+    def table_version(self, table: str) -> int | None:
+        """The Delta version this connector reads of `table`; None for a plain Parquet table."""
+        return self._require(table).version
 
     def _fetch_tables(self) -> tuple[str, ...]:
         tables = []
         for info in self._fs.get_file_info(pafs.FileSelector(self._base, allow_not_found=True)):
             name = posixpath.basename(info.path)
-            if info.type == pafs.FileType.Directory and not name.startswith("_") and self._visible(name):
+            if info.type != pafs.FileType.Directory or name.startswith("_"):
+                continue
+            folder = self._path(name)
+            if has_delta_log(self._fs, folder) if self.table_format(name) == DELTA else parquet_files(self._fs, folder):
                 tables.append(name)
         return tuple(sorted(tables))
 
@@ -142,27 +149,52 @@ class LakeConnector(Connector):
     def _require(self, table: str) -> TableVersion:
         with named_errors(self.name, f"reading table {table}"):
             visible = self._visible(table)
+            if visible is None and self.table_format(table) == DELTA and parquet_files(self._fs, self._path(table)):
+                raise SiloError(
+                    f"silo {self.name}: table {table} is a folder of plain Parquet files, not a Delta table: "
+                    f"declare it in silos.yaml (silos.{self.name}.lake.formats.{table}: parquet)"
+                )
         if visible is None:
             raise SiloError(f"silo {self.name}: no table '{table}' (tables: {', '.join(self.list_tables())})")
         return visible
 
     def _relation(self, visible: TableVersion) -> str:
-        """DuckDB's name for exactly this version's files."""
-        return f"read_parquet([{', '.join(_sql_string(self._file_uri(p)) for p in visible.files)}])"
+        return visible.relation(self._uri(visible.table), self._file_uri)
+
+    def at_versions(self, versions: Mapping[str, int]) -> LakeConnector:
+        """This lake as it was: each named Delta table read at the given version (time travel, within
+        the retention period), the others as they are now. Read-only."""
+        check_pins(self.name, self._formats, versions)
+        pinned = copy.copy(self)
+        pinned._pins = {**self._pins, **versions}
+        pinned._db, pinned._db_lock, pinned._views = None, threading.Lock(), {}
+        for table in versions:
+            files = pinned._require(table).delta.files
+            with named_errors(self.name, f"reading table {table}"):
+                missing = [i for i in self._fs.get_file_info([self._fs_path(f) for f in files]) if i.type != pafs.FileType.File]
+            if missing:
+                raise SiloError(
+                    f"silo {self.name}: version {versions[table]} of {table} was vacuumed (versions are kept "
+                    f"{self._delta.retention_hours:g} h, silos.{self.name}.lake.retention_hours)"
+                )
+        return pinned
 
     # -- DuckDB next to the lake ----------------------------------------------------------------
 
     def _configure(self, db: duckdb.DuckDBPyConnection) -> None:
         """Kind-specific set-up (the S3 lake loads httpfs and its credentials)."""
 
-    def _discard_partial_uploads(self, folder: str) -> None:
-        """Remove what a killed writer left under `folder` that no listing shows (S3: its multipart uploads)."""
+    def _discard_partial_uploads(self, table: str) -> None:
+        """Remove what writers killed before the retention period left under `table` that no vacuum
+        sees (S3: unfinished multipart uploads; a local disk: files still named as being written)."""
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         with self._db_lock:
             if self._db is None:
                 db = duckdb.connect(config={"autoinstall_known_extensions": False})
                 self._configure(db)
+                duckdb_extensions.import_extension("delta", con=db)  # from its wheel, never downloaded
+                db.execute("LOAD delta")
                 self._db = db
                 self._views = {}
             return self._db
@@ -208,23 +240,37 @@ class LakeConnector(Connector):
 
     def schema(self, table: str) -> pa.Schema:
         visible = self._require(table)
+
+        def read() -> pa.Schema:
+            if visible.delta is None:
+                return pq.read_schema(visible.paths[0], filesystem=self._fs)
+            cursor = self._connection().cursor()
+            try:
+                return cursor.execute(f"SELECT * FROM {self._relation(visible)} LIMIT 0").to_arrow_table().schema
+            finally:
+                cursor.close()
+
         with named_errors(self.name, f"reading the schema of {table}"):
-            return self._metadata.value(
-                table, visible.token, "schema", lambda: pq.read_schema(visible.files[0], filesystem=self._fs)
-            )
+            return self._metadata.value(table, visible.token, "schema", read)
 
     def row_count(self, table: str) -> int:
         visible = self._require(table)
 
         def count() -> int:
-            return sum(pq.ParquetFile(self._fs.open_input_file(p)).metadata.num_rows for p in visible.files)
+            if visible.delta is None:
+                return sum(pq.ParquetFile(self._fs.open_input_file(p)).metadata.num_rows for p in visible.paths)
+            if visible.delta.rows is not None:
+                return visible.delta.rows
+            return int(self._fetchone(f"SELECT count(*) FROM {self._relation(visible)}")[0])
 
         with named_errors(self.name, f"counting the rows of {table}"):
             return self._metadata.value(table, visible.token, "rows", count)
 
     def _size(self, visible: TableVersion) -> int:
         def size() -> int:
-            return sum(info.size for info in self._fs.get_file_info(list(visible.files)))
+            if visible.delta is not None:
+                return visible.delta.bytes
+            return sum(info.size for info in self._fs.get_file_info(list(visible.paths)))
 
         with named_errors(self.name, f"sizing {visible.table}"):
             return self._metadata.value(visible.table, visible.token, "bytes", size)
@@ -240,8 +286,8 @@ class LakeConnector(Connector):
         return self._metadata.value(table, visible.token, "statistics", compute)
 
     def column_statistics(self, table: str) -> TableStatistics:
-        """Rows from the Parquet footers; distinct values over the version's files, counted in small
-        tables and estimated by DuckDB's HyperLogLog in large ones."""
+        """Rows from the Delta log's statistics (or the Parquet footers); distinct values over the
+        version's files, counted in small tables and estimated by DuckDB's HyperLogLog in large ones."""
         visible = self._require(table)
         schema, rows = self.schema(table), self.row_count(table)
 
@@ -275,130 +321,66 @@ class LakeConnector(Connector):
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def _new_version(self) -> str:
-        return VERSION_PREFIX + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-
-    def _sweep_lake(self) -> None:
-        """At start: remove what killed writes left anywhere in the lake. A lake this process may
-        not clean (read-only credentials, an endpoint down) is still readable, so this only warns."""
-        try:
-            swept = self._staging.sweep_lake(self._current_version)
-        except OSError as exc:
-            log.warning("silo %s: could not sweep abandoned writes: %s", self.name, exc)
-            return
-        for table, versions in swept.items():
-            log.info("silo %s: removed abandoned versions of %s: %s", self.name, table, ", ".join(versions))
-
-    def _begin(self, table: str) -> str:
-        """Sweep the table, then register a new version of it as in progress."""
-        removed = self._staging.sweep(table, self._current_version)
-        if removed:
-            log.info("silo %s: removed abandoned versions of %s: %s", self.name, table, ", ".join(removed))
-        version = self._new_version()
-        self._staging.register(table, version)
-        self._fs.create_dir(self._path(table, version), recursive=True)
-        return version
-
-    def _commit(self, table: str, version: str) -> None:
-        """Make `version` the visible one, then remove the version it replaced."""
-        if not self._staging.registered(table, version):
+    def _write(self, table: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch], annotations: dict | None) -> tuple[int, int]:
+        """Vacuum `table`, then replace it with `batches` in one Delta commit; returns (rows, version).
+        Vacuuming first keeps the write the table's latest commit (a vacuum commits too), so the
+        version a write reports is the one readers see until the next write."""
+        silo_table_name(self.name, table)
+        if self._pins:
+            raise SiloError(f"silo {self.name}: a connector reading pinned versions is read-only; write through the lake itself")
+        if self.table_format(table) != DELTA:
             raise SiloError(
-                f"silo {self.name}: the write of {table} outlived its registration (swept after "
-                f"{self._staging.grace_seconds:.0f}s as abandoned); nothing was published"
+                f"silo {self.name}: table {table} is declared parquet in silos.yaml: fedlake writes Delta tables "
+                "only; a plain Parquet table is written by its own tool"
             )
-        previous = self._current_version(table)
-        draft = self._path(table, POINTER_DRAFT_PREFIX + version)
-        with self._fs.open_output_stream(draft) as f:
-            f.write(version.encode())
-        self._fs.move(draft, self._path(table, POINTER))
-        self._staging.release(table, version)
-        self._metadata.written(table)
-        if previous and previous != version:
-            try:
-                self._fs.delete_dir(self._path(table, previous))
-            except OSError as exc:  # published already: the next sweep removes what is left
-                log.warning("silo %s: could not remove the replaced version %s/%s: %s", self.name, table, previous, exc)
-
-    def _abandon(self, table: str, version: str) -> None:
-        try:
-            self._fs.delete_dir_contents(self._path(table, version), missing_dir_ok=True)
-            self._fs.delete_dir(self._path(table, version))
-        except FileNotFoundError:
-            pass
-        try:
-            self._fs.delete_file(self._path(table, POINTER_DRAFT_PREFIX + version))
-        except FileNotFoundError:
-            pass
-        self._staging.release(table, version)
-        if self._current_version(table) is None and not self._parquet_files(self._path(table), recursive=True):
-            try:
-                self._fs.delete_dir(self._path(table))
-            except FileNotFoundError:
-                pass
-
-    def _written(self, table: str, write) -> None:
-        """Run `write(version)` into a new version of `table` and publish it, or leave nothing."""
+        self.vacuum(table)
         with named_errors(self.name, f"writing {table}"):
-            version = self._begin(table)
             try:
-                write(version)
-                self._commit(table, version)
-            except BaseException:
-                try:
-                    self._abandon(table, version)
-                except OSError as exc:  # the failure that matters is the write's; the sweep retries
-                    log.warning("silo %s: could not remove the failed write %s/%s: %s", self.name, table, version, exc)
-                raise
+                rows, version = self._delta.write(table, schema, batches, annotations)
+            except DeltaError as exc:
+                raise SiloError(f"silo {self.name}: writing {table} failed, nothing was committed: {exc}") from exc
+            finally:
+                self._metadata.written(table)
+        return rows, version
+
+    def vacuum(self, table: str) -> list[str]:
+        """Remove the files of `table` that no version within the retention period names (replaced
+        versions, failed and killed writes). A lake this process may not clean is still readable,
+        so a failure only warns; the next write tries again."""
+        try:
+            removed = self._delta.vacuum(table)
+            self._discard_partial_uploads(table)
+        except (OSError, DeltaError) as exc:
+            log.warning("silo %s: could not vacuum %s: %s", self.name, table, exc)
+            return []
+        if removed:
+            log.info("silo %s: vacuumed %d files of %s", self.name, len(removed), table)
+        return removed
 
     def materialize(self, table: str, sql: str, annotations: dict | None = None, params: dict | None = None) -> MaterializedTable:
         silo_table_name(self.name, table)
-        rows = 0
-
-        def write(version: str) -> None:
-            nonlocal rows
-            target = self._uri(table, version, "part-00000.parquet")
-            cursor, result = self._run(f"COPY ({sql}) TO {_sql_string(target)} (FORMAT parquet, COMPRESSION zstd)", params)
-            try:
-                rows = int(result.fetchone()[0])
-            finally:
-                cursor.close()
-            if annotations is not None:
-                with self._fs.open_output_stream(self._path(table, version, ANNOTATIONS)) as f:
-                    f.write(json.dumps(annotations).encode())
-
-        self._written(table, write)
+        reader, close = duckdb_stream(self._cursor(sql), sql, params, DEFAULT_BATCH_ROWS, self.name)
+        try:
+            rows, _ = self._write(table, reader.schema, reader, annotations)
+        finally:
+            close()
         visible = self._require(table)
-        return MaterializedTable(self.name, table, self.schema(table), rows, self._size(visible))
+        return MaterializedTable(self.name, table, self.schema(table), rows, self._size(visible), visible.version)
 
     def annotations(self, table: str) -> dict | None:
         visible = self._require(table)
-        if visible.version is None:
+        if visible.delta is None:
             return None
-
-        def read() -> dict | None:
-            try:
-                with self._fs.open_input_stream(self._path(table, visible.version, ANNOTATIONS)) as f:
-                    return json.loads(f.read().decode())
-            except FileNotFoundError:
-                return None
-
         with named_errors(self.name, f"reading what was recorded with {table}"):
-            return self._metadata.value(table, visible.token, "annotations", read)
+            try:
+                return self._metadata.value(
+                    table, visible.token, "annotations", lambda: self._delta.annotations(table, visible.delta.version)
+                )
+            except DeltaError as exc:
+                raise SiloError(f"silo {self.name}: reading the Delta log of {table} failed: {exc}") from None
 
     def load(self, table: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
-        silo_table_name(self.name, table)
-        rows = 0
-
-        def write(version: str) -> None:
-            nonlocal rows
-            target = self._path(table, version, "part-00000.parquet")
-            with pq.ParquetWriter(target, schema, filesystem=self._fs, compression="zstd") as writer:
-                for batch in batches:
-                    writer.write_batch(batch)
-                    rows += batch.num_rows
-
-        self._written(table, write)
-        return rows
+        return self._write(table, schema, batches, None)[0]
 
     def drop(self, table: str) -> None:
         silo_table_name(self.name, table)

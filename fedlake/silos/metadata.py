@@ -3,7 +3,7 @@ count and statistics, each valid for one version of the table.
 
 Every request used to ask its silo again: list the tables, read each named table's schema, count
 its rows. A connector now keeps what it learnt, keyed by a version token that changes whenever the
-table does (a lake table's `_current` pointer, a PostgreSQL table's catalog row and write counters),
+table does (a lake table's Delta version, a PostgreSQL table's catalog row and write counters),
 so a value is never served for another version than the one it was computed for.
 
 The silo-wide listing has no cheap version of its own, so it is fetched again at most every

@@ -1,16 +1,22 @@
-"""The S3 lake: Parquet objects in a bucket, read in place by DuckDB through its httpfs extension.
+"""The S3 lake: Delta tables (and declared plain Parquet tables) in a bucket, written by delta-rs
+and read in place by DuckDB through its httpfs and delta extensions, both with the same endpoint
+and credentials.
 
-httpfs comes from the `duckdb-extension-httpfs` wheel; DuckDB is told never to download anything.
+The extensions come from the `duckdb-extension-httpfs` and `-delta` wheels; DuckDB is told never to
+download anything.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urlparse
 
 import duckdb
 import duckdb_extensions
 import pyarrow.fs as pafs
 
+from fedlake.silos.delta import DEFAULT_RETENTION_HOURS
 from fedlake.silos.lake import LakeConnector
 
 
@@ -27,6 +33,8 @@ class S3Connector(LakeConnector):
         aws_region: str = "us-east-1",
         access_key_id: str = "",
         secret_access_key: str = "",
+        formats: Mapping[str, str] | None = None,
+        retention_hours: float = DEFAULT_RETENTION_HOURS,
     ):
         endpoint = urlparse(endpoint_url) if endpoint_url else None
         self._s3 = {
@@ -50,23 +58,38 @@ class S3Connector(LakeConnector):
             "aws_access_key_id": access_key_id or None,
             "aws_secret_access_key": secret_access_key or None,
         }
+        # delta-rs (object_store) reads the same settings; it commits with conditional puts, which S3 has
+        storage_options = {
+            key: value
+            for key, value in {
+                "AWS_ENDPOINT_URL": endpoint_url,
+                "AWS_REGION": aws_region,
+                "AWS_ACCESS_KEY_ID": access_key_id,
+                "AWS_SECRET_ACCESS_KEY": secret_access_key,
+                "AWS_ALLOW_HTTP": "true" if endpoint and endpoint.scheme == "http" else "",
+            }.items()
+            if value
+        }
         base = "/".join(p for p in (bucket, prefix.strip("/")) if p)
-        super().__init__(name, region, fs, base, f"s3://{base}")
+        super().__init__(name, region, fs, base, f"s3://{base}", formats, retention_hours, storage_options)
 
-    def _discard_partial_uploads(self, folder: str) -> None:
-        """Abort the multipart uploads a killed writer started under `folder`: their parts are
-        stored (and billed) though no listing shows them."""
+    def _discard_partial_uploads(self, table: str) -> None:
+        """Abort the multipart uploads that writers killed before the retention period started under
+        `table`: their parts are stored (and billed) though no listing shows them. A younger one may
+        belong to a write still running."""
         import boto3
         from botocore.exceptions import BotoCoreError, ClientError
 
-        bucket, _, key = folder.partition("/")
+        bucket, _, key = self._path(table).partition("/")
+        cutoff = datetime.now(timezone.utc) - timedelta(hours=self._delta.retention_hours)
         try:
             client = boto3.client("s3", **self._client_settings)
             for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key.rstrip("/") + "/"):
                 for upload in page.get("Uploads", []):
-                    client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    if upload["Initiated"] <= cutoff:
+                        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
         except (BotoCoreError, ClientError) as exc:
-            raise OSError(f"aborting the multipart uploads under s3://{folder}: {exc}") from exc
+            raise OSError(f"aborting the multipart uploads under s3://{bucket}/{key}: {exc}") from exc
 
     def _configure(self, db: duckdb.DuckDBPyConnection) -> None:
         duckdb_extensions.import_extension("httpfs", con=db)

@@ -193,17 +193,18 @@ def test_aml_alerts_are_exactly_the_accounts_the_rules_flag(built):
 
 
 def test_only_the_committed_version_of_the_governed_lake_is_read(local_deployment, dbt_marts, tmp_path):
-    """A governed write in progress leaves a second version folder next to the committed one until
-    its pointer moves; the marts must not count its rows."""
+    """A governed write in progress leaves Parquet files in the table's folder that no Delta commit
+    names yet; the marts must not count their rows."""
     deployment = local_deployment
     zone = deployment.home / "governed" / "zone" / "customer_credit_features"
-    current = (zone / "_current").read_text().strip()
-    in_progress = zone / "v-99991231T235959-inflight"
-    shutil.copytree(zone / current, in_progress)
+    committed = sorted(zone.glob("*.parquet"))
+    assert committed and (zone / "_delta_log").is_dir()
+    in_progress = zone / "part-99999-inflight-c000.snappy.parquet"
+    shutil.copyfile(committed[0], in_progress)
     try:
         assert build_marts(deployment, dbt_marts).success
     finally:
-        shutil.rmtree(in_progress)
+        in_progress.unlink()
     profile = marts_table(deployment, "customer_risk_profile")
     assert sum(r["loans"] for r in profile if r["risk_dimension"] == "dti") == deployment.report.rows["eu_core"]["loans"]
 
