@@ -55,6 +55,18 @@ def local_deployment(tmp_path_factory, catalog) -> Deployment:
 
 
 @pytest.fixture(scope="session")
+def four_silo_deployment(tmp_path_factory) -> Deployment:
+    """The demo bank on a generated silos.yaml of four silos: the demo's three and uk_lake in region
+    UK (GBP), which the generator knows nothing of; local, seeded once at the test scale."""
+    from fedlake.synth.regional_catalog import write_regional_catalog
+
+    home = tmp_path_factory.mktemp("four_silos")
+    catalog = load_catalog(write_regional_catalog(REPO / "silos.yaml", 4, home / "silos.yaml"))
+    report = seed_demo_bank(catalog, "local", home, TEST_SCALE, TEST_SEED)
+    return Deployment("local", home, catalog, report, {})
+
+
+@pytest.fixture(scope="session")
 def postgres_dsn(tmp_path_factory):
     with postgres_server(tmp_path_factory.mktemp("postgres")) as dsn:
         yield dsn
@@ -120,12 +132,12 @@ def deployment(request) -> Deployment:
 
 
 def materialize_groups(defs, groups: set[str], **kwargs):
-    """Run the everything job over the assets of these groups only (what a test needs, no more)."""
+    """Run the everything job over the unpartitioned assets of these groups (what a test needs, no more)."""
     import dagster as dg
 
     from platform_defs.definitions import EVERYTHING_JOB
 
-    keys = [spec.key for spec in defs.resolve_all_asset_specs() if spec.group_name in groups]
+    keys = [spec.key for spec in defs.resolve_all_asset_specs() if spec.group_name in groups and spec.partitions_def is None]
     return defs.resolve_job_def(EVERYTHING_JOB).execute_in_process(
         instance=kwargs.pop("instance", None) or dg.DagsterInstance.ephemeral(), asset_selection=keys, **kwargs
     )

@@ -40,7 +40,7 @@ generator and a test reading the seeded silos back compute exactly the same numb
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -112,12 +112,18 @@ def _flags(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def compute_default_features(silos: Mapping[str, Mapping[str, pa.Table]]) -> pa.Table:
+def compute_default_features(
+    silos: Mapping[str, Mapping[str, pa.Table]],
+    rates_to_eur: Mapping[str, float] = FX_TO_EUR,
+    domestic: Mapping[str, Sequence[str]] = REGION_COUNTRIES,
+) -> pa.Table:
     """Per-person behaviour features from the customers, accounts and transactions of some regions.
 
     `silos` maps a region ("EU", "US", "SG") to its tables by name; pass all regions for the
     federated view, or one for what a single silo can see. Returns one row per national_id found
-    in any customers table, sorted by national_id, with PERSON_FEATURES_SCHEMA.
+    in any customers table, sorted by national_id, with PERSON_FEATURES_SCHEMA. Silos placed in
+    other regions (fedlake.synth.layout) are keyed by silo name, with their declared money:
+    `rates_to_eur` per currency and `domestic` countries per key of `silos`.
     """
     national_ids = pc.unique(
         pa.chunked_array(
@@ -149,15 +155,15 @@ def compute_default_features(silos: Mapping[str, Mapping[str, pa.Table]]) -> pa.
         person[keep] = person_of_customer[customer_of_account[account_of_txn[keep]]]
         keep &= person >= 0
         person = person[keep]
-        currency = _positions(txns.column("currency"), pa.array(list(FX_TO_EUR)))
-        rate = np.append(np.array(list(FX_TO_EUR.values())), np.nan)
+        currency = _positions(txns.column("currency"), pa.array(list(rates_to_eur)))
+        rate = np.append(np.array(list(rates_to_eur.values())), np.nan)
         amount_eur = txns.column("amount").to_numpy()[keep] * rate[currency[keep]]
         debit = _flags(pc.equal(txns.column("direction"), "debit"))[keep]
         is_gambling = _flags(pc.equal(txns.column("merchant_category"), "gambling"))[keep]
         is_cash_advance = _flags(pc.equal(txns.column("merchant_category"), "cash_advance"))[keep]
         country = txns.column("counterparty_country")
-        domestic = pc.is_in(country, value_set=pa.array(REGION_COUNTRIES[region]))
-        foreign = _flags(pc.and_(pc.invert(domestic), pc.is_valid(country)))[keep]
+        is_domestic = pc.is_in(country, value_set=pa.array(list(domestic[region]), pa.string()))
+        foreign = _flags(pc.and_(pc.invert(is_domestic), pc.is_valid(country)))[keep]
         month = ts[keep].astype("datetime64[M]").astype(np.int64) % 12
         debit_eur = np.where(debit, amount_eur, 0.0)
         monthly += np.bincount(person * 12 + month, weights=debit_eur, minlength=n * 12)

@@ -1,5 +1,8 @@
 """Seeding: write the demo bank into the silos, and its ground truth outside every silo.
 
+Every regional silo silos.yaml declares gets its share of the bank, whatever its region
+(fedlake.synth.layout places the generator's markets onto the declared silos).
+
 Generation streams block by block; each table's rows are first spooled to a local Parquet file and
 then loaded into its silo in one atomic load, so memory stays bounded at any scale and a failed seed
 never leaves a half-written table behind.
@@ -19,8 +22,10 @@ from fedlake.catalog import Catalog
 from fedlake.errors import FedlakeError
 from fedlake.silos import PostgresConnector, open_silo
 from fedlake.synth import bank
+from fedlake.synth.layout import plan_layout
 
 SPOOL_BATCH_ROWS = 100_000
+TRUTH = "truth"
 
 
 @dataclass
@@ -52,39 +57,40 @@ def seed_demo_bank(
     if scale <= 0:
         raise FedlakeError(f"--scale must be positive, got {scale}")
     started = time.monotonic()
-    silos = silo_by_region(catalog)
+    layout = plan_layout(catalog)
     truth_dir = truth_dir or home / "truth"
     schemas = bank.schemas()
     spool = home / f"_seed_spool_{uuid.uuid4().hex[:8]}"
     spool.mkdir(parents=True)
-    groups = [*((region, table) for region, tables in bank.REGION_TABLES.items() for table in tables)]
-    groups += [("truth", table) for table in bank.TRUTH_TABLES]
-    writers = {(g, t): pq.ParquetWriter(spool / f"{g}__{t}.parquet", schemas[t]) for g, t in groups}
+    # a silo's files are silo__table, the truth's truth.table (a dot no silo name has)
+    spooled = {(silo, t): spool / f"{silo}__{t}.parquet" for silo in layout.placements for t in layout.tables(silo)}
+    spooled |= {(TRUTH, t): spool / f"{TRUTH}.{t}.parquet" for t in bank.TRUTH_TABLES}
+    writers = {(g, t): pq.ParquetWriter(path, schemas[t]) for (g, t), path in spooled.items()}
 
     report = SeedReport(scale=scale, seed=seed)
     try:
-        for block in bank.generate(scale, seed):
-            for region, tables in block.silo_tables.items():
+        for block in map(layout.place, bank.generate(scale, seed)):
+            for silo, tables in block.silo_tables.items():
                 for table, rows in tables.items():
-                    writers[(region, table)].write_table(rows.cast(schemas[table]))
+                    writers[(silo, table)].write_table(rows.cast(schemas[table]))
             for table, rows in block.truth.items():
-                writers[("truth", table)].write_table(rows.cast(schemas[table]))
+                writers[(TRUTH, table)].write_table(rows.cast(schemas[table]))
         for w in writers.values():
             w.close()
 
-        for region, silo in silos.items():
+        for silo in layout.placements:
             with open_silo(catalog.silo(silo), deployment, home) as connector:
                 if isinstance(connector, PostgresConnector):
                     # the agent's reader and writer roles exist before it first connects
                     connector.ensure_roles()
-                for table in bank.REGION_TABLES[region]:
-                    source = pq.ParquetFile(spool / f"{region}__{table}.parquet")
+                for table in layout.tables(silo):
+                    source = pq.ParquetFile(spooled[(silo, table)])
                     rows = connector.load(table, schemas[table], source.iter_batches(SPOOL_BATCH_ROWS))
                     report.rows.setdefault(silo, {})[table] = rows
 
         truth_dir.mkdir(parents=True, exist_ok=True)
         for table in bank.TRUTH_TABLES:
-            shutil.move(spool / f"truth__{table}.parquet", truth_dir / f"{table}.parquet")
+            shutil.move(spooled[(TRUTH, table)], truth_dir / f"{table}.parquet")
         report.truth_dir = truth_dir
     finally:
         for w in writers.values():

@@ -79,9 +79,9 @@ def test_truth_lives_outside_every_silo(local_deployment):
     assert sorted(p.stem for p in (local_deployment.home / "truth").glob("*.parquet")) == sorted(bank.TRUTH_TABLES)
 
 
-def test_a_catalog_without_a_region_cannot_be_seeded(catalog, tmp_path):
+def test_a_catalog_with_too_few_silos_for_the_bank_cannot_be_seeded(catalog, tmp_path):
     from dataclasses import replace
 
     without_sg = replace(catalog, silos={k: v for k, v in catalog.silos.items() if v.region != "SG"})
-    with pytest.raises(FedlakeError, match="no silo for region.*SG"):
+    with pytest.raises(FedlakeError, match="needs 3 regional silos or more: the lender and one for each of its US and SG"):
         seed_demo_bank(without_sg, "local", tmp_path, 0.01, 1)
