@@ -69,10 +69,11 @@ def test_a_query_loads_neither_plugins_nor_training_libraries(local_deployment, 
     [
         ("SELECT count(*) AS n FROM mars.customers", ("unknown silo", "mars")),
         ("SELECT count(*) AS n FROM sg_lake.clients", ("unknown table", "sg_lake.clients")),
-        ("SELEC count(*) FROM sg_lake.customers", ("cannot parse",)),
+        ("SELEC count(*) FROM sg_lake.customers", ("cannot parse", "unexpected '('", "line 1, column 12")),
+        ("SELECT count(*) AS n FROM customers", ("'customers' names no silo", "name it as silo.table")),
         ("SELECT email FROM sg_lake.customers", ("denied", "email", "sg_lake.customers", "policies.yaml")),
     ],
-    ids=["unknown-silo", "unknown-table", "syntax-error", "denied"],
+    ids=["unknown-silo", "unknown-table", "syntax-error", "unqualified-table", "denied"],
 )
 def test_a_bad_query_is_one_line_naming_the_problem(local_deployment, tmp_path, sql, named):
     result = fedlake(local_deployment.home, tmp_path, "query", sql, "--purpose", "analytics")
