@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from fedlake.cli import settings
+from fedlake.errors import FedlakeError
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
     seed = verbs.add_parser("seed", help="generate the demo bank into the silos")
     seed.add_argument("--scale", type=float, default=1.0, help="1 = about 200k transactions and 10k loans")
     seed.add_argument("--seed", type=int, default=42)
+    seed.add_argument(
+        "--silos", dest="regional_silos", type=int, metavar="K",
+        help="seed K regional silos (3 to 16, mixed kinds, the same rows in all) on a generated silos.yaml",
+    )
+    seed.add_argument(
+        "--write-catalog", type=Path, metavar="PATH",
+        help="where --silos writes its silos.yaml, with policies.yaml and expectations/ beside it "
+        "(default: $FEDLAKE_HOME/silos-K/silos.yaml)",
+    )
     seed.set_defaults(run=cmd_seed)
 
     silos = verbs.add_parser("silos", help="list every silo's tables and row counts, counted in place")
@@ -21,8 +32,19 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from fedlake.silos import data_dir
     from fedlake.synth.seed import seed_demo_bank
 
-    catalog = settings.catalog(args)
-    report = seed_demo_bank(catalog, settings.deployment(args), data_dir(), args.scale, args.seed)
+    home = data_dir()
+    if args.regional_silos is not None:
+        from fedlake.catalog import load_catalog
+        from fedlake.synth.regional_catalog import write_regional_catalog
+
+        target = args.write_catalog or home / f"silos-{args.regional_silos}" / "silos.yaml"
+        catalog = load_catalog(write_regional_catalog(args.silos, args.regional_silos, target))
+        print(f"wrote {target} ({args.regional_silos} regional silos); use it with: export FEDLAKE_SILOS={target}")
+    elif args.write_catalog is not None:
+        raise FedlakeError("--write-catalog goes with --silos K")
+    else:
+        catalog = settings.catalog(args)
+    report = seed_demo_bank(catalog, settings.deployment(args), home, args.scale, args.seed)
     print(f"seeded the demo bank (scale {report.scale:g}, seed {report.seed}) in {report.seconds:.1f}s")
     for silo, tables in report.rows.items():
         spec = catalog.silo(silo)
