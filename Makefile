@@ -71,8 +71,9 @@ prod-up: install
 prod-down:
 	$(PY) -m fedlake.stack down --dir $(PROD_DIR)
 
+# `make ui PORT=3001` when 3000 is taken.
 ui: install dagster-home
-	$(VENV)/bin/dagster dev -w workspace.yaml
+	$(VENV)/bin/dagster dev -w workspace.yaml -p $(or $(PORT),3000)
 
 clean:
 	rm -rf $(FEDLAKE_HOME)
