@@ -66,10 +66,10 @@ test: install spark browser
 PROD_DIR ?= $(FEDLAKE_HOME)/prod
 DAGSTER ?= 1
 prod-up: install
-	$(PY) -m fedlake.stack up --dir $(PROD_DIR) $(if $(filter 1,$(DAGSTER)),--dagster --dagster-port $(or $(PORT),3000))
+	$(VENV)/bin/fedlake up --dir $(PROD_DIR) $(if $(filter 1,$(DAGSTER)),--dagster --dagster-port $(or $(PORT),3000))
 
 prod-down:
-	$(PY) -m fedlake.stack down --dir $(PROD_DIR)
+	$(VENV)/bin/fedlake down --dir $(PROD_DIR)
 
 # `make ui PORT=3001` when 3000 is taken.
 ui: install dagster-home

@@ -25,6 +25,7 @@ VERB_MODULES = (
     "fedlake.cli.query",
     "fedlake.cli.serve",
     "fedlake.cli.audit",
+    "fedlake.cli.stack",
 )
 
 
