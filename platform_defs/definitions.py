@@ -7,18 +7,18 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.audit import audit_ledger_asset, hash_chain_intact
+from assets.audit import audit_ledger_asset
 from assets.dbt_marts import DBT_RESOURCE_KEY, dbt_marts_assets, dbt_marts_resource
 from assets.governed import governed_assets
-from assets.in_silo import in_silo_assets
-from assets.models import model_assets, model_checks
-from assets.pii_checks import pii_checks
-from assets.quality_checks import quality_checks
+from assets.in_silo import in_silo_assets, partitioned_in_silo_assets
+from assets.models import model_assets
 from assets.sources import source_assets
 from fedlake.catalog import default_catalog_path, load_catalog
 from fedlake.policy.model import POLICIES_ENV, load_policy
-from fedlake.quality import load_suites
 from fedlake.silos import data_dir
+from platform_defs.checks import all_checks
+from platform_defs.conventions import apply_conventions
+from platform_defs.jobs import EVERYTHING_JOB, daily_job, daily_schedule, everything_job
 from platform_defs.deployments import (
     current_deployment,
     governed_zone_resource,
@@ -31,7 +31,7 @@ from sensors.new_data import new_data_sensors
 from sensors.retraining import drift_sensor, nightly_retraining, retraining_job
 from sensors.run_failures import run_failure_alerts
 
-EVERYTHING_JOB = "materialize_everything"
+__all__ = ["EVERYTHING_JOB", "build_definitions"]
 
 
 def build_definitions(
@@ -52,22 +52,16 @@ def build_definitions(
     resources[DBT_RESOURCE_KEY] = dbt_marts_resource(catalog, deployment, home)
     resources["model_registry"] = model_registry_resource(home)
     sources = [*source_assets(catalog), audit_ledger_asset()]
-    everything = dg.define_asset_job(
-        EVERYTHING_JOB,
-        selection=dg.AssetSelection.all() | dg.AssetSelection.assets(*(key for s in sources for key in s.keys)),
-        description="Observe every silo table and materialize every asset, where each belongs.",
-    )
-    retrain = retraining_job()
+    in_silo, governed = in_silo_assets(catalog), governed_assets(catalog)
+    partitioned = partitioned_in_silo_assets(catalog)
+    retrain, daily = retraining_job(), daily_job(partitioned)
     return dg.Definitions(
-        assets=[*sources, *in_silo_assets(catalog), *governed_assets(catalog), dbt_marts_assets(), *model_assets(catalog)],
-        asset_checks=[
-            *pii_checks(catalog),
-            *quality_checks(catalog, load_suites(catalog_path, catalog)),
-            hash_chain_intact,
-            *model_checks(),
-        ],
-        jobs=[everything, retrain],
-        schedules=[nightly_retraining(retrain)],
+        assets=apply_conventions(
+            [*sources, *in_silo, *partitioned, *governed, dbt_marts_assets(), *model_assets(catalog)], catalog, deployment
+        ),
+        asset_checks=all_checks(catalog, catalog_path, in_silo, partitioned, governed),
+        jobs=[everything_job(sources, partitioned), daily, retrain],
+        schedules=[nightly_retraining(retrain), daily_schedule(daily)],
         sensors=[*new_data_sensors(catalog), run_failure_alerts(home), drift_sensor(retrain)],
         resources=resources,
     )

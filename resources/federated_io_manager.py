@@ -23,6 +23,7 @@ from fedlake.relation import FederatedRelation, Relation, RelationHandle
 from fedlake.runtime import settle_heap
 from resources.governed_zone import GOVERNED, GovernedZoneResource
 from resources.ledger import LedgerResource
+from resources.materialization_metadata import audit_list, bytes_out_by_silo, plan_text, policy_summary
 from resources.silos import SiloResource
 
 
@@ -30,6 +31,11 @@ def location(key: dg.AssetKey) -> tuple[str, str]:
     if len(key.path) != 2:
         raise FedlakeError(f"asset key {key.to_user_string()} is not [silo, table]")
     return key.path[0], key.path[1]
+
+
+def partition_table(table: str, partition_key: str) -> str:
+    """A partition's own table inside its silo: `daily_transactions` on 2025-03-01 is `daily_transactions__20250301`."""
+    return f"{table}__{''.join(ch for ch in partition_key if ch.isalnum())}"
 
 
 def column_schema(columns: tuple[tuple[str, str], ...], classifications: dict[str, str] | None = None) -> dg.TableSchema:
@@ -65,6 +71,8 @@ class FederatedIOManager(dg.IOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: Relation | FederatedRelation) -> None:
         silo, table = location(context.asset_key)
+        if context.has_asset_partitions:
+            table = partition_table(table, context.asset_partition_key)
         before = self._egress()
         if isinstance(obj, Relation):
             metadata = self._in_silo(context, silo, table, obj)
@@ -82,7 +90,7 @@ class FederatedIOManager(dg.IOManager):
                 "location": f"{silo}.{table}",
                 "rows_moved_out": sum(after[name][0] - before[name][0] for name in self._silos),
                 "bytes_moved_out": sum(moved_bytes.values()),
-                "bytes_moved_out_by_silo": moved_bytes,
+                **bytes_out_by_silo(moved_bytes),
             }
         )
         context.add_output_metadata(metadata)
@@ -118,7 +126,7 @@ class FederatedIOManager(dg.IOManager):
         reader = federation.stream(plan)
         connector = self._governed.connector()
         rows = connector.load(table, reader.schema, reader)
-        entries = [e["seq"] for e in ledger.entries(after=before)]
+        entries = ledger.entries(after=before)
         federation.witness_heads(plan, by="dagster")
         return {
             "silo": GOVERNED,
@@ -127,10 +135,10 @@ class FederatedIOManager(dg.IOManager):
             "dagster/column_schema": column_schema(tuple((f.name, str(f.type)) for f in reader.schema)),
             "bytes_in_zone": connector.statistics(table).bytes,
             "purpose": obj.purpose,
-            "bytes_crossing_by_silo": plan.bytes_by_silo(),
             "residual_site": f"silo {plan.site}" if plan.site else "governed zone",
-            "plan": dg.MetadataValue.md("```\n" + render(plan, self._catalog, analyze=True) + "\n```"),
-            "audit_entries": entries,
+            "policy_summary": policy_summary(plan),
+            "plan": dg.MetadataValue.md("```\n" + plan_text(plan, self._catalog) + "\n```"),
+            "audit_entries": audit_list(entries),
             "inputs": [h.qualified_name for h in obj.inputs],
         }
 

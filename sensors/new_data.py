@@ -1,7 +1,8 @@
 """A new-data sensor per silo. Its cursor is the silo's high-water mark, asked of the silo's agent
 (row count and latest timestamp per table, computed in place), so a tick with no new data requests
 nothing and a tick after new rows requests exactly one run: observe the silo and rebuild what
-depends on it."""
+depends on it, up to the governed zone and its marts. Models are not in that run: new rows in one
+silo do not retrain every model; the drift sensor and the nightly schedule decide that."""
 
 import hashlib
 import json
@@ -9,6 +10,8 @@ import json
 import dagster as dg
 
 from fedlake.catalog import Catalog, SiloSpec
+
+MODELS_GROUP = "models"
 
 
 def _digest(marks: dict) -> str:
@@ -19,8 +22,8 @@ def new_data_sensor(spec: SiloSpec) -> dg.SensorDefinition:
     sources = dg.AssetSelection.assets(*[dg.AssetKey([spec.name, table]) for table in spec.tables])
     job = dg.define_asset_job(
         f"{spec.name}_refresh",
-        selection=sources | sources.downstream(include_self=False),
-        description=f"Observe {spec.name} and rebuild what depends on it.",
+        selection=(sources | sources.downstream(include_self=False)) - dg.AssetSelection.groups(MODELS_GROUP),
+        description=f"Observe {spec.name} and rebuild what depends on it, models aside (they retrain on drift or nightly).",
     )
 
     @dg.sensor(

@@ -16,7 +16,14 @@ def retraining_job():
 
 
 def nightly_retraining(job) -> dg.ScheduleDefinition:
-    return dg.ScheduleDefinition(name="nightly_retraining", cron_schedule="0 2 * * *", job=job, execution_timezone="UTC")
+    return dg.ScheduleDefinition(
+        name="nightly_retraining",
+        cron_schedule="0 2 * * *",
+        job=job,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Retrain every model at 02:00 UTC on what the governed zone holds then.",
+    )
 
 
 def drift_sensor(job, model: str = "credit_scoring_model", threshold: float = PSI_THRESHOLD) -> dg.SensorDefinition:
@@ -25,7 +32,8 @@ def drift_sensor(job, model: str = "credit_scoring_model", threshold: float = PS
         job=job,
         minimum_interval_seconds=3600,
         required_resource_keys={"governed_zone", "model_registry"},
-        description=f"Requests retraining when an input feature of {model} drifts past PSI {threshold}.",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Requests retraining of {model} alone when one of its input features drifts past PSI {threshold}.",
     )
     def sensor(context: dg.SensorEvaluationContext):
         champion = context.resources.model_registry.registry().champion(model)
@@ -44,6 +52,7 @@ def drift_sensor(job, model: str = "credit_scoring_model", threshold: float = PS
             return dg.SkipReason(f"no drift: largest PSI {drift[worst]:.3f} ({worst}) <= {threshold}")
         return dg.RunRequest(
             run_key=f"{model}:v{champion.version}:{worst}:{drift[worst]:.3f}",
+            asset_selection=[dg.AssetKey(["models", model])],
             tags={"reason": f"drift: PSI {drift[worst]:.3f} on {worst}", "model": model},
         )
 
