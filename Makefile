@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install spark java browser demo test prod-up prod-down ui dagster-home clean bench-agent bench bench-tpcds bench-load bench-cli
+.PHONY: install spark java browser demo test prod-up prod-down ui dagster-home clean bench-agent bench bench-tpcds bench-load bench-cli bench-scaleout
 
 DBT_MANIFEST := dbt_project/target/manifest.json
 DBT_SOURCES := $(shell find dbt_project -type f \( -name '*.sql' -o -name '*.yml' -o -name '*.py' \) -not -path 'dbt_project/target/*' -not -path 'dbt_project/logs/*')
@@ -100,3 +100,9 @@ bench-load: install
 bench-cli: install
 	mkdir -p bench/results
 	$(PY) bench/cli_latency.py
+
+# Planning, the credit workload and a training round for KS regional silos holding the same bank.
+KS ?= 3 6 12
+bench-scaleout: install
+	mkdir -p bench/results
+	$(PY) bench/scaleout.py --scale $(SCALE) --ks "$(KS)"
