@@ -16,6 +16,7 @@ import duckdb
 import duckdb_extensions
 import pyarrow.fs as pafs
 
+from fedlake.errors import SiloError
 from fedlake.silos.delta import DEFAULT_RETENTION_HOURS
 from fedlake.silos.lake import LakeConnector
 
@@ -70,8 +71,28 @@ class S3Connector(LakeConnector):
             }.items()
             if value
         }
+        self._bucket, self._endpoint_url, self._bucket_seen = bucket, endpoint_url, False
         base = "/".join(p for p in (bucket, prefix.strip("/")) if p)
         super().__init__(name, region, fs, base, f"s3://{base}", formats, retention_hours, storage_options)
+
+    def _write(self, table: str, schema, batches, annotations):
+        self._require_bucket()
+        return super()._write(table, schema, batches, annotations)
+
+    def _require_bucket(self) -> None:
+        """A write into a bucket that does not exist fails in one line naming it: fedlake never
+        creates buckets (their region, encryption and retention are the data owner's decision)."""
+        if self._bucket_seen:
+            return
+        try:
+            found = self._fs.get_file_info(self._bucket).type != pafs.FileType.NotFound
+        except OSError as exc:
+            raise SiloError(f"silo {self.name}: cannot reach bucket '{self._bucket}' at {self._endpoint_url or 'AWS'}: "
+                            f"{str(exc).splitlines()[0]}") from None
+        if not found:
+            raise SiloError(f"silo {self.name}: bucket '{self._bucket}' does not exist at {self._endpoint_url or 'AWS'}; "
+                            "create it first (fedlake never creates buckets)")
+        self._bucket_seen = True
 
     def _discard_partial_uploads(self, table: str) -> None:
         """Abort the multipart uploads that writers killed before the retention period started under
