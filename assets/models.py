@@ -10,12 +10,14 @@ import json
 import dagster as dg
 import pyarrow.parquet as pq
 
+from assets.regional_models import regional_model_assets
 from fedlake.catalog import Catalog
 from fedlake.drift import bin_shares, quantile_edges
 from fedlake.learning.aggregate import FedAvg, FedProx
 from fedlake.learning.coordinator import FederatedTrainer
 from fedlake.learning.credit import BEHAVIOUR, credit_comparison
 from fedlake.learning.models import aml_spec
+from fedlake.learning.secagg import SecAggConfig
 from fedlake.learning.train import DPConfig, TrainConfig
 from fedlake.relation import RelationHandle
 
@@ -46,6 +48,7 @@ class AMLTrainingConfig(dg.Config):
     seed: int = 0
     encoder: str = "ngram"  # the light baseline; "minilm-lora": all-MiniLM-L6-v2 fine-tuned with LoRA in each silo
     max_samples: int = 0  # > 0: each silo trains each round on at most this many accounts (a short fine-tune)
+    secure_aggregation: bool = True  # the coordinator learns only the sum of the silos' updates (SecAgg)
 
 
 def _card_metadata(version) -> dict:
@@ -136,6 +139,7 @@ def aml_model_asset(catalog: Catalog) -> dg.AssetsDefinition:
             clients, spec, strategy, rounds=config.rounds, min_silos=config.min_silos,
             round_timeout_s=config.round_timeout_s, checkpoint_dir=checkpoints, config=train_config, seed=config.seed,
             on_round=lambda r, w, record: context.log.info(f"round {r}: {record.get('participants')}"),
+            secure_aggregation=SecAggConfig() if config.secure_aggregation else None,
         )
         result = trainer.fit()
         # registered first: the silos evaluate registered versions only, named by their hash
@@ -197,7 +201,7 @@ def promotion_check(model: str, floor: float) -> dg.AssetChecksDefinition:
 
 
 def model_assets(catalog: Catalog) -> list[dg.AssetsDefinition]:
-    return [credit_scoring_model_asset(), aml_model_asset(catalog)]
+    return [credit_scoring_model_asset(), aml_model_asset(catalog), *regional_model_assets(catalog)]
 
 
 def model_checks() -> list[dg.AssetChecksDefinition]:

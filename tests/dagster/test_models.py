@@ -103,3 +103,22 @@ def test_drift_in_the_credit_features_requests_retraining(bank, catalog):
         drifted = sensor.evaluate_tick(context)
     [request] = drifted.run_requests
     assert "dti" in request.tags["reason"]
+
+
+def test_each_region_has_its_own_memo_screening_model_trained_in_its_silo_alone(bank):
+    home, defs = bank
+    from fedlake.audit import open_ledger
+
+    regional = {k for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[-1].startswith("memo_screen_")}
+    assert {k.path[-1] for k in regional} == {"memo_screen_eu", "memo_screen_us", "memo_screen_sg"}
+    key = dg.AssetKey(["models", "memo_screen_sg"])
+    assert {d.path[0] for d in defs.resolve_assets_def(key).dependency_keys} == {"sg_lake"}
+    ledger = open_ledger(str(home / "governed" / "audit.duckdb"))
+    before = len(ledger.entries())
+    result = train(defs, key, {"ops": {"models__memo_screen_sg": {"config": {"rounds": 1}}}})
+    assert result.success
+    [m] = result.asset_materializations_for_node("models__memo_screen_sg")
+    assert m.metadata["silo"].value == "sg_lake" and m.metadata["version"].value == 1
+    assert ModelRegistry(home / "governed" / "models").latest("memo_screen_sg").spec.name == "memo_screen_sg"
+    trained = {(e["silo"], e["operation"]) for e in ledger.entries()[before:] if e["operation"] in ("train_round", "evaluate_round")}
+    assert trained == {("sg_lake", "train_round"), ("sg_lake", "evaluate_round")}
