@@ -24,7 +24,7 @@ from tests.engine.test_learning_federated import Recording, last_seq
 SILOS = ("eu_core", "us_lake", "sg_lake")
 SPEC = ModelSpec("aml_secagg", "aml", {"buckets": 2**10, "text_dim": 8, "hidden": 16})
 CONFIG = TrainConfig(epochs=1, lr=0.01, batch_size=128, device="cpu")
-ROUNDS = 2
+ROUNDS = 1
 
 
 @pytest.fixture(scope="module")
