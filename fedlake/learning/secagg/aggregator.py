@@ -83,6 +83,7 @@ class SecureRound:
         self.purpose = purpose
         self.threshold = config.threshold_for(len(self.silos), min_silos)
         self.left_out: dict[str, str] = {}
+        self.seconds: dict[str, float] = {}  # per silo: its call at the latest stage
         self.cost: dict[str, Any] = {"seconds": {}, "bytes_out": 0, "bytes_in": 0, "dropped_at": {}, "threshold": self.threshold,
                                      "masked_bytes": {}}
 

@@ -29,7 +29,7 @@ from fedlake.learning.secagg.messages import KeyAdvert, MaskedInput, MaskRequest
 from fedlake.learning.weights import Weights
 
 SESSION_TTL_S = 3600.0
-MAX_SESSIONS = 64
+MAX_SESSIONS = 64  # open sessions kept; beyond, the oldest is dropped (its round can no longer finish)
 MIN_FRAC_BITS, MAX_FRAC_BITS = 8, 40
 
 PeerKeys = Callable[[str], Ed25519PublicKey | None]
@@ -114,8 +114,8 @@ class Participant:
                 del self._sessions[key]
             if (identity, setup.session) in self._sessions:
                 raise self.refused(f"session {setup.session!r} is already open: a session is set up once")
-            if len(self._sessions) >= MAX_SESSIONS:
-                raise self.refused(f"{MAX_SESSIONS} sessions are open already; finish or let some expire")
+            while len(self._sessions) >= MAX_SESSIONS:  # rounds abandoned by their coordinator: the oldest goes
+                del self._sessions[min(self._sessions, key=lambda k: self._sessions[k].created)]
             state = self._sessions[(identity, setup.session)] = _Session(setup, keys.RoundKeys.fresh(), now)
         channel, mask = keys.public_hex(state.round_keys.channel), keys.public_hex(state.round_keys.mask)
         signature = keys.sign(self.signer, keys.advert_text(setup.session, self.silo, channel, mask))
