@@ -37,6 +37,7 @@ from fedlake.learning.models import AML_KINDS, ModelSpec
 from fedlake.learning.registry import ModelRegistry, RegistryError
 from fedlake.learning.secagg.actions import SECAGG_RULE, masked_answer, peer_key_source, register_secagg_actions
 from fedlake.learning.silo_examples import examples_key, silo_examples
+from fedlake.learning.silo_dp import Requirement, SiloPrivacy, requirement_from_policy
 from fedlake.learning.train import DPConfig, TrainConfig, predict, train_local
 
 TRAIN_ACTION = "train_round"
@@ -120,16 +121,6 @@ def _model(spec: ModelSpec, body: dict[str, Any], silo: str):
     return model
 
 
-def _enforce_dp(config: TrainConfig, required: DPConfig | None) -> tuple[TrainConfig, bool]:
-    """The silo's own DP requirement wins over a weaker request (less noise, a larger clip)."""
-    if required is None:
-        return config, False
-    asked = config.dp
-    if asked and asked.noise_multiplier >= required.noise_multiplier and asked.max_grad_norm <= required.max_grad_norm and asked.delta <= required.delta:
-        return config, False
-    return replace(config, dp=required), True
-
-
 def register_learning_actions(
     agent: SiloAgent,
     dp_required: DPConfig | None = None,
@@ -141,10 +132,12 @@ def register_learning_actions(
 ) -> None:
     """Serve train_round and evaluate_round on this agent, and the secure-aggregation stages.
 
-    dp_required: where the silo's policy asks for differential privacy, every local round runs
-    DP-SGD with at least this noise (whatever the coordinator asks), and evaluation histograms are
-    Laplace-noised with release_epsilon (RELEASE_EPSILON unless given; given without dp_required,
-    it noises the histograms alone). domestic_countries: the counterparty countries that are not
+    dp_required: the DP-SGD a round must at least run with here; by default what policies.yaml's
+    `training.<silo>.dp` declares (with its max_epsilon). A round asked with less is refused, and so
+    is one that would take the silo past its max_epsilon (fedlake.learning.silo_dp). Where DP is
+    required, evaluation histograms are Laplace-noised with release_epsilon (RELEASE_EPSILON unless
+    given; given without a requirement, it noises the histograms alone).
+    domestic_countries: the counterparty countries that are not
     cross-border for this silo's accounts; by default those its region declares in silos.yaml.
     registry: the model registry (the governed zone's models folder) whose versions evaluate_round
     may score; without one, evaluation is refused. min_count: the fewest accounts a released
@@ -156,7 +149,8 @@ def register_learning_actions(
         domestic_countries = catalog.money.region(agent.spec.region, catalog.path).domestic_countries
     if min_count < 1:
         raise ValueError(f"min_count must be at least 1, got {min_count}")
-    if release_epsilon is None and dp_required is not None:
+    privacy = SiloPrivacy(agent.spec.name, Requirement(dp_required) if dp_required else requirement_from_policy(agent.policy, agent.spec.name))
+    if release_epsilon is None and privacy.requirement is not None:
         release_epsilon = RELEASE_EPSILON
     models = registry if isinstance(registry, ModelRegistry) or registry is None else ModelRegistry(registry)
     examples = _Examples(agent, domestic_countries)
@@ -194,14 +188,21 @@ def register_learning_actions(
         except (TypeError, ValueError) as exc:
             raise TrainingRefused(f"agent {silo}: invalid training config: {exc}") from None
         config = replace(config, seed=config.seed + int(body.get("round", 0)))
-        config, enforced = _enforce_dp(config, dp_required)
+        refusal = privacy.weaker_refusal(config)
+        if refusal:
+            raise TrainingRefused(refusal)
         model = _model(spec, body, silo)
         split = examples.get(spec)
+        refusal = privacy.budget_refusal(config, len(split.train))
+        if refusal:
+            raise TrainingRefused(refusal)
         history = [tuple(h) for h in body.get("dp_history") or []]
         local = train_local(model, split.train, config, dp_history=history)
         metrics: dict[str, Any] = {"steps": local.steps, "train_seconds": local.seconds, "data_fingerprint": split.all.fingerprint}
         if local.dp_record:
-            metrics["dp"] = {"record": list(local.dp_record), "delta": config.dp.delta, "enforced_by_silo": enforced}
+            metrics["dp"] = {"record": list(local.dp_record), "delta": config.dp.delta, "max_grad_norm": config.dp.max_grad_norm,
+                             "required_by": privacy.requirement.where if privacy.requirement else None,
+                             "silo_epsilon": privacy.spend(local.dp_record, config.dp.delta)}
         update = wire.to_numpy(local.state)
         masked = masked_answer(participant, caller, body, update, local.n_samples, metrics, local.epsilon)
         if masked is not None:

@@ -16,9 +16,9 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from fedlake.learning.quorum import QuorumError
 from fedlake.learning.registry import ModelVersion
 from fedlake.learning.secagg import SecAggConfig, SecureOutcome, SecureRound
 from fedlake.learning.secagg.ring import Layout
-from fedlake.learning.train import TrainConfig, dp_epsilon
+from fedlake.learning.train import DPConfig, TrainConfig, dp_epsilon
 from fedlake.learning.weights import Weights
 
 STATE_FILE = "state.json"
@@ -72,6 +72,9 @@ class FederatedTrainer:
     is a secure-aggregation round: the coordinator learns the sample-weighted sum of the updates
     and the total sample count, never one silo's weights or count. Each training has its own
     session id, so concurrent trainings through the same agents keep apart.
+
+    `dp_by_silo` names the DP-SGD each named silo's rounds run with, in place of config.dp: what
+    its policy requires (fedlake.learning.silo_dp.required_dp), since a silo refuses less.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class FederatedTrainer:
         seed: int = 0,
         on_round: Callable[[int, Weights, dict[str, Any]], None] | None = None,
         secure_aggregation: SecAggConfig | None = SecAggConfig(),
+        dp_by_silo: Mapping[str, DPConfig] | None = None,
     ):
         if not clients:
             raise ValueError("FederatedTrainer needs at least one silo client")
@@ -111,6 +115,8 @@ class FederatedTrainer:
         self.seed = seed
         self.on_round = on_round
         self.secure_aggregation = secure_aggregation
+        # per silo, the DP-SGD its rounds run with (what its policy requires: silo_dp.required_dp)
+        self.dp_by_silo = {silo: asdict(dp) for silo, dp in (dp_by_silo or {}).items()}
         if secure_aggregation is not None and len(clients) > 1:
             secure_aggregation.threshold_for(len(clients), min_silos)
         self.session = uuid.uuid4().hex
@@ -220,7 +226,8 @@ class FederatedTrainer:
             started = time.perf_counter()
             payload = wire.encode(weights)
             bodies = {
-                silo: {"spec": self.spec.to_dict(), "weights": payload, "config": hyper, "round": round_,
+                silo: {"spec": self.spec.to_dict(), "weights": payload, "round": round_,
+                       "config": {**hyper, "dp": self.dp_by_silo[silo]} if silo in self.dp_by_silo else hyper,
                        "purpose": self.purpose, "destination": self.destination, "dp_history": dp_history.get(silo, {}).get("records", [])}
                 for silo in self.clients
             }

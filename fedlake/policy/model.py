@@ -14,6 +14,7 @@ from typing import Any
 
 from fedlake.catalog import CLASSIFICATIONS, Catalog, read_yaml
 from fedlake.errors import ConfigError
+from fedlake.policy.training import TrainingPolicy, parse_training
 
 ACTIONS = ("allow", "pseudonymize", "generalize", "aggregate", "deny")
 GENERALIZE_METHODS = ("age_band", "prefix")
@@ -92,6 +93,7 @@ class Policy:
     catalog: Catalog = field(repr=False)
     join_domains: tuple[DomainMember, ...] = ()
     dp: Any = None  # fedlake.policy.dp.DPSettings, or None: aggregate-only data then cannot leave
+    training: TrainingPolicy = field(default_factory=TrainingPolicy)  # per silo: what a training round must meet
 
     def domain(self, silo: str, table: str, column: str, purpose: str) -> str:
         """The join domain whose key pseudonymizes this column for this purpose: a declared one, or
@@ -143,7 +145,7 @@ def parse_policy(raw: Any, catalog: Catalog, path: str = "policies.yaml") -> Pol
     if not isinstance(raw, dict):
         raise ConfigError(path, "<file>", "expected a mapping")
     allowed_top = {"purposes", "clients", "subjects", "aggregate", "generalize", "classifications", "overrides",
-                   "join_domains", "dp"}  # aggregate: only to say it is gone
+                   "join_domains", "dp", "training"}  # aggregate: only to say it is gone
     for key in raw:
         if key not in allowed_top:
             raise ConfigError(path, str(key), f"unknown key (allowed: {', '.join(sorted(allowed_top))})")
@@ -225,6 +227,7 @@ def parse_policy(raw: Any, catalog: Catalog, path: str = "policies.yaml") -> Pol
     policy = Policy(
         join_domains=join_domains,
         dp=dp,
+        training=parse_training(raw.get("training"), list(catalog.silos), path),
         path=path,
         purposes=purposes,
         clients=clients,

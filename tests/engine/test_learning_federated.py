@@ -274,13 +274,19 @@ def test_dp_sgd_reports_a_finite_growing_epsilon_and_the_silo_can_insist_on_it(l
         # under DP only the weights leave: no loss or held-out metric computed without noise
         assert all("held_out" not in r["metrics"][silo] and "train_loss" not in r["metrics"][silo] for r in result.history)
 
-    # the SG silo's policy asks for DP: it applies it even when the coordinator does not
-    clients["sg_lake"] = learning_client(local_deployment, policy, "sg_lake", dp_required=DPConfig(noise_multiplier=2.0))
+    # the SG silo requires DP: a round asked without it is refused, never silently changed...
+    required = DPConfig(noise_multiplier=2.0)
+    clients["sg_lake"] = learning_client(local_deployment, policy, "sg_lake", dp_required=required)
+    plain = TrainConfig(epochs=1, batch_size=64, device="cpu")
+    with pytest.raises(QuorumError, match=r"sg_lake.*requires DP-SGD with noise_multiplier >= 2.*asked for no DP: refused"):
+        FederatedTrainer(clients, dp_spec, FedAvg(), rounds=1, min_silos=3, round_timeout_s=300,
+                         checkpoint_dir=tmp_path / "refused", config=plain).fit()
+    # ...and the coordinator asks each silo for what it requires: DP-FedAvg over mixed silos
     result = FederatedTrainer(clients, dp_spec, FedAvg(), rounds=1, min_silos=3, round_timeout_s=300,
-                              checkpoint_dir=tmp_path / "mixed", config=TrainConfig(epochs=1, batch_size=64, device="cpu")).fit()
+                              checkpoint_dir=tmp_path / "mixed", config=plain, dp_by_silo={"sg_lake": required}).fit()
     assert result.epsilon["eu_core"] is None and result.epsilon["us_lake"] is None
     assert 0 < result.epsilon["sg_lake"] < float("inf")
-    assert result.history[0]["metrics"]["sg_lake"]["dp"]["enforced_by_silo"] is True
+    assert result.history[0]["metrics"]["sg_lake"]["dp"]["required_by"] == "the agent's dp_required"
 
 
 def test_the_agent_refuses_what_it_should_not_train(local_deployment, policy):
