@@ -18,7 +18,8 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -77,14 +78,17 @@ class Participant:
 
     # -- state ----------------------------------------------------------------------------------
 
-    def _session(self, identity: str, session: str, stage: str) -> _Session:
+    @contextmanager
+    def _session(self, identity: str, session: str, stage: str) -> Iterator[_Session]:
+        """The session, held for one stage: a second call for the same stage waits, then is refused."""
         with self._lock:
             state = self._sessions.get((identity, session))
         if state is None:
             raise self.refused(f"no open session {session!r} for client '{identity}' (expired, finished, or never set up)")
-        if state.stage != stage:
-            raise self.refused(f"session {session!r} is at stage '{state.stage}', not '{stage}': each stage runs once, in order")
-        return state
+        with state.lock:
+            if state.stage != stage:
+                raise self.refused(f"session {session!r} is at stage '{state.stage}', not '{stage}': each stage runs once, in order")
+            yield state
 
     def _check_signature(self, silo: str, signature: str, text: bytes, what: str) -> None:
         if self.verify:
@@ -109,6 +113,10 @@ class Participant:
         if self.signer is None:
             raise self.refused("this agent has no signing key to sign its key advert")
         now = time.monotonic()
+        state = _Session(setup, keys.RoundKeys.fresh(), now)
+        channel, mask = keys.public_hex(state.round_keys.channel), keys.public_hex(state.round_keys.mask)
+        signature = keys.sign(self.signer, keys.advert_text(setup.session, self.silo, channel, mask))
+        advert = state.adverts[self.silo] = KeyAdvert(self.silo, channel, mask, signature)
         with self._lock:
             for key in [k for k, s in self._sessions.items() if now - s.created > SESSION_TTL_S]:
                 del self._sessions[key]
@@ -116,16 +124,11 @@ class Participant:
                 raise self.refused(f"session {setup.session!r} is already open: a session is set up once")
             while len(self._sessions) >= MAX_SESSIONS:  # rounds abandoned by their coordinator: the oldest goes
                 del self._sessions[min(self._sessions, key=lambda k: self._sessions[k].created)]
-            state = self._sessions[(identity, setup.session)] = _Session(setup, keys.RoundKeys.fresh(), now)
-        channel, mask = keys.public_hex(state.round_keys.channel), keys.public_hex(state.round_keys.mask)
-        signature = keys.sign(self.signer, keys.advert_text(setup.session, self.silo, channel, mask))
-        advert = KeyAdvert(self.silo, channel, mask, signature)
-        state.adverts[self.silo] = advert
+            self._sessions[(identity, setup.session)] = state
         return advert
 
     def share_keys(self, identity: str, request: ShareKeys) -> SealedShares:
-        state = self._session(identity, request.session, "advertised")
-        with state.lock:
+        with self._session(identity, request.session, "advertised") as state:
             setup = state.setup
             adverts = request.parsed()
             names = [a.silo for a in adverts]
@@ -161,8 +164,7 @@ class Participant:
         return SealedShares(self.silo, sealed)
 
     def mask(self, identity: str, request: MaskRequest, weights: Weights, n_samples: int) -> MaskedInput:
-        state = self._session(identity, request.session, "shared")
-        with state.lock:
+        with self._session(identity, request.session, "shared") as state:
             setup = state.setup
             senders = sorted(request.sealed)
             if not set(senders) <= set(state.adverts) - {self.silo}:
@@ -197,8 +199,7 @@ class Participant:
         return MaskedInput(self.silo, base64.b64encode(ring.to_wire(vector)).decode(), signature)
 
     def unmask(self, identity: str, request: Unmask) -> UnmaskShares:
-        state = self._session(identity, request.session, "masked")
-        with state.lock:
+        with self._session(identity, request.session, "masked") as state:
             survivors, dropped = set(request.survivors), set(request.dropped)
             masked_with = set(state.masked_with)
             if survivors & dropped or survivors | dropped != masked_with or self.silo not in survivors:
