@@ -27,6 +27,10 @@ from fedlake.learning.models import default_device
 __all__ = ["DPConfig", "LocalResult", "TrainConfig", "dp_epsilon", "evaluate", "predict", "train_local"]
 
 DPRecord = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps): one Opacus accountant entry
+OPTIMIZERS = {
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+}
 
 
 @dataclass(frozen=True)
@@ -61,12 +65,17 @@ class TrainConfig:
     device: str | None = None  # None: CUDA where available, else CPU
     cpu_threads: int | None = 1  # torch intra-op threads on CPU; None leaves torch's setting
     max_samples: int | None = None  # a short fine-tune: at most this many examples per round (see training_sample)
+    # "adam", or "sgd" (momentum 0.9) for DP-SGD: Adam scales every coordinate's step to about lr,
+    # so under DP the noise of coordinates without signal (most hashed n-gram buckets) moves as far as the signal
+    optimizer: str = "adam"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.mu < 0 or self.pos_weight <= 0 or (self.cpu_threads or 1) < 1:
             raise ValueError(
                 f"train config needs epochs >= 1, batch_size >= 1, lr > 0, mu >= 0, pos_weight > 0, cpu_threads >= 1; got {self.to_dict()}"
             )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train config: optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
         if self.max_samples is not None and (self.max_samples < 2 or self.dp is not None):
             raise ValueError(f"max_samples needs at least 2 and no dp (DP-SGD accounts for its own sampling); got {self.max_samples}")
 
@@ -185,7 +194,7 @@ def _train(model: nn.Module, data: Examples, config: TrainConfig, device: torch.
     n = len(data)
     model.to(device).train()
     anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = OPTIMIZERS[config.optimizer](model.parameters(), config.lr)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(config.pos_weight, device=device))
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
