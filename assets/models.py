@@ -16,6 +16,7 @@ from fedlake.drift import bin_shares, quantile_edges
 from fedlake.learning.aggregate import FedAvg, FedProx
 from fedlake.learning.coordinator import FederatedTrainer
 from fedlake.learning.credit import BEHAVIOUR, credit_comparison
+from fedlake.learning.data import versioned_fingerprint
 from fedlake.learning.models import aml_spec
 from fedlake.learning.secagg import SecAggConfig
 from fedlake.learning.train import DPConfig, TrainConfig
@@ -74,6 +75,8 @@ def credit_scoring_model_asset() -> dg.AssetsDefinition:
     def credit_scoring_model(context: dg.AssetExecutionContext, config: CreditTrainingConfig, features: RelationHandle):
         """A credit-scoring network on the compliant cross-silo features, with EU-only and oracle baselines."""
         zone = context.resources.governed_zone.connector()
+        if features.version is not None:  # the Delta version the handle names, whatever was written since
+            zone = zone.at_versions({features.table: features.version})
         table = zone.execute(f"SELECT * FROM {features.ref}").read_all()
         registry_resource = context.resources.model_registry
         truth_path = registry_resource.truth("loan_truth")
@@ -87,7 +90,7 @@ def credit_scoring_model_asset() -> dg.AssetsDefinition:
             model.weights,
             metrics=model.metrics,
             hyper_parameters={**config.model_dump(), "features": list(model.features)},
-            fingerprints={f"governed.{features.table}": model.fingerprint},
+            fingerprints={f"governed.{features.table}": versioned_fingerprint(model.fingerprint, {features.table: features.version})},
             policy_decisions=[{"input": f"governed.{features.table}", "purpose": "credit_scoring",
                                "note": "compliant features built through the egress gates"}],
             comparisons=comparison,

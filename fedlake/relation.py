@@ -17,6 +17,7 @@ class RelationHandle:
     table: str
     columns: tuple[tuple[str, str], ...]  # (name, Arrow type)
     rows: int
+    version: int | None = None  # the Delta version loaded, where the table has one: what a model trained on it names
 
     @property
     def ref(self) -> str:

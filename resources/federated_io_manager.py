@@ -6,7 +6,9 @@ zone. A `Relation` is materialized by its silo's agent inside that silo (atomica
 result streamed into the governed zone (atomically). Either way the metadata records where the
 table is, how big, and how many bytes crossed each silo's border meanwhile, read from every
 agent's egress counters; a federated one also records the plan and the audit entries it wrote.
-Loading an input gives a handle, not data.
+In a lake (and the local governed zone) a materialization is one Delta commit, and its version is
+recorded as `delta_version`. Loading an input gives a handle, not data; a handle on the governed
+zone names the Delta version it was taken at, so a model trained on it reads exactly that version.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fedlake.errors import FedlakeError
 from fedlake.query import Federation, render
 from fedlake.relation import FederatedRelation, Relation, RelationHandle
 from fedlake.runtime import settle_heap
+from fedlake.silos.delta import delta_version
 from resources.governed_zone import GOVERNED, GovernedZoneResource
 from resources.ledger import LedgerResource
 from resources.materialization_metadata import audit_list, bytes_out_by_silo, plan_text, policy_summary
@@ -109,6 +112,7 @@ class FederatedIOManager(dg.IOManager):
             "dagster/column_schema": column_schema(tuple((n, t) for n, t in made["columns"])),
             "bytes_in_silo": made["bytes"],
             "inputs": [h.qualified_name for h in obj.inputs],
+            **({"delta_version": made["version"]} if made.get("version") is not None else {}),
         }
 
     def _governed_zone(self, zone: str, table: str, obj: FederatedRelation) -> dict[str, Any]:
@@ -126,6 +130,7 @@ class FederatedIOManager(dg.IOManager):
         reader = federation.stream(plan)
         connector = self._governed.connector()
         rows = connector.load(table, reader.schema, reader)
+        version = delta_version(connector, table)
         entries = ledger.entries(after=before)
         federation.witness_heads(plan, by="dagster")
         return {
@@ -140,14 +145,16 @@ class FederatedIOManager(dg.IOManager):
             "plan": dg.MetadataValue.md("```\n" + plan_text(plan, self._catalog) + "\n```"),
             "audit_entries": audit_list(entries),
             "inputs": [h.qualified_name for h in obj.inputs],
+            **({"delta_version": version} if version is not None else {}),
         }
 
     def load_input(self, context: dg.InputContext) -> RelationHandle:
         silo, table = location(context.asset_key)
         if silo == GOVERNED:
             zone = self._governed.connector()
+            version = delta_version(zone, table)
             columns = tuple((f.name, str(f.type)) for f in zone.schema(table))
-            return RelationHandle(silo=silo, table=table, columns=columns, rows=zone.row_count(table))
+            return RelationHandle(silo=silo, table=table, columns=columns, rows=zone.row_count(table), version=version)
         agent = self._agent(silo)
         return RelationHandle(silo=silo, table=table, columns=tuple(agent.schema(table)), rows=agent.row_count(table))
 

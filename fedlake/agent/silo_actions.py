@@ -133,7 +133,7 @@ def register_silo_actions(agent: SiloAgent) -> None:
             operation="materialize", fragment=sql, columns=[c.as_dict() for c in plan.columns], decision="in_silo",
         )
         return {"silo": agent.spec.name, "table": table, "columns": [[f.name, str(f.type)] for f in made.schema],
-                "rows": made.rows, "bytes": made.bytes}
+                "rows": made.rows, "bytes": made.bytes, "version": made.version}
 
     def explain(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         """The gate's decision for a request, for any region (what the policy says is no secret);

@@ -30,6 +30,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedlake.agent.agent import Caller, Forbidden, SiloAgent
+from fedlake.errors import SiloError
 from fedlake.learning import weights as wire
 from fedlake.learning.data import AMLData, data_fingerprint, held_out_mask
 from fedlake.learning.metrics import release_histogram
@@ -76,14 +77,32 @@ class _Examples:
         self.domestic_countries = domestic_countries
         self._lock = threading.Lock()
         self._cache: dict[Hashable, _Split] = {}
+        self._pinned: tuple[Hashable, Any] | None = None  # the Delta versions last pinned, and the lake read at them
 
-    def get(self, spec: ModelSpec) -> _Split:
-        key = examples_key(spec)
+    def _connector(self, versions: dict[str, int] | None):
+        """The silo's data as it is now, or as it was at the given Delta versions of its tables
+        (time travel: retraining on exactly what a model version saw, by its fingerprint)."""
+        if not versions:
+            return self.agent.connector
+        silo, key = self.agent.spec.name, tuple(sorted(versions.items()))
+        if self._pinned is None or self._pinned[0] != key:
+            at_versions = getattr(self.agent.connector, "at_versions", None)
+            if at_versions is None or not isinstance(versions, dict):
+                raise TrainingRefused(f"agent {silo}: 'data_versions' pins Delta versions of a lake's tables; this silo keeps none")
+            try:
+                self._pinned = (key, at_versions(versions))
+            except SiloError as exc:
+                raise TrainingRefused(f"agent {silo}: {exc}") from None
+        return self._pinned[1]
+
+    def get(self, spec: ModelSpec, versions: dict[str, int] | None = None) -> _Split:
+        key = (examples_key(spec), tuple(sorted((versions or {}).items())))
         with self._lock:
-            fingerprint = data_fingerprint(self.agent.connector)
+            connector = self._connector(versions)
+            fingerprint = data_fingerprint(connector)
             cached = self._cache.get(key)
             if cached is None or cached.all.fingerprint != fingerprint:
-                data = silo_examples(self.agent.connector, spec, self.domestic_countries, fingerprint)
+                data = silo_examples(connector, spec, self.domestic_countries, fingerprint)
                 held_out = held_out_mask(data.account_ids)
                 cached = _Split(data, data.subset(~held_out), data.subset(held_out))
                 self._cache = {k: v for k, v in self._cache.items() if v.all.fingerprint == fingerprint and k != key}
@@ -192,7 +211,7 @@ def register_learning_actions(
         if refusal:
             raise TrainingRefused(refusal)
         model = _model(spec, body, silo)
-        split = examples.get(spec)
+        split = examples.get(spec, body.get("data_versions"))
         refusal = privacy.budget_refusal(config, len(split.train))
         if refusal:
             raise TrainingRefused(refusal)

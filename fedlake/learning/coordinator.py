@@ -94,7 +94,11 @@ class FederatedTrainer:
         on_round: Callable[[int, Weights, dict[str, Any]], None] | None = None,
         secure_aggregation: SecAggConfig | None = SecAggConfig(),
         dp_by_silo: Mapping[str, DPConfig] | None = None,
+        data_versions: dict[str, dict[str, int]] | None = None,
     ):
+        """data_versions: per silo, the Delta versions of its tables to train on (time travel, e.g.
+        `fingerprint_versions` of a model version's fingerprint, to retrain on exactly its data);
+        a silo not named trains on its tables as they are now."""
         if not clients:
             raise ValueError("FederatedTrainer needs at least one silo client")
         if not 1 <= min_silos <= len(clients):
@@ -117,6 +121,7 @@ class FederatedTrainer:
         self.secure_aggregation = secure_aggregation
         # per silo, the DP-SGD its rounds run with (what its policy requires: silo_dp.required_dp)
         self.dp_by_silo = {silo: asdict(dp) for silo, dp in (dp_by_silo or {}).items()}
+        self.data_versions = dict(data_versions or {})
         if secure_aggregation is not None and len(clients) > 1:
             secure_aggregation.threshold_for(len(clients), min_silos)
         self.session = uuid.uuid4().hex
@@ -228,7 +233,8 @@ class FederatedTrainer:
             bodies = {
                 silo: {"spec": self.spec.to_dict(), "weights": payload, "round": round_,
                        "config": {**hyper, "dp": self.dp_by_silo[silo]} if silo in self.dp_by_silo else hyper,
-                       "purpose": self.purpose, "destination": self.destination, "dp_history": dp_history.get(silo, {}).get("records", [])}
+                       "purpose": self.purpose, "destination": self.destination, "dp_history": dp_history.get(silo, {}).get("records", []),
+                       **({"data_versions": self.data_versions[silo]} if silo in self.data_versions else {})}
                 for silo in self.clients
             }
             secure = self._secure_round(round_, weights, bodies)

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from fedlake.learning.text import TextHasher
 from fedlake.silos.base import Connector
+from fedlake.silos.delta import delta_version
 
 REPORTING_THRESHOLD = 10_000.0
 FORWARD_WINDOW_HOURS = 72
@@ -203,11 +204,24 @@ def aml_numeric(rows: pa.Table) -> np.ndarray:
     return np.stack([(features[name] - AML_SCALING[name][0]) / AML_SCALING[name][1] for name in AML_FEATURES], axis=1).astype(np.float32)
 
 
+def versioned_fingerprint(digest: str, versions: dict[str, int | None]) -> str:
+    """A data digest followed by the Delta version of each table it covers (`<sha256>@accounts=v3,...`),
+    so that a model version names the exact table versions it saw, and retraining can pin them."""
+    named = ",".join(f"{table}=v{version}" for table, version in sorted(versions.items()) if version is not None)
+    return f"{digest}@{named}" if named else digest
+
+
+def fingerprint_versions(fingerprint: str) -> dict[str, int]:
+    """The Delta versions a fingerprint names: what `at_versions` pins to retrain on the same data."""
+    _, _, named = fingerprint.partition("@")
+    return {table: int(version[1:]) for table, _, version in (part.partition("=") for part in named.split(",") if part)}
+
+
 def data_fingerprint(connector: Connector) -> str:
-    """A digest of what the tables hold now, computed in the silo: it identifies the data a model
-    saw without revealing rows. Only exact aggregates (counts, amounts summed as integer cents,
-    time range): a floating-point sum can differ in its last bits between two runs of a parallel
-    engine, and the fingerprint must not change unless the data did."""
+    """A digest of what the tables hold now, computed in the silo, and the Delta version of each: it
+    identifies the data a model saw without revealing rows. Only exact aggregates (counts, amounts
+    summed as integer cents, time range): a floating-point sum can differ in its last bits between
+    two runs of a parallel engine, and the fingerprint must not change unless the data did."""
     sql = """
     SELECT (SELECT count(*) FROM accounts) AS accounts,
            (SELECT count(*) FROM aml_cases) AS cases,
@@ -217,7 +231,8 @@ def data_fingerprint(connector: Connector) -> str:
            min(ts) AS first_ts, max(ts) AS last_ts
     FROM transactions"""
     row = connector.execute(sql).read_all().to_pylist()[0]
-    return hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()
+    return versioned_fingerprint(digest, {table: delta_version(connector, table) for table in ("accounts", "aml_cases", "transactions")})
 
 
 def aml_examples(

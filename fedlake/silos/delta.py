@@ -50,6 +50,13 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def delta_version(connector, table: str) -> int | None:
+    """The Delta version of `table` a connector reads; None for a silo or table without versions
+    (PostgreSQL, a plain Parquet folder)."""
+    version = getattr(connector, "table_version", None)
+    return version(table) if version is not None else None
+
+
 def delta_relation(uri: str, version: int) -> str:
     """DuckDB's name for exactly one version of the Delta table at `uri` (the `delta` extension)."""
     return f"delta_scan({_sql_string(uri)}, version => {int(version)})"
@@ -152,4 +159,4 @@ class DeltaLake:
         return datetime.now(timezone.utc) - timedelta(hours=self.retention_hours)
 
 
-__all__ = ["DELTA_LOG", "DeltaError", "DeltaLake", "DeltaSnapshot", "DEFAULT_RETENTION_HOURS", "delta_relation"]
+__all__ = ["DELTA_LOG", "DeltaError", "DeltaLake", "DeltaSnapshot", "DEFAULT_RETENTION_HOURS", "delta_relation", "delta_version"]

@@ -57,6 +57,10 @@ def test_everything_materializes_in_place_and_moves_no_rows(deployment):
         assert meta["dagster/row_count"] == expected_rows > 0
         [(debits,)] = in_silo(deployment, silo, "SELECT sum(debit_total) FROM monthly_spending")
         assert debits == pytest.approx(expected_debits, rel=1e-9)
+        # a lake's materialization is one Delta commit, whose version the metadata names
+        with open_silo(deployment.catalog.silo(silo), deployment.name, deployment.home) as connector:
+            version = getattr(connector, "table_version", lambda table: None)("monthly_spending")
+        assert meta.get("delta_version") == version and (version is None) == (silo == "eu_core")
 
 
 def broken_asset(silo: str, sql: str) -> dg.AssetsDefinition:

@@ -8,8 +8,10 @@ import dagster as dg
 import pyarrow.compute as pc
 import pytest
 
+from fedlake.learning.data import fingerprint_versions
 from fedlake.learning.registry import ModelRegistry
 from fedlake.silos import open_governed_zone
+from fedlake.silos.delta import DeltaLake
 from fedlake.synth.seed import seed_demo_bank
 from platform_defs.definitions import EVERYTHING_JOB, build_definitions
 from tests.conftest import REPO
@@ -54,6 +56,11 @@ def test_credit_model_is_registered_with_card_and_baselines_and_promoted(bank):
     assert version.card_path.exists() and len(list(version.path.glob("*.png"))) >= 2, "the card has its ROC and calibration plots"
     assert version.record["training"]["drift_profile"]["edges"]["dti"]
     assert checks_of(result)["promote_if_better"].passed and registry.champion("credit_scoring_model").version == version.version
+    # the version names the Delta version of the governed features it was trained on
+    features = DeltaLake(str(home / "governed" / "zone")).snapshot("customer_credit_features")
+    assert fingerprint_versions(version.record["fingerprints"]["governed.customer_credit_features"]) == {
+        "customer_credit_features": features.version
+    }
 
 
 def test_a_worse_challenger_is_not_promoted(bank):

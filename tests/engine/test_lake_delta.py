@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import shutil
 import signal
 import subprocess
 import sys
@@ -269,3 +270,43 @@ def test_the_gate_and_masks_treat_a_delta_table_exactly_as_the_same_rows_in_plai
     finally:
         for client in clients.values():
             client.close()
+
+
+def test_retraining_pinned_to_a_fingerprint_trains_on_the_versions_it_names(local_deployment, tmp_path):
+    """A copy of sg_lake whose transactions are then rewritten: the data fingerprint names the Delta
+    versions it covers; a training round pinned to them after the rewrite sees the old rows again."""
+    from fedlake.learning.agent_actions import register_learning_actions
+    from fedlake.learning.aggregate import FedAvg
+    from fedlake.learning.coordinator import FederatedTrainer, QuorumError
+    from fedlake.learning.data import data_fingerprint, fingerprint_versions
+    from fedlake.learning.models import ModelSpec
+    from fedlake.learning.train import TrainConfig
+
+    shutil.copytree(local_deployment.home / "sg_lake", tmp_path / "sg_lake")
+    raw = yaml.safe_load((REPO / "silos.yaml").read_text())
+    raw["silos"]["sg_lake"]["connection"]["local"] = {"path": str(tmp_path / "sg_lake")}
+    (tmp_path / "silos.yaml").write_text(yaml.safe_dump(raw))
+    catalog = load_catalog(tmp_path / "silos.yaml")
+    client = local_agent_client(catalog, load_policy(REPO / "policies.yaml", catalog), "sg_lake", local_deployment.home)
+    register_learning_actions(client.agent)
+
+    def trained_on(name: str, versions: dict[str, int] | None = None) -> str:
+        trainer = FederatedTrainer(
+            {"sg_lake": client}, ModelSpec("aml_model", "aml", {"buckets": 2**10}), FedAvg(), rounds=1, min_silos=1,
+            round_timeout_s=300, checkpoint_dir=tmp_path / name, config=TrainConfig(epochs=1, batch_size=256, device="cpu", max_samples=512),
+            secure_aggregation=None, data_versions={"sg_lake": versions} if versions else None,
+        )
+        return trainer.fit().fingerprints["sg_lake"]
+
+    try:
+        with open_silo(catalog.silo("sg_lake"), "local", local_deployment.home) as lake:
+            before = data_fingerprint(lake)
+            assert fingerprint_versions(before) == {"accounts": 0, "aml_cases": 0, "transactions": 0}
+            lake.materialize("transactions", "SELECT * FROM transactions WHERE direction = 'credit'")
+            now = data_fingerprint(lake)
+        assert fingerprint_versions(now)["transactions"] == 1 and now.split("@")[0] != before.split("@")[0]
+        assert trained_on("pinned", fingerprint_versions(before)) == before
+        with pytest.raises(QuorumError, match="sg_lake: table transactions has no version 7"):
+            trained_on("unknown", {"transactions": 7})
+    finally:
+        client.close()

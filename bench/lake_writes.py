@@ -1,0 +1,61 @@
+"""Write and read times of one lake table: load, an in-silo materialization, a scan, and (where the
+lake keeps versions) a read of the previous version. Local lake; rows as the first argument.
+
+    .venv/bin/python bench/lake_writes.py 2000000
+
+The same script runs against another checkout of fedlake (PYTHONPATH=<that checkout>) to compare
+storage formats on one machine; each figure is the best of three runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from fedlake.silos import ParquetConnector
+
+
+def table(rows: int) -> pa.Table:
+    rng = np.random.default_rng(7)
+    return pa.table({
+        "txn_id": np.arange(rows, dtype=np.int64),
+        "account_id": rng.integers(0, rows // 20 + 1, rows),
+        "amount": rng.gamma(2.0, 150.0, rows).round(2),
+        "currency": pa.array(rng.choice(["EUR", "USD", "SGD"], rows)),
+        "ts": pa.array(np.datetime64("2024-01-01") + rng.integers(0, 86400 * 365, rows).astype("timedelta64[s]")),
+    })
+
+
+def best(runs: int, work) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main(rows: int) -> None:
+    data = table(rows)
+    with tempfile.TemporaryDirectory(prefix="fedlake-lake-bench-") as root:
+        lake = ParquetConnector("bench", "EU", root)
+        figures = {
+            "load": best(3, lambda: lake.load("txns", data.schema, data.to_batches(max_chunksize=65_536))),
+            "materialize": best(3, lambda: lake.materialize(
+                "by_account", "SELECT account_id, currency, count(*) AS n, sum(amount) AS total FROM txns GROUP BY 1, 2")),
+            "scan": best(3, lambda: lake.execute("SELECT currency, sum(amount) AS s FROM txns GROUP BY 1").read_all()),
+        }
+        if hasattr(lake, "at_versions"):
+            version = lake.table_version("txns")
+            figures["scan of the previous version"] = best(
+                3, lambda: lake.at_versions({"txns": version - 1}).execute("SELECT currency, sum(amount) AS s FROM txns GROUP BY 1").read_all())
+        for name, seconds in figures.items():
+            print(f"{name:<30} {seconds:8.3f} s")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
