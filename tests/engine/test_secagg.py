@@ -38,7 +38,7 @@ class Silos:
     def __init__(self, updates: dict[str, tuple[dict[str, np.ndarray], int]], drop: dict[str, str] | None = None):
         self.signers = {silo: Ed25519PrivateKey.generate() for silo in updates}
         public = {silo: key.public_key() for silo, key in self.signers.items()}
-        self.participants = {silo: Participant(silo, self.signers[silo], public.get) for silo in updates}
+        self.participants = {silo: Participant(silo, self.signers[silo], public.get, known_silos=frozenset(SILOS)) for silo in updates}
         self.updates = updates
         self.drop = drop or {}
         self.seen: dict[str, list[dict]] = {}  # action -> what the coordinator received
@@ -184,3 +184,8 @@ def test_a_coordinator_cannot_swap_keys_or_replay_stages():
         us.share_keys("analyst", ShareKeys("s", adverts, "aml"))
     with pytest.raises(SecAggRefused, match="above half"):
         us.advertise("coordinator", Setup("t", 1, sorted(updates), 1, 24, 10, "aml"))
+    # nor can it add a party of its own (a Sybil), or mask one silo alone
+    with pytest.raises(SecAggRefused, match=r"\['coordinator'\] are not silos of this deployment"):
+        us.advertise("coordinator", Setup("u", 1, ["coordinator", "us_lake"], 2, 24, 10, "aml"))
+    with pytest.raises(SecAggRefused, match="at least two distinct silos"):
+        us.advertise("coordinator", Setup("v", 1, ["us_lake"], 1, 24, 10, "aml"))

@@ -55,7 +55,8 @@ def register_secagg_actions(agent: SiloAgent, admit: Admit, leave: Leave, peer_k
     Without peer keys the adverts are signed but cannot be checked here: the round then resists a
     curious coordinator, not one that substitutes keys. Every deployment built with the learning
     plug-in has them."""
-    participant = Participant(agent.spec.name, agent.ledger.signer, peer_keys or (lambda silo: None), verify=peer_keys is not None)
+    participant = Participant(agent.spec.name, agent.ledger.signer, peer_keys or (lambda silo: None), verify=peer_keys is not None,
+                              known_silos=frozenset(agent.policy.catalog.silos))
 
     def advertise(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         admit(caller, body)

@@ -65,11 +65,13 @@ class _Session:
 
 
 class Participant:
-    def __init__(self, silo: str, signer: Ed25519PrivateKey | None, peer_keys: PeerKeys, verify: bool = True):
+    def __init__(self, silo: str, signer: Ed25519PrivateKey | None, peer_keys: PeerKeys, verify: bool = True,
+                 known_silos: frozenset[str] | None = None):
         self.silo = silo
         self.signer = signer
         self.peer_keys = peer_keys
         self.verify = verify  # False: no key source configured, signatures cannot be checked here
+        self.known_silos = known_silos  # the deployment's silos: no one else may be a participant
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._lock = threading.Lock()
 
@@ -104,8 +106,12 @@ class Participant:
 
     def advertise(self, identity: str, setup: Setup) -> KeyAdvert:
         n = len(setup.participants)
-        if self.silo not in setup.participants or len(set(setup.participants)) != n:
-            raise self.refused(f"participants {setup.participants} must be distinct and include this silo")
+        if self.silo not in setup.participants or len(set(setup.participants)) != n or n < 2:
+            raise self.refused(f"participants {setup.participants} must be at least two distinct silos, this one among them")
+        strangers = sorted(set(setup.participants) - self.known_silos) if self.known_silos is not None else []
+        if strangers:
+            raise self.refused(f"participants {strangers} are not silos of this deployment: a party the coordinator "
+                               "controls would learn the others' sum less its own")
         if not n // 2 < setup.threshold <= n:
             raise self.refused(f"threshold {setup.threshold} must be above half of the {n} participants and at most {n}")
         if not MIN_FRAC_BITS <= setup.frac_bits <= MAX_FRAC_BITS or setup.vector_size < 1:
