@@ -19,7 +19,9 @@ from fedlake.learning.credit import BEHAVIOUR, credit_comparison
 from fedlake.learning.data import versioned_fingerprint
 from fedlake.learning.models import aml_spec
 from fedlake.learning.secagg import SecAggConfig
+from fedlake.learning.silo_dp import dp_accounting, required_dp
 from fedlake.learning.train import DPConfig, TrainConfig
+from fedlake.policy.model import load_policy
 from fedlake.relation import RelationHandle
 
 GROUP = "models"
@@ -143,6 +145,8 @@ def aml_model_asset(catalog: Catalog) -> dg.AssetsDefinition:
             round_timeout_s=config.round_timeout_s, checkpoint_dir=checkpoints, config=train_config, seed=config.seed,
             on_round=lambda r, w, record: context.log.info(f"round {r}: {record.get('participants')}"),
             secure_aggregation=SecAggConfig() if config.secure_aggregation else None,
+            # each silo is asked for the DP its policy requires (policies.yaml training.<silo>.dp), which it would refuse less of
+            dp_by_silo=required_dp(load_policy(getattr(context.resources, silos[0]).policy_path, catalog), silos, dp),
         )
         result = trainer.fit()
         # registered first: the silos evaluate registered versions only, named by their hash
@@ -169,6 +173,7 @@ def aml_model_asset(catalog: Catalog) -> dg.AssetsDefinition:
                 "rounds": result.rounds,
                 "resumed_from_round": result.resumed_from,
                 "epsilon": {s: e for s, e in result.epsilon.items()},
+                "dp_accounting": {s: a.to_dict() for s, a in dp_accounting(result.history, silos).items()},
                 "left_out": evaluation["left_out"],
                 "suppressed_rows": evaluation["suppressed_rows"],
             }
