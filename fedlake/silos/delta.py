@@ -97,12 +97,13 @@ class DeltaLake:
         return sorted(int(entry["version"]) for entry in dt.history()) if dt is not None else []
 
     def annotations(self, table: str, version: int) -> dict | None:
-        """What fedlake stored in the commit that made `version`."""
+        """What fedlake stored with the write that made `version`'s data: the latest commit up to
+        `version` that is not a vacuum (a vacuum commits too, and changes no rows)."""
         dt = self._open(table)
         if dt is None:
             return None
-        for entry in dt.history(dt.version() - version + 1):
-            if int(entry.get("version", -1)) == version:
+        for entry in dt.history():  # newest first
+            if int(entry.get("version", -1)) <= version and not str(entry.get("operation", "")).startswith("VACUUM"):
                 text = entry.get(ANNOTATIONS_KEY)
                 return json.loads(text) if text else None
         return None

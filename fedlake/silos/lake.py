@@ -361,11 +361,10 @@ class LakeConnector(Connector):
         silo_table_name(self.name, table)
         reader, close = duckdb_stream(self._cursor(sql), sql, params, DEFAULT_BATCH_ROWS, self.name)
         try:
-            rows, _ = self._write(table, reader.schema, reader, annotations)
+            rows, version = self._write(table, reader.schema, reader, annotations)
         finally:
             close()
-        visible = self._require(table)
-        return MaterializedTable(self.name, table, self.schema(table), rows, self._size(visible), visible.version)
+        return MaterializedTable(self.name, table, self.schema(table), rows, self._size(self._require(table)), version)
 
     def annotations(self, table: str) -> dict | None:
         visible = self._require(table)

@@ -169,7 +169,10 @@ def test_time_travel_reads_the_rows_a_version_had_until_it_is_vacuumed(lake):
     assert {posixpath.basename(f) for f in files} <= lake.files("big") and len(files) == 1
     assert lake.delta.snapshot("big").files == tuple(files)
 
-    lake.connector().materialize("big", "SELECT 1 AS id, 1.0 AS amount")  # retention 0: versions 0 and 1 go
+    cleaning = lake.connector()
+    made = cleaning.materialize("big", "SELECT 1 AS id, 1.0 AS amount", annotations={"by": "cleaner"})  # retention 0
+    assert cleaning.vacuum("big") and cleaning.table_version("big") > made.version, "a vacuum commits too"
+    assert cleaning.annotations("big") == {"by": "cleaner"}, "what a write recorded outlives the vacuums after it"
     with pytest.raises(SiloError, match=r"^silo \w+: version 0 of big was vacuumed \(versions are kept 0 h"):
         lake.connector().at_versions({"big": 0})
     with pytest.raises(SiloError, match=r"^silo \w+: table big has no version 99 \(versions in its log: 0, "):
