@@ -73,6 +73,7 @@ def test_masked_training_over_flight_gives_the_plain_model_and_only_masked_vecto
         cost = record["secure_aggregation"]
         assert record["participants"] == sorted(SILOS) and record["left_out"] == {} and record["samples"] == {}
         assert record["samples_total"] == sum(reference["samples"].values())
+        assert cost["adverts_checked"] == {silo: True for silo in SILOS}, "each agent checked its peers' signed adverts"
         assert cost["bytes_in"] > 0 and cost["bytes_out"] > 0 and set(cost["seconds"]) >= {"advertise keys", "unmask", "reconstruct"}
     # what each agent answered: keys, sealed shares, a masked vector, shares for the unmasking; all ledgered
     stages = (ADVERTISE_ACTION, SHARE_KEYS_ACTION, TRAIN_ACTION, UNMASK_ACTION)

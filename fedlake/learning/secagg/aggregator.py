@@ -85,7 +85,7 @@ class SecureRound:
         self.left_out: dict[str, str] = {}
         self.seconds: dict[str, float] = {}  # per silo: its call at the latest stage
         self.cost: dict[str, Any] = {"seconds": {}, "bytes_out": 0, "bytes_in": 0, "dropped_at": {}, "threshold": self.threshold,
-                                     "masked_bytes": {}}
+                                     "masked_bytes": {}, "adverts_checked": {}}
 
     def _stage(self, stage: str, action: str, bodies: dict[str, dict[str, Any]], parse: Callable[[str, Any], Any]) -> dict[str, Any]:
         """One call to every silo still in; parsed answers of those that gave a usable one."""
@@ -133,6 +133,7 @@ class SecureRound:
             parsed = SealedShares.from_fields(answer)
             if parsed.silo != silo or sorted(parsed.sealed) != [s for s in advertised if s != silo]:
                 raise ProtocolError(f"shares must come from {silo} for every other advertised silo")
+            self.cost["adverts_checked"][silo] = parsed.checked
             return parsed
 
         request = ShareKeys(self.session, [adverts[s].body() for s in advertised], self.purpose)

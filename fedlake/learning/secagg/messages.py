@@ -26,7 +26,7 @@ UNMASK_ACTION = "secagg_unmask"
 MASK_FIELD = "secagg"  # the MaskRequest inside a train_round body
 MASKED_FIELD = "masked"  # the MaskedInput inside a train_round answer
 
-_TYPES = {"str": str, "int": int, "list[str]": list, "dict[str, str]": dict, "list[dict[str, str]]": list}
+_TYPES = {"str": str, "int": int, "bool": bool, "list[str]": list, "dict[str, str]": dict, "list[dict[str, str]]": list}
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class SealedShares(_Typed):
     kind: ClassVar[str] = "secagg_sealed_shares"
     silo: str
     sealed: dict[str, str]  # recipient -> base64 AES-GCM box
+    checked: bool  # whether this silo checked every advert's signature (False: it was given no keys)
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,7 @@ class Participant:
                                 setup.session, self.silo, peer, plaintext)
                 sealed[peer] = base64.b64encode(box).decode()
             state.stage = "shared"
-        return SealedShares(self.silo, sealed)
+        return SealedShares(self.silo, sealed, self.verify)
 
     def mask(self, identity: str, request: MaskRequest, weights: Weights, n_samples: int) -> MaskedInput:
         with self._session(identity, request.session, "shared") as state:
