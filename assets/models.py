@@ -176,6 +176,7 @@ def aml_model_asset(catalog: Catalog) -> dg.AssetsDefinition:
                 "dp_accounting": {s: a.to_dict() for s, a in dp_accounting(result.history, silos).items()},
                 "left_out": evaluation["left_out"],
                 "suppressed_rows": evaluation["suppressed_rows"],
+                "secure_aggregation_rounds": sum("secure_aggregation" in r for r in result.history),
             }
         )
 

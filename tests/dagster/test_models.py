@@ -86,6 +86,7 @@ def test_aml_model_trains_federatedly_and_only_weights_leave(bank):
     assert result.success
     [m] = result.asset_materializations_for_node("models__aml_model")
     assert m.metadata["rounds"].value == 2
+    assert m.metadata["secure_aggregation_rounds"].value == 2, "the coordinator saw only the sum of each round's updates"
     entries = ledger.entries()[before:]
     training = [e for e in entries if e["operation"] in ("train_round", "evaluate_round")]
     assert {e["silo"] for e in training} == {"eu_core", "us_lake", "sg_lake"}
