@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 DELTA_LOG = "_delta_log"
@@ -134,6 +134,7 @@ class DeltaLake:
                 schema_mode="overwrite",
                 storage_options=self.storage_options,
                 commit_properties=CommitProperties(custom_metadata=metadata),
+                writer_properties=WriterProperties(compression="ZSTD"),  # a quarter smaller than snappy, as fast here
             )
         except BaseException:
             if failure:
