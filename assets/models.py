@@ -16,8 +16,9 @@ from fedlake.drift import bin_shares, quantile_edges
 from fedlake.learning.aggregate import FedAvg, FedProx
 from fedlake.learning.coordinator import FederatedTrainer
 from fedlake.learning.credit import BEHAVIOUR, credit_comparison
-from fedlake.learning.data import versioned_fingerprint
+from fedlake.learning.data import fingerprint_versions, versioned_fingerprint
 from fedlake.learning.models import aml_spec
+from fedlake.learning.registry import RegistryError
 from fedlake.learning.secagg import SecAggConfig
 from fedlake.learning.silo_dp import dp_accounting, required_dp
 from fedlake.learning.train import DPConfig, TrainConfig
@@ -52,6 +53,7 @@ class AMLTrainingConfig(dg.Config):
     encoder: str = "ngram"  # the light baseline; "minilm-lora": all-MiniLM-L6-v2 fine-tuned with LoRA in each silo
     max_samples: int = 0  # > 0: each silo trains each round on at most this many accounts (a short fine-tune)
     secure_aggregation: bool = True  # the coordinator learns only the sum of the silos' updates (SecAgg)
+    data_of_version: int = 0  # > 0: retrain on exactly the data version N saw (the Delta versions its fingerprints name)
 
 
 def _card_metadata(version) -> dict:
@@ -137,6 +139,13 @@ def aml_model_asset(catalog: Catalog) -> dg.AssetsDefinition:
         train_config = TrainConfig(epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size, dp=dp, seed=config.seed,
                                    max_samples=config.max_samples or None)
         registry = context.resources.model_registry.registry()
+        data_versions = None
+        if config.data_of_version:
+            try:
+                seen = registry.version(AML_MODEL, config.data_of_version).record.get("fingerprints") or {}
+            except RegistryError as exc:
+                raise dg.Failure(description=f"data_of_version: {exc}") from None
+            data_versions = {silo: fingerprint_versions(fp) for silo, fp in seen.items() if fingerprint_versions(fp)}
         # a restarted training of the same data and settings resumes from its last checkpoint
         key = hashlib.sha256(json.dumps([config.model_dump(), sorted((h.qualified_name, h.rows) for h in inputs.values())]).encode())
         checkpoints = registry.root / "_checkpoints" / AML_MODEL / key.hexdigest()[:16]
@@ -147,6 +156,7 @@ def aml_model_asset(catalog: Catalog) -> dg.AssetsDefinition:
             secure_aggregation=SecAggConfig() if config.secure_aggregation else None,
             # each silo is asked for the DP its policy requires (policies.yaml training.<silo>.dp), which it would refuse less of
             dp_by_silo=required_dp(load_policy(getattr(context.resources, silos[0]).policy_path, catalog), silos, dp),
+            data_versions=data_versions,
         )
         result = trainer.fit()
         # registered first: the silos evaluate registered versions only, named by their hash

@@ -92,6 +92,12 @@ def test_aml_model_trains_federatedly_and_only_weights_leave(bank):
     assert {e["silo"] for e in training} == {"eu_core", "us_lake", "sg_lake"}
     assert all(e["rows"] == 0 for e in training), "no row leaves a silo during training"
     assert not [e for e in entries if e["operation"] == "query"], "training sends no query fragments"
+    # the version names the Delta versions each lake trained on; retraining on another version's data needs it to exist
+    fingerprints = ModelRegistry(home / "governed" / "models").latest("aml_model").record["fingerprints"]
+    assert {silo for silo, fp in fingerprints.items() if fingerprint_versions(fp)} == {"us_lake", "sg_lake"}
+    failed = train(defs, AML, {"ops": {"models__aml_model": {"config": {"data_of_version": 99}}}})
+    [failure] = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failed.success is False and "data_of_version: model 'aml_model' has no version 99" in failure.step_failure_data.error.message
 
 
 def test_drift_in_the_credit_features_requests_retraining(bank, catalog):
