@@ -1,7 +1,9 @@
 """Write and read times of one lake table: load, an in-silo materialization, a scan, and (where the
-lake keeps versions) a read of the previous version. Local lake; rows as the first argument.
+lake keeps versions) a read of the previous version. Rows as the first argument; `s3` as the second
+runs on an S3 lake (moto's server on loopback, as in the tests) instead of a local folder.
 
-    .venv/bin/python bench/lake_writes.py 2000000
+    PYTHONPATH=. .venv/bin/python bench/lake_writes.py 2000000
+    PYTHONPATH=. .venv/bin/python bench/lake_writes.py 2000000 s3
 
 The same script runs against another checkout of fedlake (PYTHONPATH=<that checkout>) to compare
 storage formats on one machine; each figure is the best of three runs.
@@ -9,7 +11,6 @@ storage formats on one machine; each figure is the best of three runs.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -17,7 +18,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from fedlake.silos import ParquetConnector
+from fedlake.silos import ParquetConnector, S3Connector
 
 
 def table(rows: int) -> pa.Table:
@@ -40,25 +41,34 @@ def best(runs: int, work) -> float:
     return min(times)
 
 
-def main(rows: int) -> None:
+def measure(lake, data: pa.Table) -> None:
+    figures = {
+        "load": best(3, lambda: lake.load("txns", data.schema, data.to_batches(max_chunksize=65_536))),
+        "materialize": best(3, lambda: lake.materialize(
+            "by_account", "SELECT account_id, currency, count(*) AS n, sum(amount) AS total FROM txns GROUP BY 1, 2")),
+        "scan": best(3, lambda: lake.execute("SELECT currency, sum(amount) AS s FROM txns GROUP BY 1").read_all()),
+    }
+    if hasattr(lake, "at_versions"):
+        version = lake.table_version("txns")
+        figures["scan of the previous version"] = best(
+            3, lambda: lake.at_versions({"txns": version - 1}).execute("SELECT currency, sum(amount) AS s FROM txns GROUP BY 1").read_all())
+    for name, seconds in figures.items():
+        print(f"{name:<30} {seconds:8.3f} s")
+    print(f"{'bytes of the table':<30} {lake.statistics('txns').bytes:>10,}")
+
+
+def main(rows: int, kind: str) -> None:
     data = table(rows)
+    if kind == "s3":
+        from tests.services import create_bucket, s3_server
+
+        with s3_server() as endpoint:
+            create_bucket(endpoint, "fedlake-bench", "k", "s")
+            measure(S3Connector("bench", "US", "fedlake-bench", "lake", endpoint, "us-east-1", "k", "s"), data)
+        return
     with tempfile.TemporaryDirectory(prefix="fedlake-lake-bench-") as root:
-        lake = ParquetConnector("bench", "EU", root)
-        figures = {
-            "load": best(3, lambda: lake.load("txns", data.schema, data.to_batches(max_chunksize=65_536))),
-            "materialize": best(3, lambda: lake.materialize(
-                "by_account", "SELECT account_id, currency, count(*) AS n, sum(amount) AS total FROM txns GROUP BY 1, 2")),
-            "scan": best(3, lambda: lake.execute("SELECT currency, sum(amount) AS s FROM txns GROUP BY 1").read_all()),
-        }
-        if hasattr(lake, "at_versions"):
-            version = lake.table_version("txns")
-            figures["scan of the previous version"] = best(
-                3, lambda: lake.at_versions({"txns": version - 1}).execute("SELECT currency, sum(amount) AS s FROM txns GROUP BY 1").read_all())
-        for name, seconds in figures.items():
-            print(f"{name:<30} {seconds:8.3f} s")
-        files = lake.data_files("txns") if hasattr(lake, "data_files") else lake._data_files("txns")
-        print(f"{'bytes of the table':<30} {sum(os.path.getsize(f) for f in files):>10,}")
+        measure(ParquetConnector("bench", "EU", root), data)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000, sys.argv[2] if len(sys.argv) > 2 else "local")
