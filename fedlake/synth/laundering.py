@@ -153,12 +153,13 @@ def pattern_region(rng: np.random.Generator, kind: str, regions: tuple[str, ...]
 
 
 def ring_regions(rng: np.random.Generator, hops: int, regions: tuple[str, ...], knobs: LaunderingKnobs) -> np.ndarray:
-    """The region of each account of a cycle: drawn by prevalence, at least two distinct."""
+    """The region of each account of a cycle, drawn by prevalence, such that every account sends
+    money to or receives it from another region: each silo's piece of the ring crosses a border."""
     weights = knobs.region_weights("cross_border_cycle", regions)
-    chosen = rng.choice(len(regions), size=hops, p=weights)
-    while len(set(chosen.tolist())) < 2:
+    while True:
         chosen = rng.choice(len(regions), size=hops, p=weights)
-    return chosen
+        if np.all((chosen != np.roll(chosen, 1)) | (chosen != np.roll(chosen, -1))):
+            return chosen
 
 
 def memo_styles(

@@ -201,7 +201,12 @@ def test_the_honest_flow_keeps_its_metrics_within_the_binning(local_deployment, 
     assert pooled["n"] == exact["n"] and pooled["positives"] == exact["positives"]
     assert evaluation["suppressed_rows"] == {silo: 0 for silo in SILOS}
     assert pooled["brier"] == pytest.approx(exact["brier"], rel=1e-9)
-    assert pooled["auc"] == pytest.approx(exact["auc"], abs=0.05)
+    # coarsening to released bins moves the AUC only through pairs whose bins overlap (a tie within a
+    # silo's bin, an order across silos' overlapping bins): at most their share of all pairs
+    releases = [release_histogram(predict(model, d, device="cpu"), d.labels, MIN_COUNT) for d in parts]
+    bins = [(lo, hi, p, q) for r in releases for (lo, hi), p, q in zip(r["bins"], r["positives"], r["negatives"])]
+    overlapping = sum(p * q for lo, hi, p, _ in bins for lo2, hi2, _, q in bins if lo <= hi2 and lo2 <= hi)
+    assert abs(pooled["auc"] - exact["auc"]) <= overlapping / (exact["positives"] * (exact["n"] - exact["positives"])) + 1e-9
     assert pooled["ece"] == pytest.approx(exact["ece"], abs=0.02)
 
     recorded = registry.record_evaluation("aml_model", version.version, pooled, per_region=evaluation["per_silo"])
