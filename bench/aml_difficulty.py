@@ -84,6 +84,7 @@ def main() -> int:
     parser.add_argument("--dp-optimizer", default="sgd")
     parser.add_argument("--dp-buckets", type=int, default=2**12)
     parser.add_argument("--dp-text-dim", type=int, default=16)
+    parser.add_argument("--dp-train-text", action="store_true", help="also train the n-gram embedding under DP (default: keep it at its random start)")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -104,7 +105,7 @@ def main() -> int:
         return f"{name:<26} AUC {m['all']['auc']:.4f}  PR-AUC {m['all']['pr_auc']:.4f}   by region (AUC/PR-AUC): {per_region}"
 
     if args.dp:
-        spec = ModelSpec("aml", "aml", {"buckets": buckets, "text_dim": args.dp_text_dim})
+        spec = ModelSpec("aml", "aml", {"buckets": buckets, "text_dim": args.dp_text_dim, "train_text": args.dp_train_text})
         dp = DPConfig(noise_multiplier=args.dp, max_grad_norm=args.dp_clip, delta=DELTA)
         config = TrainConfig(lr=args.dp_lr, batch_size=args.dp_batch, optimizer=args.dp_optimizer, dp=dp)
         name = f"DP-FedAvg sigma {args.dp:g}"
@@ -148,7 +149,8 @@ def main() -> int:
         print(line(f"{name} ({args.rounds} rounds)", score(wire.load_into(spec.build(), weights))) + f"  ({time.perf_counter() - t1:.0f}s)")
     else:
         print(f"  DP-SGD: clip {args.dp_clip:g}, batch {args.dp_batch}, {args.dp_optimizer} lr {args.dp_lr:g}, {buckets} buckets x "
-              f"{args.dp_text_dim}, delta {DELTA:g}; sample-level (one account one example), RDP accountant per silo")
+              f"{args.dp_text_dim} ({'trained' if args.dp_train_text else 'fixed'}), delta {DELTA:g}; sample-level (one account "
+              "one example), RDP accountant per silo")
     return 0
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-AML_DEFAULTS: dict[str, Any] = {"n_numeric": 16, "buckets": 2**14, "text_dim": 16, "hidden": 32, "prior": 0.005}
+AML_DEFAULTS: dict[str, Any] = {"n_numeric": 16, "buckets": 2**14, "text_dim": 16, "hidden": 32, "prior": 0.005, "train_text": True}
 CREDIT_DEFAULTS: dict[str, Any] = {"n_features": 11, "hidden": 32}
 _BUILDING = threading.RLock()  # model initialisation uses torch's global generator
 AML_MINILM_DEFAULTS: dict[str, Any] = {"n_numeric": 16, "encoder": "all-MiniLM-L6-v2", "max_tokens": 48, "lora_r": 8,
@@ -51,14 +51,21 @@ class CreditNet(nn.Module):
 class AMLNet(nn.Module):
     """Scores an account from its numeric behaviour and the bag of hashed character n-grams of its
     memos. The text encoder is an EmbeddingBag trained from scratch: no pretrained vocabulary has
-    to be shipped into a silo, and its per-sample gradients are supported by Opacus for DP-SGD."""
+    to be shipped into a silo, and its per-sample gradients are supported by Opacus for DP-SGD.
 
-    def __init__(self, n_numeric: int, buckets: int = 2**14, text_dim: int = 16, hidden: int = 32, prior: float = 0.005):
+    train_text=False keeps the embedding at its seeded random start (a fixed random projection of
+    the bag) and trains the rest: what DP-SGD needs, since noise on every one of the embedding's
+    buckets x text_dim coordinates drowns the few positives' signal, and the bag's per-sample
+    gradients are most of DP-SGD's cost."""
+
+    def __init__(self, n_numeric: int, buckets: int = 2**14, text_dim: int = 16, hidden: int = 32, prior: float = 0.005,
+                 train_text: bool = True):
         super().__init__()
         self.buckets = buckets
         self.numeric = nn.Sequential(nn.Linear(n_numeric, hidden), nn.ReLU())
         self.text = nn.EmbeddingBag(buckets, text_dim, mode="mean")
         nn.init.normal_(self.text.weight, std=0.1)
+        self.text.weight.requires_grad_(train_text)
         self.head = nn.Sequential(nn.Linear(hidden + text_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         # Start at the base rate of laundering: otherwise the first steps are spent pushing every
         # score down, and under DP-SGD the clipped, noised gradients of the rare positives never
