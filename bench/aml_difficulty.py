@@ -85,6 +85,8 @@ def main() -> int:
     parser.add_argument("--dp-buckets", type=int, default=2**12)
     parser.add_argument("--dp-text-dim", type=int, default=16)
     parser.add_argument("--dp-train-text", action="store_true", help="also train the n-gram embedding under DP (default: keep it at its random start)")
+    parser.add_argument("--dp-average-last", type=int, default=5,
+                        help="also score the mean of the last N rounds' global models (post-processing: no privacy cost)")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -133,6 +135,7 @@ def main() -> int:
     t1 = time.perf_counter()
     weights = wire.model_weights(spec.build(seed=0))
     history: dict[str, list] = {r: [] for r in data}
+    recent: list = []
     for round_ in range(1, args.rounds + 1):
         updates = []
         for r in data:
@@ -142,12 +145,15 @@ def main() -> int:
                 history[r].append(local.dp_record)
             updates.append((wire.to_numpy(local.state), local.n_samples))
         weights = fedavg(updates)
+        recent = [*recent, weights][-max(args.dp_average_last, 1):]
         if args.dp and (round_ % 5 == 0 or round_ == args.rounds):
             epsilon = ", ".join(f"{r} {dp_epsilon(history[r], DELTA):.2f}" for r in data)
             print(line(f"{name}, round {round_}", score(wire.load_into(spec.build(), weights))) + f"  epsilon {epsilon}")
     if not args.dp:
         print(line(f"{name} ({args.rounds} rounds)", score(wire.load_into(spec.build(), weights))) + f"  ({time.perf_counter() - t1:.0f}s)")
     else:
+        averaged = fedavg([(w, 1) for w in recent])
+        print(line(f"mean of last {len(recent)} rounds", score(wire.load_into(spec.build(), averaged))))
         print(f"  DP-SGD: clip {args.dp_clip:g}, batch {args.dp_batch}, {args.dp_optimizer} lr {args.dp_lr:g}, {buckets} buckets x "
               f"{args.dp_text_dim} ({'trained' if args.dp_train_text else 'fixed'}), delta {DELTA:g}; sample-level (one account "
               "one example), RDP accountant per silo")
