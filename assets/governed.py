@@ -48,11 +48,22 @@ MONTHS = tuple(f"d{m:02d}" for m in range(1, 13))
 _PERSON_SUMS = (*MONTHS, "gambling_eur", "cash_advance_eur", "transactions", "cross_border")
 
 
+def _transactions_in_eur(silo: str, region: str, money: Money, columns: str, where: str = "") -> str:
+    """A silo's transactions with amount_eur and abroad computed once per row: the rate table is
+    written once per silo, not in every sum, so a fragment's size does not grow with the number of
+    currencies (and planning stays linear in the number of silos)."""
+    eur = _eur("amount", "currency", money)
+    abroad = _foreign("counterparty_country", region, money)
+    return f"(SELECT {columns}, {eur} AS amount_eur, {abroad} AS abroad FROM {silo}.transactions {where})"
+
+
 def person_sql(silo: str, region: str, money: Money) -> str:
     """One silo's part, one row per person (national id): debit spending in EUR for each month of
     the window, its gambling and cash-advance parts, and transaction counts; computed in the silo."""
     debit = "t.direction = 'debit'"
-    eur = _eur("t.amount", "t.currency", money)
+    eur = "t.amount_eur"
+    window = f"WHERE ts >= TIMESTAMP '{WINDOW_START}' AND ts < TIMESTAMP '{WINDOW_END}'"
+    transactions = _transactions_in_eur(silo, region, money, "account_id, ts, direction, merchant_category", window)
     months = ",\n           ".join(
         f"sum(CASE WHEN {debit} AND month(t.ts) = {m} THEN {eur} ELSE 0 END) AS {column}"
         for m, column in enumerate(MONTHS, start=1)
@@ -63,11 +74,10 @@ def person_sql(silo: str, region: str, money: Money) -> str:
            sum(CASE WHEN {debit} AND t.merchant_category = 'gambling' THEN {eur} ELSE 0 END) AS gambling_eur,
            sum(CASE WHEN {debit} AND t.merchant_category = 'cash_advance' THEN {eur} ELSE 0 END) AS cash_advance_eur,
            count(*) AS transactions,
-           sum(CASE WHEN {_foreign('t.counterparty_country', region, money)} THEN 1 ELSE 0 END) AS cross_border
-    FROM {silo}.transactions t
+           sum(CASE WHEN t.abroad THEN 1 ELSE 0 END) AS cross_border
+    FROM {transactions} t
     JOIN {silo}.accounts a ON a.account_id = t.account_id
     JOIN {silo}.customers c ON c.customer_id = a.customer_id
-    WHERE t.ts >= TIMESTAMP '{WINDOW_START}' AND t.ts < TIMESTAMP '{WINDOW_END}'
     GROUP BY c.national_id"""
 
 
@@ -118,8 +128,8 @@ def account_signals_sql(catalog: Catalog) -> str:
     parts = _regional_silos(catalog)
     per_silo = []
     for silo, region in parts:
-        eur = _eur("t.amount", "t.currency", catalog.money)
-        foreign = _foreign("t.counterparty_country", region, catalog.money)
+        eur, foreign = "t.amount_eur", "t.abroad"
+        transactions = _transactions_in_eur(silo, region, catalog.money, "account_id, amount, direction, channel")
         per_silo.append(f"""
         SELECT t.account_id, '{region}' AS region, count(*) AS transactions,
                sum({eur}) AS volume_eur,
@@ -128,7 +138,7 @@ def account_signals_sql(catalog: Catalog) -> str:
                sum(CASE WHEN {foreign} THEN 1 ELSE 0 END) AS cross_border,
                sum(CASE WHEN {foreign} THEN {eur} ELSE 0 END) AS cross_border_eur,
                max(CASE WHEN t.direction = 'credit' THEN {eur} ELSE 0 END) AS largest_credit_eur
-        FROM {silo}.transactions t GROUP BY t.account_id""")
+        FROM {transactions} t GROUP BY t.account_id""")
     links = " UNION ALL ".join(
         f"SELECT DISTINCT t.account_id, t.counterparty_account FROM {silo}.transactions t WHERE t.counterparty_account IS NOT NULL"
         for silo, _ in parts
