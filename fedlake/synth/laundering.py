@@ -156,6 +156,8 @@ def ring_regions(rng: np.random.Generator, hops: int, regions: tuple[str, ...], 
     """The region of each account of a cycle, drawn by prevalence, such that every account sends
     money to or receives it from another region: each silo's piece of the ring crosses a border."""
     weights = knobs.region_weights("cross_border_cycle", regions)
+    if (weights > 0).sum() < 2:
+        raise ValueError("laundering knobs: region_prevalence.cross_border_cycle needs two regions or more with positive weight")
     while True:
         chosen = rng.choice(len(regions), size=hops, p=weights)
         if np.all((chosen != np.roll(chosen, 1)) | (chosen != np.roll(chosen, -1))):
@@ -185,7 +187,7 @@ def memo_styles(
 # --------------------------------------------------------------------------------------------
 
 
-def _holder(rng: np.random.Generator, people: People, accounts: Accounts, region: int, regions_needed: int = 1) -> int | None:
+def _holder(rng: np.random.Generator, people: People, region: int, regions_needed: int = 1) -> int | None:
     """A random customer banking in `region` (and in at least `regions_needed` regions), or None."""
     candidates = np.flatnonzero(people.presence[:, region] & (people.presence.sum(axis=1) >= regions_needed))
     return int(rng.choice(candidates)) if len(candidates) else None
@@ -199,7 +201,7 @@ def _foreign_country(rng: np.random.Generator, region_name: str) -> int:
 def _cash_business(rng, people, accounts, region: int, regions: tuple[str, ...], fx: np.ndarray, knobs: LaunderingKnobs) -> list[Flow]:
     """A shop or restaurant depositing its takings in cash through the year; a careful one keeps
     every deposit under the reporting threshold, as structuring does, but over months, not days."""
-    person = _holder(rng, people, accounts, region)
+    person = _holder(rng, people, region)
     if person is None:
         return []
     account = int(accounts.of[person, region, CHECKING])
@@ -217,7 +219,7 @@ def _cash_business(rng, people, accounts, region: int, regions: tuple[str, ...],
 def _property_escrow(rng, people, accounts, region: int, regions: tuple[str, ...], fx: np.ndarray, knobs: LaunderingKnobs) -> list[Flow]:
     """A large payment from abroad (a sale, an inheritance) paid on within days, mostly at home:
     a pass-through's shape, with less of it going abroad and more of it kept."""
-    person = _holder(rng, people, accounts, region)
+    person = _holder(rng, people, region)
     if person is None:
         return []
     account = int(accounts.of[person, region, CHECKING])
@@ -239,7 +241,7 @@ def _property_escrow(rng, people, accounts, region: int, regions: tuple[str, ...
 def _own_accounts_ring(rng, people, accounts, region: int, regions: tuple[str, ...], fx: np.ndarray, knobs: LaunderingKnobs) -> list[Flow]:
     """Someone moving their own savings from their account in one region to theirs in another and
     back: a cycle's shape through accounts in two or three regions, at a smaller loss per hop."""
-    person = _holder(rng, people, accounts, region, regions_needed=2)
+    person = _holder(rng, people, region, regions_needed=2)
     if person is None:
         return []
     present = np.flatnonzero(people.presence[person])
