@@ -1,6 +1,11 @@
 """Federated learning against its ceiling and its floor, measured side by side in one run.
 
     .venv/bin/python bench/federated_learning.py --scale 1
+    .venv/bin/python bench/federated_learning.py --scale 0.25 --rounds 4 --json bench/results/fl.json
+
+With --json PATH it runs the comparison matrix instead (bench/fl_matrix.py): for the n-gram
+baseline and all-MiniLM-L6-v2 with LoRA, each silo alone, FedAvg, FedProx, pooled and DP-SGD
+FedAvg, scored against the full truth, with bytes and seconds per round, written to PATH.
 
 Seeds the demo bank at SCALE into a fresh local deployment under bench/results/, then:
 
@@ -18,6 +23,7 @@ Seeds the demo bank at SCALE into a fresh local deployment under bench/results/,
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -49,6 +55,7 @@ from fedlake.policy.model import load_policy  # noqa: E402
 from fedlake.query import Federation  # noqa: E402
 from fedlake.synth.seed import seed_demo_bank  # noqa: E402
 from fedlake.silos import open_silo  # noqa: E402
+from bench.fl_matrix import run_matrix, setups, table  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Secure RNG turned off")
 
@@ -121,6 +128,36 @@ def central(name, parts: list[AMLData], spec, config, epochs, evaluator) -> dict
     return {"name": name, "curve": curve, "epoch_s": statistics.median(seconds)}
 
 
+def matrix(args, catalog, home: Path, clients, rows) -> int:
+    chosen = setups(args.buckets, args.minilm_tokens, args.minilm_samples or None, args.dp_noise)
+    unknown = [e for e in args.encoders.split(",") if e not in chosen]
+    if unknown:
+        print(f"--encoders: unknown {unknown} (known: {', '.join(chosen)})", file=sys.stderr)
+        return 2
+    results = {}
+    print(f"\nAML comparison matrix, {args.rounds} rounds (epochs without federation), DP-SGD {args.dp_rounds} rounds")
+    for name in args.encoders.split(","):
+        results[name] = run_matrix(chosen[name], catalog, home, clients, args.rounds, args.dp_rounds, args.threads, print)
+    import torch
+
+    report = {"command": " ".join(sys.argv), "scale": args.scale, "seed": args.seed, "rows": rows,
+              "machine": {"cores": os.cpu_count(), "torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu"},
+              "scored": "every account of every silo against the full ground truth (planted laundering accounts)",
+              "encoders": results}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1, default=str))
+    print("\n" + table(results))
+    for name, run in results.items():
+        if "costs" in run:
+            c = run["costs"]
+            print(f"\n{name}: {c['bytes_per_round_lora'] / 1e6:.2f} MB per round against {c['bytes_per_round_full_model'] / 1e6:.0f} MB "
+                  f"for full-model federated fine-tuning ({c['bytes_saving']:.0f}x less); frozen encoder per round: "
+                  f"{c['frozen_encoder_tokens_per_round']:,} tokens, {c['frozen_encoder_gflop_per_round']:.0f} GFLOP, "
+                  f"slowest silo's local training {c['local_train_seconds_per_round_slowest_silo']:.1f}s")
+    print(f"\nwritten to {args.json}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=float(os.environ.get("SCALE", 1)))
@@ -130,6 +167,12 @@ def main() -> int:
     parser.add_argument("--credit-epochs", type=int, default=DEFAULT_CONFIG.epochs, help="epochs of each credit model")
     parser.add_argument("--dp-rounds", type=int, default=0, help="also run DP-SGD federated training for this many rounds")
     parser.add_argument("--keep", action="store_true", help="keep the seeded deployment under bench/results/")
+    parser.add_argument("--json", type=Path, help="run the encoder x training comparison matrix and write it here")
+    parser.add_argument("--encoders", default="ngram,minilm-lora", help="with --json: the AML text encoders to compare")
+    parser.add_argument("--minilm-tokens", type=int, default=48, help="with --json: tokens of memo text per account")
+    parser.add_argument("--minilm-samples", type=int, default=512, help="with --json: accounts per silo per round for MiniLM (0: all)")
+    parser.add_argument("--dp-noise", type=float, default=1.0, help="with --json: DP-SGD noise multiplier (clip 1, delta 1e-5)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="with --json: torch threads to score with")
     args = parser.parse_args()
 
     (REPO / "bench" / "results").mkdir(parents=True, exist_ok=True)
@@ -155,6 +198,8 @@ def main() -> int:
             client = local_agent_client(catalog, policy, silo, home)
             register_learning_actions(client.agent)
             clients[silo] = client
+        if args.json:
+            return matrix(args, catalog, home, clients, rows)
 
         runs = [
             federated("federated FedAvg", FedAvg(), clients, spec, config, args.rounds, evaluator, home / "ckpt-fedavg", evaluator.train),

