@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fedlake.learning.train import DPConfig, DPRecord, TrainConfig, dp_epsilon
+from fedlake.policy.model import Policy
 
 DP_LEVEL = "sample-level: one account of the silo is one example (Opacus DP-SGD, Poisson sampling)"
 ACCOUNTANT = "RDP (Opacus), composed over every round the silo trained"
@@ -48,16 +49,16 @@ class Requirement:
                 f"delta <= {self.dp.delta:g}" + (f", epsilon <= {self.max_epsilon:g}" if self.max_epsilon is not None else ""))
 
 
-def requirement_from_policy(policy: Any, silo: str) -> Requirement | None:
+def requirement_from_policy(policy: Policy, silo: str) -> Requirement | None:
     """The silo's requirement declared in policies.yaml, if any."""
-    declared = getattr(getattr(policy, "training", None), "dp_for", lambda _: None)(silo)
+    declared = policy.training.dp_for(silo)
     if declared is None:
         return None
     dp = DPConfig(noise_multiplier=declared.noise_multiplier, max_grad_norm=declared.max_grad_norm, delta=declared.delta)
     return Requirement(dp, declared.max_epsilon, declared.where)
 
 
-def required_dp(policy: Any, silos: list[str] | tuple[str, ...], asked: DPConfig | None = None) -> dict[str, DPConfig]:
+def required_dp(policy: Policy, silos: list[str] | tuple[str, ...], asked: DPConfig | None = None) -> dict[str, DPConfig]:
     """For the coordinator: the DP-SGD each silo whose policy requires DP must be asked for: what
     the training asks (`asked`) where that meets the requirement, else the requirement itself.
     Silos without a requirement are left out (they train as the training asks)."""
