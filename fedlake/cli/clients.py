@@ -57,6 +57,26 @@ def keep_agent_log(home: Path) -> Path:
     return path
 
 
+def require_lake_folder(spec, deployment: str, home: Path) -> None:
+    """A lake silo on local disk whose folder is not there: a wrong path (or FEDLAKE_HOME) is said,
+    not answered as an empty lake in a folder made for the occasion."""
+    from fedlake.errors import SiloError
+    from fedlake.silos import resolve_settings
+
+    if spec.kind not in ("s3", "parquet"):
+        return
+    settings = resolve_settings(spec, deployment)
+    if settings.get("bucket") or not settings.get("path"):
+        return
+    root = Path(settings["path"]).expanduser()
+    root = root if root.is_absolute() else home / root
+    if not root.is_dir():
+        relative = "" if Path(settings["path"]).expanduser().is_absolute() else f", under FEDLAKE_HOME {home}"
+        raise SiloError(f"silo {spec.name}: its lake folder {root} does not exist ({spec.source_file}: "
+                        f"silos.{spec.name}.connection.{deployment}.path{relative}); nothing was created: "
+                        "correct the path, or run `fedlake seed` to make the demo bank there")
+
+
 def agent_clients(catalog, policy, deployment: str, home: Path, token: str) -> Mapping[str, AgentClient]:
     """A client of every silo's agent presenting `token`, serving queries only (no plug-ins: a query needs none)."""
     from fedlake.agent import FlightAgentClient, InProcessAgentClient, build_agent
@@ -65,6 +85,7 @@ def agent_clients(catalog, policy, deployment: str, home: Path, token: str) -> M
     def open_client(name: str) -> AgentClient:
         agent = catalog.silo(name).agents.get(deployment)
         if not agent:
+            require_lake_folder(catalog.silo(name), deployment, home)
             keep_agent_log(home)
             return InProcessAgentClient(build_agent(catalog, policy, name, "local", home), token)
         where = f"{catalog.path} (silos.{name}.agent.{deployment})"

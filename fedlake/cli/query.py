@@ -78,7 +78,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     if os.environ.get(COORDINATOR_ENV):
         return _query_served(args, sql, limit)
     from fedlake.agent import ledger_for
-    from fedlake.cli.clients import agent_clients
+    from fedlake.cli.clients import agent_clients, require_lake_folder
     from fedlake.cli.identity import choose_identity
     from fedlake.cli.results import write_result
     from fedlake.query import GOVERNED, Federation, render
@@ -87,6 +87,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     catalog = settings.catalog(args)
     policy = settings.policy(args, catalog)
     deployment, home = settings.deployment(args), data_dir()
+    for spec in catalog.silos.values():  # before anything is written under a FEDLAKE_HOME that may be wrong
+        if not spec.agents.get(deployment):
+            require_lake_folder(spec, deployment, home)
     identity = choose_identity(policy, args.client, deployment, home)
     # a residual in a silo, and the transfers to it, are the coordinate role's; others' queries end here
     site = args.site if args.site != "auto" or identity.holds("coordinate") else GOVERNED

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import posixpath
 import re
+import tempfile
 import threading
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 
@@ -191,7 +193,10 @@ class LakeConnector(Connector):
     def _connection(self) -> duckdb.DuckDBPyConnection:
         with self._db_lock:
             if self._db is None:
-                db = duckdb.connect(config={"autoinstall_known_extensions": False})
+                config: dict[str, object] = {"autoinstall_known_extensions": False}
+                if not os.environ.get("HOME"):  # a service started without one: the delta extension needs a home
+                    config["home_directory"] = tempfile.gettempdir()
+                db = duckdb.connect(config=config)
                 self._configure(db)
                 duckdb_extensions.import_extension("delta", con=db)  # from its wheel, never downloaded
                 db.execute("LOAD delta")

@@ -27,8 +27,7 @@ class ParquetConnector(LakeConnector):
         formats: Mapping[str, str] | None = None,
         retention_hours: float = DEFAULT_RETENTION_HOURS,
     ):
-        root = Path(root).expanduser().resolve()
-        root.mkdir(parents=True, exist_ok=True)
+        root = Path(root).expanduser().resolve()  # made by the first write, never by opening: a wrong path stays visible
         super().__init__(name, region, pafs.LocalFileSystem(), root.as_posix(), root.as_posix(), formats, retention_hours)
 
     def _discard_partial_uploads(self, table: str) -> None:

@@ -188,3 +188,15 @@ def test_policy_explain_takes_cross_silo_sql(cli):
             "ON s.customer_id = a.customer_id JOIN us_lake.transactions t ON t.account_id = a.account_id GROUP BY s.home_region")
     code, out, _ = cli("policy", "explain", memo, "--purpose", "analytics", "--to", "EU")
     assert code == 1 and "DENIED" in out and "memo" in out and "classifications.free_text[0]" in out
+
+
+def test_a_wrong_lake_path_is_said_and_nothing_is_created(cli, tmp_path, monkeypatch):
+    from fedlake.silos.parquet import ParquetConnector
+
+    home = tmp_path / "not-the-data-folder"
+    monkeypatch.setenv("FEDLAKE_HOME", str(home))
+    one_line_error(*cli("query", "SELECT count(*) FROM sg_lake.customers", "--purpose", "analytics"),
+                   "lake folder", str(home), "does not exist", "nothing was created")
+    assert not home.exists()
+    assert ParquetConnector("sg_lake", "SG", home / "sg_lake").list_tables() == [] and not home.exists(), \
+        "opening a lake makes no folder; its first write does"
