@@ -31,12 +31,14 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
     from fedlake.agent import build_agent
     from fedlake.agent.server import AgentFlightServer
+    from fedlake.cli.clients import require_lake_folder
     from fedlake.plugins import serving_plugins
     from fedlake.runtime import settle_heap, stop_on_sigterm
     from fedlake.silos import data_dir
 
     catalog = settings.catalog(args)
     policy = settings.policy(args, catalog)
+    require_lake_folder(catalog.silo(args.silo), settings.deployment(args), data_dir())
     agent = build_agent(catalog, policy, args.silo, settings.deployment(args), data_dir(), plugins=serving_plugins())
     scheme = "grpc+tls" if args.tls_cert else "grpc+tcp"
     server = AgentFlightServer(agent, f"{scheme}://{args.host}:{args.port}", args.tls_cert, args.tls_key)
