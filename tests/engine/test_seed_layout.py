@@ -18,6 +18,7 @@ from fedlake.synth.default_model import compute_default_features, true_default_p
 from fedlake.synth.layout import plan_layout
 from fedlake.synth.regional_catalog import regional_catalog
 from tests.conftest import REPO
+from tests.engine.test_cli import assert_one_line_error, fedlake
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,9 @@ def test_generated_catalogs_mix_kinds_and_stay_within_what_is_declared():
     assert sorted(kinds) == ["parquet"] * 4 + ["postgres"] * 4 + ["s3"] * 4
     with pytest.raises(FedlakeError, match="--silos must be between 3 and 16"):
         regional_catalog(_shipped(), 17)
+
+
+def test_seed_silos_k_out_of_range_is_one_line_and_writes_nothing(tmp_path):
+    result = fedlake(tmp_path, tmp_path, "seed", "--silos", "2", "--write-catalog", str(tmp_path / "k" / "silos.yaml"))
+    assert_one_line_error(result, "--silos must be between 3 and 16, got 2")
+    assert not (tmp_path / "k").exists()
