@@ -66,7 +66,7 @@ def derive_key(master: bytes, purpose: str, domain: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(master)
 
 
-TRIMMED = " "  # what normalization trims: spaces, as TRIM does in DuckDB and PostgreSQL
+TRIMMED = " "  # what normalization trims: spaces only (DuckDB's bare TRIM would trim Unicode spaces too)
 _UPPER, _LOWER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
 _ASCII_LOWER = str.maketrans(_UPPER, _LOWER)
 
@@ -104,7 +104,7 @@ def _call(name: str, *args: exp.Expression) -> exp.Expression:
 def normalized_sql(value: exp.Expression) -> exp.Expression:
     """`normalize` in SQL. LOWER is ASCII lower-casing for ASCII text in every engine and ten times
     faster than TRANSLATE, which only text with other characters takes (byte length != length)."""
-    trimmed = exp.Trim(this=exp.Cast(this=value, to=exp.DataType.build("VARCHAR")))
+    trimmed = exp.Trim(this=exp.Cast(this=value, to=exp.DataType.build("VARCHAR")), expression=exp.Literal.string(TRIMMED))
     ascii_only = exp.EQ(this=exp.Anonymous(this="strlen", expressions=[trimmed.copy()]), expression=exp.Length(this=trimmed.copy()))
     folded = _call("translate", trimmed.copy(), exp.Literal.string(_UPPER), exp.Literal.string(_LOWER))
     return exp.Case(ifs=[exp.If(this=ascii_only, true=exp.Lower(this=trimmed))], default=folded)
