@@ -7,6 +7,7 @@ an error naming the file and the key, not a silent hole in the policy later on.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +26,19 @@ DEPLOYMENTS = ("local", "prod")
 # `writer_schema`, `owner_dsn` the data owner's (seeding, role set-up); `embedded` derives all three.
 CONNECTION_KEYS = {
     "postgres": {"dsn", "writer_dsn", "owner_dsn", "writer_schema", "embedded", "schema", "engine"},
-    "s3": {"bucket", "prefix", "endpoint_url", "region", "access_key_id", "secret_access_key", "path"},
-    "parquet": {"path"},
+    "s3": {"bucket", "prefix", "endpoint_url", "region", "access_key_id", "secret_access_key", "path", "engine", "spark_master"},
+    "parquet": {"path", "engine", "spark_master"},
 }
 # Where the coordinator reaches a silo's agent in a deployment; without one the agent runs in-process.
 AGENT_KEYS = {"location"}
 # The governed zone: a PostgreSQL database (dsn) or a Parquet lake (path).
 GOVERNED_KEYS = {"dsn", "schema", "path"}
 # Settings whose value is one of a few words.
-SETTING_VALUES = {"engine": ("duckdb", "postgres")}
+SETTING_VALUES = {"engine": ("duckdb", "postgres", "spark")}
+# The engines that run each kind's fragments: a lake's may run on Spark, whose master each
+# deployment names (spark_master): local[N], a standalone cluster, or a Spark Connect server.
+ENGINES = {"postgres": ("duckdb", "postgres"), "s3": ("duckdb", "spark"), "parquet": ("duckdb", "spark")}
+SPARK_MASTER = re.compile(r"local(\[(\d+|\*)\])?|spark://[^\s/]+(/.*)?|sc://[^\s/]+(/.*)?")
 # A lake's tables: how each source table is stored (Delta unless declared), how long old versions last.
 TABLE_FORMATS = ("delta", "parquet")
 LAKE_KEYS = ("formats", "retention_hours")
@@ -186,6 +191,8 @@ def _parse_silo(path: str, name: str, body: Any) -> SiloSpec:
     if kind == "postgres":
         for deployment, settings in connections.items():
             _check_postgres_roles(path, f"{key}.connection.{deployment}", settings)
+    for deployment, settings in connections.items():
+        _check_engine(path, f"{key}.connection.{deployment}", kind, settings)
     agents = _parse_connections(path, f"{key}.agent", body.get("agent", {}), AGENT_KEYS, "an agent")
     lake = _parse_lake(path, f"{key}.lake", body["lake"], kind, tables) if "lake" in body else LakeSpec()
     return SiloSpec(
@@ -210,6 +217,18 @@ def _parse_lake(path: str, key: str, raw: Any, kind: str, tables: dict[str, Tabl
     if not isinstance(retention, int) or isinstance(retention, bool) or retention < 0:
         raise ConfigError(path, f"{key}.retention_hours", f"expected a whole number of hours, 0 or more, not {retention!r}")
     return LakeSpec(formats={str(t): f for t, f in formats.items()}, retention_hours=retention)
+
+
+def _check_engine(path: str, key: str, kind: str, settings: dict[str, str | EnvRef]) -> None:
+    engine, master = settings.get("engine", "duckdb"), settings.get("spark_master")
+    if isinstance(engine, str) and engine not in ENGINES[kind]:
+        raise ConfigError(path, f"{key}.engine", f"expected one of {', '.join(ENGINES[kind])}, not '{engine}' (a {kind} silo's engines)")
+    if engine == "spark" and master is None:
+        raise ConfigError(path, f"{key}.spark_master", "required with engine: spark (local[2], spark://host:7077 or sc://host:15002)")
+    if master is not None and engine != "spark":
+        raise ConfigError(path, f"{key}.spark_master", "only for engine: spark")
+    if isinstance(master, str) and not SPARK_MASTER.fullmatch(master):
+        raise ConfigError(path, f"{key}.spark_master", f"expected local[N], spark://host:port or sc://host:port, not {master!r}")
 
 
 def _check_postgres_roles(path: str, key: str, settings: dict[str, str | EnvRef]) -> None:

@@ -111,6 +111,8 @@ class S3SiloResource(SiloResource):
     access_key_id: str = ""
     secret_access_key: str = ""
     path: str = ""
+    engine: str = ""  # spark: the lake's fragments run on Spark (a local stand-in only)
+    spark_master: str = ""
 
     def _settings(self) -> dict[str, str]:
         return {
@@ -121,6 +123,8 @@ class S3SiloResource(SiloResource):
             "access_key_id": self.access_key_id,
             "secret_access_key": self.secret_access_key,
             "path": self.path,
+            "engine": self.engine,
+            "spark_master": self.spark_master,
         }
 
 
@@ -129,6 +133,8 @@ class ParquetSiloResource(SiloResource):
 
     kind: ClassVar[str] = "parquet"
     path: str = ""
+    engine: str = ""  # spark: the lake's fragments run on Spark, on spark_master
+    spark_master: str = ""
 
     def _settings(self) -> dict[str, str]:
-        return {"path": self.path}
+        return {"path": self.path, "engine": self.engine, "spark_master": self.spark_master}

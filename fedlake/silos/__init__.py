@@ -69,6 +69,10 @@ def connector_for(kind: str, name: str, region: str, settings: dict[str, str], h
         p = Path(path).expanduser()
         return p if p.is_absolute() else home / p
 
+    if kind in ("s3", "parquet") and settings.get("engine") == "spark":
+        from fedlake.silos.spark import spark_lake
+
+        return spark_lake(name, settings, lambda lake_settings: connector_for(kind, name, region, lake_settings, home, lake))
     if kind == "postgres":
         from fedlake.silos.postgres import MADE_SCHEMA, PostgresConnector, embedded_dsn, embedded_roles
 
