@@ -101,6 +101,12 @@ bench-cli: install
 	mkdir -p bench/results
 	$(PY) bench/cli_latency.py
 
+# The credit workload with us_lake's fragments on Spark (local[2]) vs its DuckDB; install size, start-up.
+.PHONY: bench-spark
+bench-spark: install spark
+	mkdir -p bench/results
+	$(PY) bench/spark_silo.py --scale $(SCALE)
+
 # Planning, the credit workload and a training round for KS regional silos holding the same bank.
 KS ?= 3 6 12
 bench-scaleout: install
