@@ -23,10 +23,6 @@ class Identity:
     token: str
     client: Client | None
 
-    @property
-    def name(self) -> str:
-        return self.client.identity if self.client else f"the holder of ${TOKEN_ENV}"
-
     def holds(self, role: str) -> bool:
         return self.client is not None and role in self.client.roles
 

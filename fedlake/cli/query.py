@@ -125,13 +125,10 @@ def _query_served(args: argparse.Namespace, sql: str, limit: int | None) -> int:
         raise CoordinatorError(f"--site is chosen by the coordinator at {location}; unset {COORDINATOR_ENV} to choose it here")
     deployment = settings.deployment(args)
     if args.client is not None:
-        from fedlake.agent import client_token
+        from fedlake.cli.identity import choose_identity
         from fedlake.silos import data_dir
 
-        policy = settings.policy(args, settings.catalog(args))
-        token = client_token(policy, args.client, deployment, data_dir()) if args.client in policy.clients else None
-        if token is None:
-            raise CoordinatorError(f"unknown client '{args.client}' in --client (clients in {policy.path}: {', '.join(policy.clients)})")
+        token = choose_identity(settings.policy(args, settings.catalog(args)), args.client, deployment, data_dir()).token
     else:
         token = cli_token(deployment, lambda: settings.policy(args, settings.catalog(args)))
     ca = os.environ.get(COORDINATOR_CA_ENV) or os.environ.get("FEDLAKE_AGENT_CA")
