@@ -4,7 +4,9 @@ Each silo's agent runs the suite of a table in place (GE against PostgreSQL itse
 through DuckDB inside the agent's process) and sends back only the results: per expectation its
 success, unexpected count and percent, and a few unexpected values where the policy lets them
 leave for the governed region as they are. The checks on the tables that feed the join layer and
-the training data are blocking, so a failed suite stops every downstream asset in the same run.
+the training data are blocking: a failed suite stops the assets downstream of its own table in the
+same run, and only those (each suite is its own check, its own step). Where two expectations of a
+suite share a label (same type, same columns), each result names its place in the suite file.
 """
 
 
@@ -15,7 +17,7 @@ import dagster as dg
 
 from fedlake.catalog import Catalog, SiloSpec
 from fedlake.errors import FedlakeError
-from fedlake.quality import VALIDATE_ACTION, QualitySuites
+from fedlake.quality import VALIDATE_ACTION, QualitySuites, Suite
 
 CHECK_NAME = "expectation_suite"
 QUALITY_PURPOSE = "analytics"
@@ -23,72 +25,68 @@ QUALITY_PURPOSE = "analytics"
 BLOCKING_TABLES = ("transactions", "customers", "accounts", "loans")
 
 
-def silo_quality_checks(
-    spec: SiloSpec, suites: QualitySuites, governed_region: str, blocking_tables: Iterable[str]
-) -> dg.AssetChecksDefinition | None:
-    """One multi-asset check per silo, so one agent client serves all of the silo's suites."""
-    blocking = set(blocking_tables)
-    tables = [t for t in spec.tables if suites.for_table(spec.name, t) is not None]
-    if not tables:
-        return None
-    check_specs = []
-    for table in tables:
-        suite = suites.for_table(spec.name, table)
-        check_specs.append(
-            dg.AssetCheckSpec(
-                CHECK_NAME,
-                asset=dg.AssetKey([spec.name, table]),
-                description=(
-                    f"Great Expectations suite '{suite.name}' ({len(suite.expectations)} expectations, {suite.path}), "
-                    f"validated in place by the agent of {spec.name}; only results leave."
-                    + (" Blocking: a failure stops the assets downstream." if table in blocking else "")
-                ),
-                blocking=table in blocking,
-                metadata={"suite": suite.name, "suite_file": suite.path, "expectations": [e.label() for e in suite.expectations]},
-            )
-        )
+def suite_check(spec: SiloSpec, table: str, suite: Suite, governed_region: str, blocking: bool) -> dg.AssetChecksDefinition:
+    """One check (one step) per suite, so a failing blocking suite stops only its own table's downstream."""
 
-    @dg.multi_asset_check(
-        specs=check_specs,
-        name=f"{spec.name}_data_quality",
-        description=f"Expectation suites of silo {spec.name}, validated where the data lies.",
+    @dg.asset_check(
+        asset=dg.AssetKey([spec.name, table]),
+        name=CHECK_NAME,
+        description=(
+            f"Great Expectations suite '{suite.name}' ({len(suite.expectations)} expectations, {suite.path}), "
+            f"validated in place by the agent of {spec.name}; only results leave."
+            + (" Blocking: a failure stops the assets downstream of this table." if blocking else "")
+        ),
+        blocking=blocking,
+        metadata={"suite": suite.name, "suite_file": suite.path, "expectations": suite_labels(suite)},
         required_resource_keys={spec.name},
-        can_subset=True,
     )
-    def validate(context: dg.AssetCheckExecutionContext):
+    def validate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         agent = getattr(context.resources, spec.name).agent()
-        for check_key in context.selected_asset_check_keys:
-            table = check_key.asset_key.path[-1]
-            try:
-                report = agent.action(VALIDATE_ACTION, table=table, purpose=QUALITY_PURPOSE, destination=governed_region)
-            except FedlakeError as exc:
-                yield dg.AssetCheckResult(
-                    asset_key=check_key.asset_key,
-                    check_name=CHECK_NAME,
-                    passed=False,
-                    severity=dg.AssetCheckSeverity.ERROR,
-                    description=f"could not validate {spec.name}.{table} in place: {exc}",
-                    metadata={"error": str(exc)},
-                )
-                continue
-            yield check_result(check_key.asset_key, report)
+        key = dg.AssetKey([spec.name, table])
+        try:
+            report = agent.action(VALIDATE_ACTION, table=table, purpose=QUALITY_PURPOSE, destination=governed_region)
+        except FedlakeError as exc:
+            return dg.AssetCheckResult(
+                asset_key=key,
+                check_name=CHECK_NAME,
+                passed=False,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=f"could not validate {spec.name}.{table} in place: {exc}",
+                metadata={"error": str(exc)},
+            )
+        return check_result(key, report)
 
     return validate
+
+
+def suite_labels(suite: Suite) -> list[str]:
+    """Each expectation's label; where two share one, each says its place in the suite file."""
+    labels = [e.label() for e in suite.expectations]
+    return [_unique(label, i, labels) for i, label in enumerate(labels)]
+
+
+def _unique(label: str, index: int, labels: list[str]) -> str:
+    return f"{label} [expectations[{index}]]" if labels.count(label) > 1 else label
 
 
 def quality_checks(
     catalog: Catalog, suites: QualitySuites, blocking_tables: Iterable[str] = BLOCKING_TABLES
 ) -> list[dg.AssetChecksDefinition]:
-    """The data-quality checks of every silo that has suites; `blocking_tables` gate what is downstream."""
-    blocking = tuple(blocking_tables)
-    checks = [silo_quality_checks(spec, suites, catalog.governed_region, blocking) for spec in catalog.silos.values()]
-    return [c for c in checks if c is not None]
+    """A check per suite of every silo; those on `blocking_tables` gate what is downstream of their table."""
+    blocking = set(blocking_tables)
+    return [
+        suite_check(spec, table, suite, catalog.governed_region, table in blocking)
+        for spec in catalog.silos.values()
+        for table in spec.tables
+        if (suite := suites.for_table(spec.name, table)) is not None
+    ]
 
 
 def check_result(asset_key: dg.AssetKey, report: dict[str, Any]) -> dg.AssetCheckResult:
     """The agent's report as a check result: the failing expectations in the description, every
     expectation's outcome in the metadata."""
-    expectations = report["expectations"]
+    labels = [e["label"] for e in report["expectations"]]
+    expectations = [{**e, "label": _unique(e["label"], i, labels)} for i, e in enumerate(report["expectations"])]
     failed = [e for e in expectations if not e["success"]]
     where = f"{report['silo']}.{report['table']}"
     if failed:

@@ -31,6 +31,11 @@ def _stats_markdown(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _classifications_markdown(columns: dict[str, str]) -> dg.MarkdownMetadataValue:
+    rows = "\n".join(f"| {name} | {classification} |" for name, classification in columns.items())
+    return dg.MetadataValue.md("| column | classification |\n|---|---|\n" + rows)
+
+
 def _observe_table(spec: SiloSpec, table: str, stats: dict[str, Any]) -> dg.ObserveResult:
     declared = spec.tables[table].columns
     present = [c["name"] for c in stats["columns"]]
@@ -64,7 +69,9 @@ def silo_source_assets(spec: SiloSpec, governed_region: str) -> dg.AssetsDefinit
             group_name=spec.name,
             kinds={spec.kind},
             tags={"silo": spec.name, "region": spec.region},
-            metadata={"dagster/column_schema": column_schema(tuple((c, "declared") for c in t.columns), t.columns)},
+            # the column schema, with observed types, comes from each observation; the definition
+            # carries what silos.yaml declares: every column's classification
+            metadata={"classifications": _classifications_markdown(t.columns)},
         )
         for table, t in spec.tables.items()
     ]

@@ -34,8 +34,8 @@ def silo_owner(silo: str) -> str:
 
 
 def governed_kinds(catalog: Catalog, deployment: str) -> set[str]:
-    """The governed zone's engine in this deployment: a PostgreSQL schema, or a Parquet lake read by DuckDB."""
-    return {"postgres"} if catalog.governed_connections.get(deployment, {}).get("dsn") else {"duckdb", "parquet"}
+    """The governed zone's engine in this deployment: a PostgreSQL schema, or a local lake read by DuckDB."""
+    return {"postgres"} if catalog.governed_connections.get(deployment, {}).get("dsn") else {"duckdb"}
 
 
 def ledger_kinds(deployment: str) -> set[str]:

@@ -30,20 +30,21 @@ def bytes_out_by_silo(moved: dict[str, int]) -> dict[str, dg.MetadataValue]:
 
 
 def policy_summary(plan: FederatedPlan) -> dg.TableMetadataValue:
-    """Per silo and policy action: how many output columns, which, and the rules that decided."""
+    """Per silo and policy action: how many of the silo's columns, which, and the rules that decided."""
     grouped: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: {"columns": [], "rules": set()})
     for run in plan.runs:
         for decision in run.decisions:
             entry = grouped[(run.fragment.silo, decision["action"])]
-            entry["columns"].append(decision["output"])
+            # name the silo's own columns (table.column), not the planner's internal aliases
+            entry["columns"].extend(source.split(".", 1)[-1] for source in decision.get("sources", ()))
             entry["rules"].update(_rule_name(rule) for rule in decision.get("rules", ()))
     records = [
         dg.TableRecord(
             {
                 "silo": silo,
                 "action": action,
-                "columns": len(entry["columns"]),
-                "which": ", ".join(sorted(set(entry["columns"]))),
+                "columns": len(set(entry["columns"])),
+                "which": ", ".join(sorted(set(entry["columns"]))) or "(computed in the silo)",
                 "rules": "; ".join(sorted(entry["rules"])) or "(computed, no source column)",
             }
         )

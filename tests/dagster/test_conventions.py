@@ -34,6 +34,12 @@ def test_every_asset_has_owners_and_where_it_lives(definitions, catalog):
             assert catalog.silo(home).kind in spec.kinds and spec.owners == [f"team:{home.replace('_', '-')}"]
 
 
+def test_source_columns_are_typed_by_observation_not_by_declaration(definitions):
+    transactions = specs(definitions["local"])[dg.AssetKey(["sg_lake", "transactions"])]
+    assert "dagster/column_schema" not in transactions.metadata
+    assert "| memo | free_text |" in transactions.metadata["classifications"].value
+
+
 def test_kinds_follow_the_deployment(definitions):
     features = dg.AssetKey(["governed", "customer_credit_features"])
     ledger = dg.AssetKey(["governed", "audit_ledger"])

@@ -45,14 +45,17 @@ def test_resources_follow_the_deployment(tmp_path, monkeypatch):
     assert prod["ledger"].location == dg.EnvVar("FEDLAKE_LEDGER")
 
 
-def test_definitions_validate_from_the_workspace(tmp_path):
+def test_dg_check_defs_loads_the_project(tmp_path):
+    """`dg check defs` (Dagster's dg CLI, configured in pyproject.toml's [tool.dg]) loads and validates
+    the definitions, as `dg dev` will; it supersedes `dagster definitions validate`."""
+    import os
     import subprocess
     import sys
-    import os
+    from pathlib import Path
 
-    env = {**os.environ, "FEDLAKE_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
+    env = {**os.environ, "FEDLAKE_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path), "VIRTUAL_ENV": str(Path(sys.executable).parent.parent)}
     result = subprocess.run(
-        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        [str(Path(sys.executable).with_name("dg")), "check", "defs"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -60,3 +63,4 @@ def test_definitions_validate_from_the_workspace(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "All definitions loaded successfully" in result.stdout + result.stderr

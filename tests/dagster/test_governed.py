@@ -71,7 +71,7 @@ def test_credit_features_metadata_shows_what_crossed_and_how(materialized):
     # the plan names the deployment's files relative to it, and carries no planner filler
     assert str(REPO) not in plan and str(deployment.home) not in plan and "TRUE AND" not in plan
     summary = {(r.data["silo"], r.data["action"]): r.data for r in meta["policy_summary"].records}
-    assert "national_id" in summary[("eu_core", "pseudonymize")]["which"]
+    assert "customers.national_id" in summary[("eu_core", "pseudonymize")]["which"]
     assert {silo for silo, _ in summary} == {"eu_core", "us_lake", "sg_lake"}
     assert all("/" not in r["rules"] for r in summary.values())
     assert meta["residual_site"] == "silo eu_core"

@@ -3,6 +3,9 @@ silo's agent in place; a failing blocking check stops what is downstream in the 
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,6 +22,7 @@ from tests.conftest import REPO
 NEGATIVE_AMOUNTS = 5
 TRANSACTIONS = dg.AssetKey(["sg_lake", "transactions"])
 AML_CASES = dg.AssetKey(["sg_lake", "aml_cases"])
+CUSTOMERS = dg.AssetKey(["sg_lake", "customers"])
 
 
 @dg.asset(key=["governed", "sg_spending_probe"], deps=[TRANSACTIONS], group_name="governed")
@@ -32,25 +36,33 @@ def downstream_of_aml_cases() -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"ran": True})
 
 
-def quality_definitions(home, catalog):
+@dg.asset(key=["governed", "sg_customers_probe"], deps=[CUSTOMERS], group_name="governed")
+def downstream_of_customers() -> dg.MaterializeResult:
+    """Downstream of another blocking suite's table: a failure on transactions is none of its business."""
+    return dg.MaterializeResult(metadata={"ran": True})
+
+
+def quality_definitions(home, catalog, silos_yaml=REPO / "silos.yaml"):
     """The deployment's own resources: their in-process agents serve `validate` as wired (resources/silos.py)."""
-    defs = build_definitions(REPO / "silos.yaml", "local", home)
-    suites = load_suites(REPO / "silos.yaml", catalog)
+    defs = build_definitions(silos_yaml, "local", home)
+    suites = load_suites(silos_yaml, catalog)
     resources = dict(defs.resources)
     gate = dg.define_asset_job(
         "quality_gate",
-        selection=dg.AssetSelection.assets(TRANSACTIONS, AML_CASES, downstream_of_transactions, downstream_of_aml_cases),
+        selection=dg.AssetSelection.assets(
+            TRANSACTIONS, AML_CASES, CUSTOMERS, downstream_of_transactions, downstream_of_aml_cases, downstream_of_customers
+        ),
     )
     return dg.Definitions(
-        assets=[*source_assets(catalog), downstream_of_transactions, downstream_of_aml_cases],
+        assets=[*source_assets(catalog), downstream_of_transactions, downstream_of_aml_cases, downstream_of_customers],
         asset_checks=quality_checks(catalog, suites, BLOCKING_TABLES),
         jobs=[gate],
         resources=resources,
     )
 
 
-def run_gate(home, catalog):
-    defs = quality_definitions(home, catalog)
+def run_gate(home, catalog, silos_yaml=REPO / "silos.yaml"):
+    defs = quality_definitions(home, catalog, silos_yaml)
     result = defs.resolve_job_def("quality_gate").execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     checks = {
         (e.event_specific_data.asset_key, e.event_specific_data.check_name): e.event_specific_data
@@ -69,7 +81,9 @@ def small_bank(catalog, tmp_path):
 
 def test_every_suite_is_a_check_on_its_source_asset(catalog):
     suites = load_suites(REPO / "silos.yaml", catalog)
-    specs = {spec.key: spec for checks in quality_checks(catalog, suites, BLOCKING_TABLES) for spec in checks.check_specs}
+    checks = quality_checks(catalog, suites, BLOCKING_TABLES)
+    assert all(len(list(c.check_specs)) == 1 for c in checks), "one step per suite: a failure blocks only its table"
+    specs = {spec.key: spec for c in checks for spec in c.check_specs}
     assert len(specs) == sum(len(s.tables) for s in catalog.silos.values()) == 13
     for silo, spec in catalog.silos.items():
         for table in spec.tables:
@@ -111,3 +125,24 @@ def test_negative_amounts_fail_the_check_in_place_and_block_downstream(small_ban
     assert downstream_of_transactions.key not in materialized, "the blocking check kept bad data from downstream"
     assert checks[(AML_CASES, CHECK_NAME)].passed
     assert downstream_of_aml_cases.key in materialized, "a passing, non-blocking suite gates nothing"
+    assert checks[(CUSTOMERS, CHECK_NAME)].passed
+    assert downstream_of_customers.key in materialized, "each suite blocks only its own table's downstream"
+
+
+def test_two_expectations_with_one_label_say_which_failed(small_bank, catalog, tmp_path):
+    """Two range checks on amount (same type, same column): the failed one is named by its place."""
+    deployment = tmp_path / "deployment"
+    (deployment / "expectations" / "sg_lake").mkdir(parents=True)
+    for name in ("silos.yaml", "policies.yaml"):
+        shutil.copy(REPO / name, deployment / name)
+    suite = json.loads((REPO / "expectations" / "transactions.json").read_text())
+    suite["expectations"] = [
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "amount", "min_value": 0}},
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "amount", "max_value": 1}},
+    ]
+    (deployment / "expectations" / "sg_lake" / "transactions.json").write_text(json.dumps(suite))
+    _, checks, _ = run_gate(small_bank, catalog, deployment / "silos.yaml")
+    failed = checks[(TRANSACTIONS, CHECK_NAME)]
+    assert failed.metadata["failed_expectations"].value == ["expect_column_values_to_be_between(amount) [expectations[1]]"]
+    assert "expect_column_values_to_be_between(amount) [expectations[1]]: " in failed.description
+    assert "[expectations[0]]" not in failed.description
