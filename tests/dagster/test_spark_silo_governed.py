@@ -13,6 +13,7 @@ from fedlake.catalog import load_catalog
 from fedlake.silos import open_governed_zone
 from fedlake.silos.spark_session import spark_session
 from platform_defs.definitions import build_definitions
+from resources.materialization_metadata import BYTES_OUT_PREFIX
 from tests.conftest import REPO
 
 SPARK_SILO = "sg_lake"
@@ -39,8 +40,8 @@ def test_governed_layer_materializes_with_sg_lake_on_spark(local_deployment, tmp
     )
     assert result.success
     [credit] = result.asset_materializations_for_node("governed__customer_credit_features")
-    crossed = credit.metadata["bytes_crossing_by_silo"].value
-    assert crossed[SPARK_SILO] > 0 and f"at silo {SPARK_SILO}" in credit.metadata["plan"].value
+    assert credit.metadata[f"{BYTES_OUT_PREFIX}{SPARK_SILO}"].value > 0
+    assert f"at silo {SPARK_SILO}" in credit.metadata["plan"].value
 
     with open_governed_zone(load_catalog(path), "local", local_deployment.home) as zone:
         features = zone.execute("SELECT * FROM customer_credit_features").read_all()
