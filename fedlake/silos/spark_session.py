@@ -14,7 +14,9 @@ the silo's region and the agent reports failures by code and id.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -91,6 +93,8 @@ def _classic(master: str, silo: str) -> SparkSession:
     from pyspark.errors import PySparkException
     from pyspark.sql import SparkSession
 
+    scratch = tempfile.mkdtemp(prefix="fedlake-spark-")  # Spark's own folders, none in the working directory
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     builder = (
         SparkSession.builder.master(master)
         .appName("fedlake-agent")
@@ -102,8 +106,8 @@ def _classic(master: str, silo: str) -> SparkSession:
         .config("spark.sql.session.timeZone", "UTC")
         # a fragment names tables, never files: no `parquet.`/any/path`` reads
         .config("spark.sql.runSQLOnFiles", "false")
-        .config("spark.sql.warehouse.dir", tempfile.mkdtemp(prefix="fedlake-spark-warehouse-"))
-        .config("spark.jars.ivy", tempfile.mkdtemp(prefix="fedlake-spark-ivy-"))
+        .config("spark.sql.warehouse.dir", os.path.join(scratch, "warehouse"))
+        .config("spark.jars.ivy", os.path.join(scratch, "ivy"))
     )
     if master.startswith("local"):
         # the driver and its executors talk over loopback only
