@@ -8,6 +8,7 @@ environment before the import and again in the context's own config. The context
 from __future__ import annotations
 
 import os
+import sys
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -17,9 +18,20 @@ if TYPE_CHECKING:
 
 def gx_module() -> ModuleType:
     os.environ["GX_ANALYTICS_ENABLED"] = "false"
+    _keep_spark_connect_out()
     import great_expectations as gx
 
     return gx
+
+
+def _keep_spark_connect_out() -> None:
+    """GE imports Spark Connect where pyspark is installed, and Spark Connect, imported in a process
+    whose __main__ has neither a spec nor a file (`python -c`, the step processes Dagster spawns),
+    takes itself for pyspark's doctest runner and calls sys.exit(0): the step dies without a word.
+    fedlake never validates through Spark Connect, so in such a process GE is told it is absent."""
+    main = sys.modules.get("__main__")
+    if main is not None and getattr(main, "__spec__", None) is None and not hasattr(main, "__file__"):
+        sys.modules.setdefault("pyspark.sql.connect", None)
 
 
 def ephemeral_context():

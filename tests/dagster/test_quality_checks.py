@@ -146,3 +146,14 @@ def test_two_expectations_with_one_label_say_which_failed(small_bank, catalog, t
     assert failed.metadata["failed_expectations"].value == ["expect_column_values_to_be_between(amount) [expectations[1]]"]
     assert "expect_column_values_to_be_between(amount) [expectations[1]]: " in failed.description
     assert "[expectations[0]]" not in failed.description
+
+
+def test_suites_load_in_a_process_without_a_main_file():
+    """Dagster's step processes (like `python -c`) have a __main__ without spec or file; where pyspark is
+    installed, GE's import of Spark Connect used to end such a process silently (sys.exit(0))."""
+    import subprocess
+    import sys
+
+    code = "from fedlake.quality import load_suites; print(len(load_suites(%r)), 'suites loaded')" % str(REPO / "silos.yaml")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "13 suites loaded" in done.stdout, done.stdout + done.stderr
