@@ -183,7 +183,16 @@ class PostgresStore(Store):
         return conn
 
     def _prepare(self, conn) -> None:
-        """Create the table, or bring one made by an older fedlake up to date (once per process)."""
+        """Create the table, or bring one made by an older fedlake up to date (once per process).
+        Under an advisory lock: PostgreSQL's IF NOT EXISTS races when several agents start at once
+        on a fresh ledger (a duplicate key in pg_class)."""
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('fedlake.audit_ledger'))")
+            self._create(conn)
+        with PostgresStore._ready_guard:
+            PostgresStore._ready.add((self.dsn, self.schema))
+
+    def _create(self, conn) -> None:
         conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         conn.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({TABLE_COLUMNS})")
         have = {r[0] for r in conn.execute(
@@ -194,8 +203,6 @@ class PostgresStore(Store):
                 for statement in _MIGRATION:
                     conn.execute(statement.format(table=self.table))
         conn.execute(_CHAIN_INDEX.format(index="audit_ledger_chain_seq", table=self.table))
-        with PostgresStore._ready_guard:
-            PostgresStore._ready.add((self.dsn, self.schema))
 
     def _sql(self, sql: str) -> str:
         return sql.format(table=self.table).replace("?", "%s")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from fedlake.cli import settings
@@ -26,9 +25,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def cmd_agent_serve(args: argparse.Namespace) -> int:
-    # Fragments from peer agents arrive over Flight with buffers at any alignment, which costs nothing
-    # on the CPUs agents run on; Acero (under DuckDB's Arrow scan) would print a warning per batch.
-    os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
     from fedlake.agent import build_agent
     from fedlake.agent.server import AgentFlightServer
     from fedlake.cli.clients import require_lake_folder
@@ -38,6 +34,10 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
 
     catalog = settings.catalog(args)
     policy = settings.policy(args, catalog)
+    if settings.deployment(args) == "prod":
+        from fedlake.agent.readiness import require_configuration
+
+        require_configuration(catalog, policy, args.silo, args.tls_cert, args.tls_key)
     require_lake_folder(catalog.silo(args.silo), settings.deployment(args), data_dir())
     agent = build_agent(catalog, policy, args.silo, settings.deployment(args), data_dir(), plugins=serving_plugins())
     scheme = "grpc+tls" if args.tls_cert else "grpc+tcp"
