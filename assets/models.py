@@ -223,5 +223,7 @@ def model_assets(catalog: Catalog) -> list[dg.AssetsDefinition]:
     return [credit_scoring_model_asset(), aml_model_asset(catalog), *regional_model_assets(catalog)]
 
 
-def model_checks() -> list[dg.AssetChecksDefinition]:
-    return [promotion_check(CREDIT_MODEL, floor=0.6), promotion_check(AML_MODEL, floor=0.55)]
+def model_checks(catalog: Catalog) -> list[dg.AssetChecksDefinition]:
+    """A promotion gate on every model; a regional memo screen must at least beat chance."""
+    regional = [promotion_check(assets_def.key.path[-1], floor=0.5) for assets_def in regional_model_assets(catalog)]
+    return [promotion_check(CREDIT_MODEL, floor=0.6), promotion_check(AML_MODEL, floor=0.55), *regional]

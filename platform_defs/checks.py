@@ -32,5 +32,5 @@ def all_checks(
         *schema_contract_checks(catalog, derived),
         *quality_checks(catalog, load_suites(catalog_path, catalog)),
         hash_chain_intact,
-        *model_checks(),
+        *model_checks(catalog),
     ]

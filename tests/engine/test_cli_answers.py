@@ -31,7 +31,8 @@ def cli(local_deployment, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FEDLAKE_HOME", str(local_deployment.home))
     monkeypatch.setenv("FEDLAKE_LEDGER", str(tmp_path / "audit.duckdb"))
     monkeypatch.setenv("FEDLAKE_SILOS", str(REPO / "silos.yaml"))
-    for name in ("FEDLAKE_COORDINATOR", "FEDLAKE_TOKEN", "FEDLAKE_DEPLOYMENT", "FEDLAKE_POLICIES"):
+    # the session's prod fixture exports its clients' tokens; the local deployment uses its own
+    for name in ("FEDLAKE_COORDINATOR", "FEDLAKE_TOKEN", "FEDLAKE_DEPLOYMENT", "FEDLAKE_POLICIES", "FEDLAKE_TOKEN_COORDINATOR", "FEDLAKE_TOKEN_ANALYST"):
         monkeypatch.delenv(name, raising=False)
 
     def run(*argv: str) -> tuple[int, str, str]:

@@ -485,7 +485,7 @@ def test_where_no_site_complies_the_error_names_the_column_and_the_rule(silos, e
     [
         ("SELECT * FROM eu.nope", "unknown table eu.nope"),
         ("SELECT * FROM mars.people", "unknown silo 'mars'"),
-        ("SELECT no_such_column FROM eu.people", "does not fit"),
+        ("SELECT no_such_column FROM eu.people", "unknown column 'no_such_column' in eu.people"),
         ("DELETE FROM eu.people", "exactly one SELECT"),
         ("SELECT FROM WHERE", "cannot parse"),
     ],

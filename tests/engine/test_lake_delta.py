@@ -6,6 +6,8 @@ table exactly as the same rows in plain Parquet."""
 
 from __future__ import annotations
 
+import re
+
 import json
 import os
 import posixpath
@@ -254,7 +256,8 @@ def test_the_gate_and_masks_treat_a_delta_table_exactly_as_the_same_rows_in_plai
         try:
             return "answered", normalized(client.query(sql, purpose, to).read_all())
         except (EgressDenied, Forbidden) as exc:
-            return "refused", type(exc).__name__, str(exc)
+            # the silo's table list depends on what other tests made in the shared lake: not the point here
+            return "refused", type(exc).__name__, re.sub(r" \(tables: [^)]*\)", "", str(exc))
 
     # every query that the masks answer, a sample of the refusals, and the bypasses on both lakes' files
     on_us = [c for c in CASES if c.silo == "us_lake"]
