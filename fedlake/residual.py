@@ -22,7 +22,7 @@ import sqlglot
 from sqlglot import exp
 
 from fedlake.errors import FedlakeError
-from fedlake.runtime import tolerate_unaligned_arrow
+from fedlake.runtime import process_alive, tolerate_unaligned_arrow
 from fedlake.silos.base import counted
 
 
@@ -39,20 +39,10 @@ def sweep_spills(folder: Path | None = None) -> list[Path]:
     removed = []
     for spill in Path(folder or tempfile.gettempdir()).glob(f"{SPILL_PREFIX}*-*"):
         pid = spill.name[len(SPILL_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(spill, ignore_errors=True)
             removed.append(spill)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Workspace:

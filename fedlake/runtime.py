@@ -21,6 +21,17 @@ _YOUNG_THRESHOLD = 50_000  # allocations between young collections (Python's def
 _settled = False
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one we may not signal counts: it is someone's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def tolerate_unaligned_arrow() -> None:
     """Arrow batches that arrive over Flight sit at whatever buffer alignment gRPC gave them. The
     CPUs fedlake runs on read them as they are, but Acero (under DuckDB's scan of Arrow data) prints

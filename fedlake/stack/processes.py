@@ -10,6 +10,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedlake.runtime import process_alive
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -40,16 +42,6 @@ def spawn(command: Sequence[str], env: dict[str, str], log: Path) -> subprocess.
                                 start_new_session=True)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stop_pid(pid: int, grace: float = 10.0) -> None:
     """SIGTERM the process group `spawn` made, then SIGKILL whatever is left after `grace` seconds."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
@@ -62,7 +54,7 @@ def stop_pid(pid: int, grace: float = 10.0) -> None:
             try:
                 finished, _ = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:  # not our child: poll for it instead
-                finished = 0 if alive(pid) else pid
-            if finished == pid or not alive(pid):
+                finished = 0 if process_alive(pid) else pid
+            if finished == pid or not process_alive(pid):
                 return
             time.sleep(0.1)

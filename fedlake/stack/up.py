@@ -22,7 +22,8 @@ from fedlake.errors import ConfigError, FedlakeError
 from fedlake.policy.model import POLICIES_ENV, load_policy
 from fedlake.stack.keys import signing_key_files
 from fedlake.stack.postgres_server import create_database, start_postgres, stop_postgres
-from fedlake.stack.processes import alive, free_port, spawn, stop_pid, wait_for_port
+from fedlake.runtime import process_alive
+from fedlake.stack.processes import free_port, spawn, stop_pid, wait_for_port
 from fedlake.stack.s3_server import create_bucket, start_s3
 
 STATE_FILE = "stack.json"
@@ -112,7 +113,7 @@ def _running(root: Path) -> dict[str, int]:
     path = root / STATE_FILE
     if not path.exists():
         return {}
-    return {role: pid for role, pid in json.loads(path.read_text()).get("processes", {}).items() if alive(pid)}
+    return {role: pid for role, pid in json.loads(path.read_text()).get("processes", {}).items() if process_alive(pid)}
 
 
 def up(
@@ -258,7 +259,7 @@ def down(root: Path, purge: bool = False) -> list[str]:
     if path.exists():
         state = json.loads(path.read_text())
         for role, pid in reversed(list(state.get("processes", {}).items())):
-            if alive(pid):
+            if process_alive(pid):
                 stop_pid(pid)
                 stopped.append(role)
         pgdata = Path(state["pgdata"])
