@@ -245,6 +245,8 @@ def _start_dagster(stack: Stack, admin: str, workspace: Path, port: int) -> None
 def _write_env(stack: Stack) -> None:
     lines = ["# fedlake's prod-like deployment on this machine: `source` me. Secrets inside: keep 0600."]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(stack.env.items())]
+    # the README's next steps call `fedlake`: the one installed next to the interpreter that ran `up`
+    lines.append(f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"')
     fd = os.open(stack.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write("\n".join(lines) + "\n")

@@ -46,6 +46,8 @@ def test_prod_up_serves_a_federated_query_with_an_intact_signed_ledger_then_goes
     # a shell that never sourced anything: none of the deployment's variables
     base = {k: v for k, v in os.environ.items() if not k.startswith(("FEDLAKE_", "EU_CORE", "US_LAKE", "SG_LAKE", "DAGSTER_"))}
     base["FEDLAKE_HOME"] = str(tmp_path / "home")
+    venv_bin = str(Path(sys.executable).parent)
+    base["PATH"] = os.pathsep.join(p for p in base.get("PATH", "").split(os.pathsep) if p != venv_bin)  # no fedlake on it
     make = ["make", "-s", "--no-print-directory", f"PROD_DIR={state}"]
     up = subprocess.run([*make, "prod-up", f"PORT={free_port()}"], cwd=REPO, env=base, capture_output=True, text=True, timeout=420)
     try:
@@ -57,7 +59,9 @@ def test_prod_up_serves_a_federated_query_with_an_intact_signed_ledger_then_goes
             assert answer.status == 200  # Dagster's webserver, on the dagster-postgres instance
 
         def fedlake(*args: str) -> subprocess.CompletedProcess:
-            done = subprocess.run([sys.executable, "-m", "fedlake.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+            """As the README says: source stack.env, then `fedlake` from the PATH it sets."""
+            script = f'source {shlex.quote(str(state / "stack.env"))} && exec fedlake "$@"'
+            done = subprocess.run(["bash", "-c", script, "fedlake", *args], cwd=tmp_path, env=base, capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, done.stdout + done.stderr
             assert "Traceback" not in done.stderr and "alignment" not in done.stderr.lower()
             return done
