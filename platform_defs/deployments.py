@@ -7,15 +7,18 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.dbt_marts import dbt_executable, dbt_project
+from fedlake.agent import AGENT_CA_ENV
 from fedlake.catalog import Catalog, EnvRef
+from fedlake.errors import ConfigError
 from fedlake.policy.model import Policy
+from resources.dbt_marts import FedlakeDbtResource
 from resources.governed_zone import GovernedZoneResource
 from resources.ledger import LedgerResource
 from resources.model_registry import ModelRegistryResource
 from resources.silos import COORDINATOR, ParquetSiloResource, PostgresSiloResource, S3SiloResource, SiloResource
 
 DEPLOYMENT_ENV = "FEDLAKE_DEPLOYMENT"
-AGENT_CA_ENV = "FEDLAKE_AGENT_CA"  # the CA certificate the coordinator trusts for agents' TLS
 LEDGER_ENV = "FEDLAKE_LEDGER"
 
 SILO_RESOURCE_BY_KIND: dict[str, type[SiloResource]] = {
@@ -91,3 +94,33 @@ def ledger_resource(deployment: str, home: Path) -> LedgerResource:
 def model_registry_resource(home: Path) -> ModelRegistryResource:
     """Model versions live beside the governed zone; the demo bank's truth (if seeded) scores the oracle."""
     return ModelRegistryResource(root=str(home / "governed" / "models"), truth_dir=str(home / "truth"))
+
+
+def dbt_marts_resource(catalog: Catalog, deployment: str, home: Path) -> FedlakeDbtResource:
+    """dbt on the governed zone of this deployment: dbt-duckdb on the Parquet/Delta lake (`path`,
+    target `local`), or dbt-postgres in the governed PostgreSQL database (`dsn`, target `prod`),
+    whose DSN dbt gets from the environment variable named in silos.yaml when it runs."""
+    home = Path(home).expanduser().resolve()
+    settings = catalog.governed_connections.get(deployment)
+    if not settings:
+        raise ConfigError(catalog.path, "governed_zone.connection", f"no connection for deployment '{deployment}'")
+    common = {
+        "project_dir": dbt_project,
+        "dbt_executable": dbt_executable(),
+        "fedlake_home": str(home),
+        "config_source": str(catalog.path),
+    }
+    if "dsn" in settings:
+        dsn = settings["dsn"]
+        if not isinstance(dsn, EnvRef):
+            raise ConfigError(
+                catalog.path,
+                f"governed_zone.connection.{deployment}.dsn",
+                "a DSN holds a password: write it as {env: NAME} and set NAME where Dagster runs",
+            )
+        schema = str(settings.get("schema") or "public")
+        return FedlakeDbtResource(**common, target="prod", governed_dsn_env=dsn.name, governed_schema=schema)
+    if "path" in settings:
+        zone = Path(str(settings["path"])).expanduser()
+        return FedlakeDbtResource(**common, target="local", governed_zone=str(zone if zone.is_absolute() else home / zone))
+    raise ConfigError(catalog.path, f"governed_zone.connection.{deployment}", f"expected path or dsn, got {sorted(settings)}")

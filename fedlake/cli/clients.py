@@ -79,7 +79,7 @@ def require_lake_folder(spec, deployment: str, home: Path) -> None:
 
 def agent_clients(catalog, policy, deployment: str, home: Path, token: str) -> Mapping[str, AgentClient]:
     """A client of every silo's agent presenting `token`, serving queries only (no plug-ins: a query needs none)."""
-    from fedlake.agent import FlightAgentClient, InProcessAgentClient, build_agent
+    from fedlake.agent import AGENT_CA_ENV, FlightAgentClient, InProcessAgentClient, build_agent
     from fedlake.catalog import EnvRef
 
     def open_client(name: str) -> AgentClient:
@@ -90,6 +90,6 @@ def agent_clients(catalog, policy, deployment: str, home: Path, token: str) -> M
             return InProcessAgentClient(build_agent(catalog, policy, name, "local", home), token)
         where = f"{catalog.path} (silos.{name}.agent.{deployment})"
         location = agent["location"].resolve(where) if isinstance(agent["location"], EnvRef) else agent["location"]
-        return FlightAgentClient(name, location, token, os.environ.get("FEDLAKE_AGENT_CA"))
+        return FlightAgentClient(name, location, token, os.environ.get(AGENT_CA_ENV))
 
     return ClientsOnDemand(list(catalog.silos), open_client)

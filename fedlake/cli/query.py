@@ -118,7 +118,7 @@ def _query_served(args: argparse.Namespace, sql: str, limit: int | None) -> int:
     import pyarrow as pa
 
     from fedlake.cli.results import write_result
-    from fedlake.serve.remote import COORDINATOR_CA_ENV, CoordinatorError, cli_token, query_coordinator
+    from fedlake.serve.remote import CoordinatorError, cli_token, coordinator_ca, query_coordinator
 
     location = os.environ[COORDINATOR_ENV]
     if args.site != "auto":
@@ -131,9 +131,8 @@ def _query_served(args: argparse.Namespace, sql: str, limit: int | None) -> int:
         token = choose_identity(settings.policy(args, settings.catalog(args)), args.client, deployment, data_dir()).token
     else:
         token = cli_token(deployment, lambda: settings.policy(args, settings.catalog(args)))
-    ca = os.environ.get(COORDINATOR_CA_ENV) or os.environ.get("FEDLAKE_AGENT_CA")
     text = f"EXPLAIN ANALYZE {sql}" if args.explain_analyze else f"EXPLAIN {sql}" if args.explain else sql
-    table = query_coordinator(location, text, args.purpose, token, Path(ca) if ca else None)
+    table = query_coordinator(location, text, args.purpose, token, coordinator_ca())
     if args.explain or args.explain_analyze:
         print("\n".join(table.column("plan").to_pylist()))
         return 0

@@ -9,7 +9,6 @@ The server's CA is FEDLAKE_COORDINATOR_CA, else FEDLAKE_AGENT_CA.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from fedlake.agent import AGENT_CA_ENV
 from fedlake.errors import FedlakeError
 from fedlake.policy.model import Policy
 from fedlake.serve import messages as m
@@ -25,7 +25,6 @@ from fedlake.serve import messages as m
 COORDINATOR_ENV = "FEDLAKE_COORDINATOR"
 TOKEN_ENV = "FEDLAKE_TOKEN"
 COORDINATOR_CA_ENV = "FEDLAKE_COORDINATOR_CA"
-_AGENT_CA_ENV = "FEDLAKE_AGENT_CA"
 # what pyarrow adds around the server's message: "Flight returned <status> error, with message: ..."
 _WRAPPED = re.compile(r"^Flight returned [\w ]+ error, with message: ")
 
@@ -73,18 +72,7 @@ def cli_token(deployment: str, policy: Callable[[], Policy]) -> str:
     raise CoordinatorError(f"{TOKEN_ENV} is not set: the coordinator at {os.environ.get(COORDINATOR_ENV)} needs your bearer token")
 
 
-def cli_query(args: argparse.Namespace, deployment: str, policy: Callable[[], Policy]) -> int:
-    """`fedlake query` against FEDLAKE_COORDINATOR: the same output as the in-process CLI."""
-    location = os.environ[COORDINATOR_ENV]
-    if args.site != "auto":
-        raise CoordinatorError(f"--site is chosen by the coordinator at {location}; unset {COORDINATOR_ENV} to choose it here")
-    ca = os.environ.get(COORDINATOR_CA_ENV) or os.environ.get(_AGENT_CA_ENV)
-    sql = f"EXPLAIN ANALYZE {args.sql}" if args.explain_analyze else f"EXPLAIN {args.sql}" if args.explain else args.sql
-    table = query_coordinator(location, sql, args.purpose, cli_token(deployment, policy), Path(ca) if ca else None)
-    if args.explain or args.explain_analyze:
-        print("\n".join(table.column("plan").to_pylist()))
-        return 0
-    from fedlake.display import render_table
-
-    print(render_table(table, args.max_rows))
-    return 0
+def coordinator_ca() -> Path | None:
+    """The CA of the served coordinator's certificate: its own when set, else the agents' CA."""
+    ca = os.environ.get(COORDINATOR_CA_ENV) or os.environ.get(AGENT_CA_ENV)
+    return Path(ca) if ca else None
