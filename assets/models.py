@@ -4,12 +4,10 @@ memos never leave their region). Each training is a registered version with its 
 check promotes it only where it beats the champion, or a floor, on held-out data."""
 
 
-import hashlib
-import json
-
 import dagster as dg
 import pyarrow.parquet as pq
 
+from assets.federated_training import AML_TABLES, aml_model_spec, checkpoint_dir, weights_only
 from assets.regional_models import regional_model_assets
 from fedlake.catalog import Catalog
 from fedlake.drift import bin_shares, quantile_edges
@@ -17,7 +15,6 @@ from fedlake.learning.aggregate import FedAvg, FedProx
 from fedlake.learning.coordinator import FederatedTrainer
 from fedlake.learning.credit import BEHAVIOUR, credit_comparison
 from fedlake.learning.data import fingerprint_versions, versioned_fingerprint
-from fedlake.learning.models import aml_spec
 from fedlake.learning.registry import RegistryError
 from fedlake.learning.secagg import SecAggConfig
 from fedlake.learning.silo_dp import dp_accounting, required_dp
@@ -113,11 +110,11 @@ def credit_scoring_model_asset() -> dg.AssetsDefinition:
 
 
 def aml_model_asset(catalog: Catalog) -> dg.AssetsDefinition:
-    silos = [name for name, spec in catalog.silos.items() if {"transactions", "accounts", "aml_cases"} <= set(spec.tables)]
+    silos = [name for name, spec in catalog.silos.items() if set(AML_TABLES) <= set(spec.tables)]
     ins = {
         f"{silo}__{table}": dg.AssetIn(key=[silo, table], input_manager_key="federated_io_manager")
         for silo in silos
-        for table in ("transactions", "accounts", "aml_cases")
+        for table in AML_TABLES
     }
 
     @dg.asset(
@@ -130,10 +127,7 @@ def aml_model_asset(catalog: Catalog) -> dg.AssetsDefinition:
     def aml_model(context: dg.AssetExecutionContext, config: AMLTrainingConfig, **inputs: RelationHandle):
         """An AML model over each silo's transactions and memos, trained federatedly: only weights leave a silo."""
         clients = {silo: getattr(context.resources, silo).agent() for silo in silos}
-        try:
-            spec = aml_spec(AML_MODEL, config.encoder)
-        except ValueError as exc:
-            raise dg.Failure(description=str(exc)) from None
+        spec = aml_model_spec(AML_MODEL, config.encoder)
         strategy = FedProx(mu=config.mu) if config.strategy == "fedprox" else FedAvg()
         dp = DPConfig(noise_multiplier=config.dp_noise_multiplier) if config.dp_noise_multiplier > 0 else None
         train_config = TrainConfig(epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size, dp=dp, seed=config.seed,
@@ -146,9 +140,7 @@ def aml_model_asset(catalog: Catalog) -> dg.AssetsDefinition:
             except RegistryError as exc:
                 raise dg.Failure(description=f"data_of_version: {exc}") from None
             data_versions = {silo: fingerprint_versions(fp) for silo, fp in seen.items() if fingerprint_versions(fp)}
-        # a restarted training of the same data and settings resumes from its last checkpoint
-        key = hashlib.sha256(json.dumps([config.model_dump(), sorted((h.qualified_name, h.rows) for h in inputs.values())]).encode())
-        checkpoints = registry.root / "_checkpoints" / AML_MODEL / key.hexdigest()[:16]
+        checkpoints = checkpoint_dir(registry.root, AML_MODEL, config, inputs)
         trainer = FederatedTrainer(
             clients, spec, strategy, rounds=config.rounds, min_silos=config.min_silos,
             round_timeout_s=config.round_timeout_s, checkpoint_dir=checkpoints, config=train_config, seed=config.seed,
@@ -166,7 +158,7 @@ def aml_model_asset(catalog: Catalog) -> dg.AssetsDefinition:
             result.weights,
             hyper_parameters={**config.model_dump(), "strategy": strategy.to_dict()},
             fingerprints=result.fingerprints,
-            policy_decisions=[{"silo": s, "output": "model_weights", "action": "allow", "rule": "training: only weights leave"} for s in silos],
+            policy_decisions=weights_only(silos),
             epsilon=result.epsilon,
             delta=result.delta,
             training={"rounds": result.rounds, "resumed_from": result.resumed_from, "history": result.history},

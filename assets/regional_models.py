@@ -7,20 +7,16 @@ AML and credit models, so a run's multiprocess executor materializes them side b
 agents each training is its own session.
 """
 
-import hashlib
-import json
-
 import dagster as dg
 
+from assets.federated_training import AML_TABLES, aml_model_spec, checkpoint_dir, weights_only
 from fedlake.catalog import Catalog
 from fedlake.learning.aggregate import FedAvg
 from fedlake.learning.coordinator import FederatedTrainer
-from fedlake.learning.models import aml_spec
 from fedlake.learning.train import TrainConfig
 from fedlake.relation import RelationHandle
 
 GROUP = "models"  # as assets/models.py, which lists these assets with its own
-AML_TABLES = ("transactions", "accounts", "aml_cases")
 
 
 class RegionalTrainingConfig(dg.Config):
@@ -51,15 +47,11 @@ def regional_model_asset(catalog: Catalog, silo: str) -> dg.AssetsDefinition:
         description=f"Memo screening for {region}, trained inside {silo} alone on its own memos and confirmed cases.",
     )
     def memo_screen(context: dg.AssetExecutionContext, config: RegionalTrainingConfig, **inputs: RelationHandle):
-        try:
-            spec = aml_spec(name, config.encoder)
-        except ValueError as exc:
-            raise dg.Failure(description=str(exc)) from None
+        spec = aml_model_spec(name, config.encoder)
         registry = context.resources.model_registry.registry()
-        key = hashlib.sha256(json.dumps([config.model_dump(), sorted((h.qualified_name, h.rows) for h in inputs.values())]).encode())
         trainer = FederatedTrainer(
             {silo: getattr(context.resources, silo).agent()}, spec, FedAvg(), rounds=config.rounds, min_silos=1,
-            round_timeout_s=config.round_timeout_s, checkpoint_dir=registry.root / "_checkpoints" / name / key.hexdigest()[:16],
+            round_timeout_s=config.round_timeout_s, checkpoint_dir=checkpoint_dir(registry.root, name, config, inputs),
             config=TrainConfig(epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
                                max_samples=config.max_samples or None),
             seed=config.seed,
@@ -69,7 +61,7 @@ def regional_model_asset(catalog: Catalog, silo: str) -> dg.AssetsDefinition:
             name, result.spec, result.weights,
             hyper_parameters=config.model_dump(),
             fingerprints=result.fingerprints,
-            policy_decisions=[{"silo": silo, "output": "model_weights", "action": "allow", "rule": "training: only weights leave"}],
+            policy_decisions=weights_only([silo]),
             training={"rounds": result.rounds, "resumed_from": result.resumed_from, "history": result.history},
             description=f"Scores {region} accounts from behaviour and memo text; labels are {silo}'s own confirmed cases.",
         )
