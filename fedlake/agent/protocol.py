@@ -50,6 +50,10 @@ class Message:
     def _fields(self) -> dict[str, Any]:
         return asdict(self)
 
+    def body(self) -> dict[str, Any]:
+        """The fields without the envelope, for a message carried inside another's body."""
+        return self._fields()
+
     @classmethod
     def from_wire(cls: type[M], raw: bytes | str) -> M:
         body = _envelope(raw, cls.kind)
@@ -70,12 +74,20 @@ class Message:
             raise ProtocolError(f"a {cls.kind} message is malformed: {exc}") from None
 
     def _checked(self: M) -> M:
+        """Every field of a plain annotated type is checked; a message reads others in from_fields."""
         for f in fields(self):
-            value = getattr(self, f.name)
-            expected = {"str": str, "bool": bool}.get(str(f.type))
-            if expected and not isinstance(value, expected):
-                raise ProtocolError(f"a {self.kind} message's '{f.name}' is {expected.__name__}, not {type(value).__name__}")
+            value, annotation = getattr(self, f.name), str(f.type)
+            expected = _PLAIN_TYPES.get(annotation)
+            if expected and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+                raise ProtocolError(f"a {self.kind} message's '{f.name}' is {annotation}, not {type(value).__name__}")
+            if annotation == "list[str]" and not all(isinstance(v, str) for v in value):
+                raise ProtocolError(f"a {self.kind} message's '{f.name}' must list names")
+            if annotation == "dict[str, str]" and not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise ProtocolError(f"a {self.kind} message's '{f.name}' must map names to text")
         return self
+
+
+_PLAIN_TYPES = {"str": str, "int": int, "bool": bool, "list[str]": list, "dict[str, str]": dict, "list[dict[str, str]]": list}
 
 
 def kind_of(raw: bytes | str) -> str:

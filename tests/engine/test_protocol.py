@@ -74,3 +74,27 @@ def test_a_residual_without_its_fields_is_refused_not_a_key_error():
 def test_a_decision_gives_no_actions_when_refused():
     assert Decision(VERDICTS).actions() == {"customer_id": "pseudonymize", "income": "allow"}
     assert Decision(VERDICTS, denied="egress denied").actions() == {}
+
+
+SETUP = {"session": "s", "round": 1, "participants": ["eu_core", "us_lake"], "threshold": 2, "frac_bits": 16,
+         "vector_size": 8, "purpose": "aml"}
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"round": True}, "'round' is int, not bool"),
+        ({"threshold": "2"}, "'threshold' is int, not str"),
+        ({"participants": "eu_core"}, "'participants' is list[str], not str"),
+        ({"participants": ["eu_core", 7]}, "'participants' must list names"),
+    ],
+)
+def test_typed_fields_of_every_message_kind_are_checked_alike(change, problem):
+    from fedlake.learning.secagg.messages import SealedShares, Setup
+
+    assert Setup.from_fields(SETUP).body() == SETUP
+    with pytest.raises(ProtocolError) as refused:
+        Setup.from_fields({**SETUP, **change})
+    assert problem in str(refused.value) and "\n" not in str(refused.value)
+    with pytest.raises(ProtocolError, match="'sealed' must map names to text"):
+        SealedShares.from_fields({"silo": "eu_core", "sealed": {"us_lake": 1}, "checked": True})

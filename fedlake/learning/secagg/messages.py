@@ -15,8 +15,8 @@ malformed one is refused in one line naming the field.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 from fedlake.agent.protocol import Message, ProtocolError
 
@@ -26,30 +26,9 @@ UNMASK_ACTION = "secagg_unmask"
 MASK_FIELD = "secagg"  # the MaskRequest inside a train_round body
 MASKED_FIELD = "masked"  # the MaskedInput inside a train_round answer
 
-_TYPES = {"str": str, "int": int, "bool": bool, "list[str]": list, "dict[str, str]": dict, "list[dict[str, str]]": list}
-
 
 @dataclass(frozen=True)
-class _Typed(Message):
-    kind: ClassVar[str] = ""
-
-    def body(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def _checked(self):
-        for f in fields(self):
-            value, expected = getattr(self, f.name), _TYPES.get(str(f.type))
-            if expected and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
-                raise ProtocolError(f"a {self.kind} message's '{f.name}' must be {f.type}, not {type(value).__name__}")
-            if isinstance(value, list) and str(f.type) == "list[str]" and not all(isinstance(v, str) for v in value):
-                raise ProtocolError(f"a {self.kind} message's '{f.name}' must list names")
-            if isinstance(value, dict) and not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-                raise ProtocolError(f"a {self.kind} message's '{f.name}' must map names to text")
-        return self
-
-
-@dataclass(frozen=True)
-class Setup(_Typed):
+class Setup(Message):
     kind: ClassVar[str] = "secagg_setup"
     session: str
     round: int
@@ -61,7 +40,7 @@ class Setup(_Typed):
 
 
 @dataclass(frozen=True)
-class KeyAdvert(_Typed):
+class KeyAdvert(Message):
     kind: ClassVar[str] = "secagg_key_advert"
     silo: str
     channel_public: str
@@ -70,7 +49,7 @@ class KeyAdvert(_Typed):
 
 
 @dataclass(frozen=True)
-class ShareKeys(_Typed):
+class ShareKeys(Message):
     kind: ClassVar[str] = "secagg_share_keys"
     session: str
     adverts: list[dict[str, str]]
@@ -83,7 +62,7 @@ class ShareKeys(_Typed):
 
 
 @dataclass(frozen=True)
-class SealedShares(_Typed):
+class SealedShares(Message):
     kind: ClassVar[str] = "secagg_sealed_shares"
     silo: str
     sealed: dict[str, str]  # recipient -> base64 AES-GCM box
@@ -91,14 +70,14 @@ class SealedShares(_Typed):
 
 
 @dataclass(frozen=True)
-class MaskRequest(_Typed):
+class MaskRequest(Message):
     kind: ClassVar[str] = "secagg_mask_request"
     session: str
     sealed: dict[str, str]  # sender -> base64 box addressed to this silo
 
 
 @dataclass(frozen=True)
-class MaskedInput(_Typed):
+class MaskedInput(Message):
     kind: ClassVar[str] = "secagg_masked_input"
     silo: str
     vector: str  # base64 of little-endian uint64 ring elements
@@ -106,7 +85,7 @@ class MaskedInput(_Typed):
 
 
 @dataclass(frozen=True)
-class Unmask(_Typed):
+class Unmask(Message):
     kind: ClassVar[str] = "secagg_unmask"
     session: str
     survivors: list[str]
@@ -116,7 +95,7 @@ class Unmask(_Typed):
 
 
 @dataclass(frozen=True)
-class UnmaskShares(_Typed):
+class UnmaskShares(Message):
     kind: ClassVar[str] = "secagg_unmask_shares"
     silo: str
     self_mask: dict[str, str]  # survivor -> share of its self-mask seed
