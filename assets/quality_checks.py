@@ -1,7 +1,7 @@
 """Data quality, one asset check per expectation suite, on the source asset it describes.
 
-Each silo's agent runs the suite of a table in place (GE against PostgreSQL itself, or on the lake
-through DuckDB inside the agent's process) and sends back only the results: per expectation its
+Each silo's agent runs the suite of a table in place (GE's SQL on PostgreSQL itself, or on the
+lake's own DuckDB) and sends back only the results: per expectation its
 success, unexpected count and percent, and a few unexpected values where the policy lets them
 leave for the governed region as they are. The checks on the tables that feed the join layer and
 the training data are blocking: a failed suite stops the assets downstream of its own table in the

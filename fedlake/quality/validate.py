@@ -1,13 +1,12 @@
 """Run an expectation suite where the data is, and let only the validation results out.
 
-PostgreSQL validates itself: GE gets a SQL datasource on the silo's own database and a table asset
-in the silo's schema, so every metric is a query PostgreSQL runs and only aggregates and at most a
-few sample values reach GE. A lake is read by the connector's embedded DuckDB (only the columns the
-suite needs) into a dataframe that stays in the agent's process, next to the lake, and GE's pandas
-engine validates it there. Either way the result that leaves is per expectation: its type, column,
-kwargs, success, unexpected count and percent, and a few unexpected values only where the policy
-lets that column's values leave as they are; otherwise it says that they were withheld and by
-which rule.
+The silo's own database validates itself: GE gets a SQL datasource on PostgreSQL, or on a lake's
+embedded DuckDB where the lake's tables are views (in_place_sql), and a table asset, so every
+metric is a query that database runs and only aggregates and at most a few sample values reach
+GE; no table is loaded into the agent's memory. The result that leaves is per expectation: its
+type, column, kwargs, success, unexpected count and percent, and a few unexpected values only
+where the policy lets that column's values leave as they are; otherwise it says that they were
+withheld and by which rule.
 """
 
 from __future__ import annotations
@@ -27,12 +26,10 @@ from fedlake.errors import FedlakeError, SiloError
 from fedlake.policy.model import Policy
 from fedlake.quality._gx import ephemeral_context
 from fedlake.quality.suites import INDEX_META, Suite
+from fedlake.quality.in_place_sql import in_place_sql
 from fedlake.silos.base import Connector
-from fedlake.silos.postgres import PostgresConnector
 
 DEFAULT_MAX_VALUES = 5
-# Table-level expectations that need the row count only, not every column of a lake table.
-ROW_COUNT_TYPES = frozenset({"expect_table_row_count_to_be_between", "expect_table_row_count_to_equal"})
 # GE keeps a process-wide "current context"; one validation at a time keeps contexts from crossing.
 _GX_LOCK = threading.Lock()
 
@@ -59,10 +56,9 @@ def validate_in_place(
         raise SiloError(f"silo {spec.name}: no table '{table}' to validate (tables: {', '.join(present) or 'none'})")
     started = time.monotonic()
     result_format = {"result_format": "SUMMARY", "partial_unexpected_count": max(1, max_values)}
-    batches = _postgres_batch if isinstance(connector, PostgresConnector) else _dataframe_batch
     with _GX_LOCK:
         context = ephemeral_context()
-        with batches(context, connector, table, suite) as (batch, engine):
+        with _sql_batch(context, connector, table) as (batch, engine):
             result = batch.validate(suite.to_gx(), result_format=result_format)
     disclosure = _Disclosure(policy, spec, table, destination_region, purpose)
     expectations = [_expectation_report(suite, i, result, disclosure, max_values) for i in range(len(suite.expectations))]
@@ -85,46 +81,35 @@ def validate_in_place(
 
 
 @contextmanager
-def _postgres_batch(context, connector: PostgresConnector, table: str, suite: Suite) -> Iterator[tuple[Any, str]]:
-    """A GE SQL datasource on the silo's own database. GE's postgres datasource insists on a URL
-    with a host, which the local deployment's embedded server (a Unix socket) does not have, so the
-    generic SQL datasource gets the connector's DSN through a connection factory instead."""
-    import psycopg
+def _sql_batch(context, connector: Connector, table: str) -> Iterator[tuple[Any, str]]:
+    """A GE SQL datasource on the silo's own database (in_place_sql), the table as its asset."""
     from great_expectations.datasource.fluent.interfaces import TestConnectionError
 
-    dsn, schema = connector._dsn, connector._schema
-
-    def connect() -> psycopg.Connection:
-        return psycopg.connect(dsn)
-
-    # GE suggests its postgres datasource for a postgres URL; it cannot take this one (see above).
-    warnings.filterwarnings("ignore", message="You are using a generic SQLDatasource")
-    try:
-        datasource = context.data_sources.add_sql(
-            name=f"{connector.name}_in_place", connection_string="postgresql+psycopg://", kwargs={"creator": connect}
+    target = in_place_sql(connector, table)
+    if target is None:
+        raise QualityError(
+            f"silo {connector.name}: Great Expectations validates in place on PostgreSQL and lake silos only, "
+            f"not on a silo of kind '{getattr(connector, 'kind', type(connector).__name__)}'"
         )
-    except TestConnectionError as exc:
-        raise SiloError(f"silo {connector.name}: Great Expectations cannot connect to PostgreSQL: {exc}") from exc
     try:
-        asset = datasource.add_table_asset(name=table, table_name=table, schema_name=schema)
-        batch = asset.add_batch_definition_whole_table("whole_table").get_batch()
-        yield batch, f"great_expectations SQL on PostgreSQL, in silo {connector.name} (schema {schema})"
+        # GE suggests its postgres datasource for a postgres URL; it cannot take a Unix socket (in_place_sql).
+        warnings.filterwarnings("ignore", message="You are using a generic SQLDatasource")
+        try:
+            datasource = context.data_sources.add_sql(
+                name=f"{connector.name}_in_place", connection_string=target.url, kwargs={"creator": target.connect}
+            )
+        except TestConnectionError as exc:
+            raise SiloError(f"silo {connector.name}: Great Expectations cannot connect to its database: {exc}") from exc
+        try:
+            asset = datasource.add_table_asset(name=table, table_name=table, schema_name=target.schema)
+            batch = asset.add_batch_definition_whole_table("whole_table").get_batch()
+            if target.dialect_module is not None:
+                datasource.get_execution_engine().dialect_module = target.dialect_module
+            yield batch, target.engine
+        finally:
+            datasource.get_engine().dispose()
     finally:
-        datasource.get_engine().dispose()
-
-
-@contextmanager
-def _dataframe_batch(context, connector: Connector, table: str, suite: Suite) -> Iterator[tuple[Any, str]]:
-    """The lake's DuckDB reads the suite's columns into a dataframe held by the agent's process."""
-    present = [f.name for f in connector.schema(table)]
-    needs_all = any(not e.columns() and e.type not in ROW_COUNT_TYPES for e in suite.expectations)
-    columns = present if needs_all else [c for c in suite.columns() if c in present] or present[:1]
-    projection = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
-    frame = connector.execute(f'SELECT {projection} FROM "{table}"').read_all().to_pandas(split_blocks=True, self_destruct=True)
-    datasource = context.data_sources.add_pandas(name=f"{connector.name}_in_place")
-    asset = datasource.add_dataframe_asset(name=table)
-    batch = asset.add_batch_definition_whole_dataframe("whole_table").get_batch(batch_parameters={"dataframe": frame})
-    yield batch, f"great_expectations pandas on DuckDB, in the agent of silo {connector.name} ({len(columns)} columns read)"
+        target.close()
 
 
 class _Disclosure:

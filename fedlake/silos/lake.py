@@ -223,6 +223,11 @@ class LakeConnector(Connector):
                     self._views[table] = visible.token
         return db.cursor()
 
+    def cursor_over(self, *tables: str) -> duckdb.DuckDBPyConnection:
+        """A cursor on this lake's DuckDB whose views show the current version of `tables`, for a
+        client that writes its own SQL over the lake in place (Great Expectations through SQLAlchemy)."""
+        return self._cursor(" ".join(tables))
+
     def _run(self, sql: str, params: dict | None = None):
         cursor = self._cursor(sql)
         try:

@@ -1,5 +1,5 @@
 """Data quality in place: suites load and are validated against the catalog, run where the data is
-(GE on PostgreSQL itself, GE on a lake through the agent's DuckDB), and only results leave, with
+(GE's SQL on PostgreSQL itself, and on a lake's own DuckDB), and only results leave, with
 sample values only where the policy lets them out as they are."""
 
 from __future__ import annotations
@@ -171,13 +171,13 @@ def test_every_suite_passes_on_the_seeded_local_deployment(local_deployment, sui
                 report = validate_in_place(connector, spec, table, suites.for_table(name, table), policy, "EU", "analytics")
                 assert report["success"], (name, table, [e for e in report["expectations"] if not e["success"]])
                 assert report["evaluated"] == len(suites.for_table(name, table).expectations)
-                engine = "SQL on PostgreSQL" if spec.kind == "postgres" else "pandas on DuckDB"
+                engine = "SQL on PostgreSQL" if spec.kind == "postgres" else "SQL on DuckDB"
                 assert engine in report["engine"]
                 json.dumps(report)
 
 
 def test_every_suite_passes_on_the_prod_silos(prod_deployment, suites, policy, offline):
-    """PostgreSQL over TCP validates itself; the S3 lake (moto) is read by the agent's DuckDB."""
+    """PostgreSQL over TCP validates itself; the S3 lake (moto) is validated by SQL on its own DuckDB."""
     for name, spec in prod_deployment.catalog.silos.items():
         with open_silo(spec, "prod", prod_deployment.home) as connector:
             for table in spec.tables:
