@@ -6,7 +6,8 @@ success, unexpected count and percent, and a few unexpected values where the pol
 leave for the governed region as they are. The checks on the tables that feed the join layer and
 the training data are blocking: a failed suite stops the assets downstream of its own table in the
 same run, and only those (each suite is its own check, its own step). Where two expectations of a
-suite share a label (same type, same columns), each result names its place in the suite file.
+suite share a label (same type, same columns), the agent's result names each by its place in the
+suite file (Suite.labels).
 """
 
 
@@ -37,7 +38,7 @@ def suite_check(spec: SiloSpec, table: str, suite: Suite, governed_region: str, 
             + (" Blocking: a failure stops the assets downstream of this table." if blocking else "")
         ),
         blocking=blocking,
-        metadata={"suite": suite.name, "suite_file": suite.path, "expectations": suite_labels(suite)},
+        metadata={"suite": suite.name, "suite_file": suite.path, "expectations": suite.labels()},
         required_resource_keys={spec.name},
     )
     def validate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
@@ -59,16 +60,6 @@ def suite_check(spec: SiloSpec, table: str, suite: Suite, governed_region: str, 
     return validate
 
 
-def suite_labels(suite: Suite) -> list[str]:
-    """Each expectation's label; where two share one, each says its place in the suite file."""
-    labels = [e.label() for e in suite.expectations]
-    return [_unique(label, i, labels) for i, label in enumerate(labels)]
-
-
-def _unique(label: str, index: int, labels: list[str]) -> str:
-    return f"{label} [expectations[{index}]]" if labels.count(label) > 1 else label
-
-
 def quality_checks(
     catalog: Catalog, suites: QualitySuites, blocking_tables: Iterable[str] = BLOCKING_TABLES
 ) -> list[dg.AssetChecksDefinition]:
@@ -85,8 +76,7 @@ def quality_checks(
 def check_result(asset_key: dg.AssetKey, report: dict[str, Any]) -> dg.AssetCheckResult:
     """The agent's report as a check result: the failing expectations in the description, every
     expectation's outcome in the metadata."""
-    labels = [e["label"] for e in report["expectations"]]
-    expectations = [{**e, "label": _unique(e["label"], i, labels)} for i, e in enumerate(report["expectations"])]
+    expectations = report["expectations"]
     failed = [e for e in expectations if not e["success"]]
     where = f"{report['silo']}.{report['table']}"
     if failed:

@@ -65,6 +65,12 @@ class Suite:
     def columns(self) -> list[str]:
         return list(dict.fromkeys(c for e in self.expectations for c in e.columns()))
 
+    def labels(self) -> list[str]:
+        """Each expectation's label, as results name it; where two share one (same type and columns),
+        each also names its place in the suite file, so a result says which of them failed."""
+        labels = [e.label() for e in self.expectations]
+        return [f"{label} [expectations[{i}]]" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
+
     def to_gx(self):
         """A fresh GE ExpectationSuite (GE binds suites to a context, so each validation gets its own),
         each expectation tagged with its position in the file."""

@@ -61,7 +61,8 @@ def validate_in_place(
         with _sql_batch(context, connector, table) as (batch, engine):
             result = batch.validate(suite.to_gx(), result_format=result_format)
     disclosure = _Disclosure(policy, spec, table, destination_region, purpose)
-    expectations = [_expectation_report(suite, i, result, disclosure, max_values) for i in range(len(suite.expectations))]
+    labels = suite.labels()
+    expectations = [_expectation_report(suite, i, labels[i], result, disclosure, max_values) for i in range(len(labels))]
     failed = [e for e in expectations if not e["success"]]
     return {
         "silo": spec.name,
@@ -142,14 +143,14 @@ class _Disclosure:
         )
 
 
-def _expectation_report(suite: Suite, index: int, result, disclosure: _Disclosure, max_values: int) -> dict[str, Any]:
+def _expectation_report(suite: Suite, index: int, label: str, result, disclosure: _Disclosure, max_values: int) -> dict[str, Any]:
     declared = suite.expectations[index]
     found = [r for r in result.results if (r.expectation_config.meta or {}).get(INDEX_META) == index]
     columns = declared.columns()
     report: dict[str, Any] = {
         "index": index,
         "type": declared.type,
-        "label": declared.label(),
+        "label": label,
         "column": columns[0] if len(columns) == 1 else None,
         "columns": columns,
         "kwargs": _jsonable(declared.kwargs),

@@ -17,7 +17,7 @@ from fedlake.agent import Forbidden, InProcessAgentClient, build_agent, client_t
 from fedlake.errors import ConfigError, FedlakeError
 from fedlake.plugins import quality_plugin
 from fedlake.policy.model import load_policy
-from fedlake.quality import VALIDATE_ACTION, load_suites, validate_in_place
+from fedlake.quality import VALIDATE_ACTION, Expectation, Suite, load_suites, validate_in_place
 from fedlake.silos import open_silo
 from fedlake.synth.seed import seed_demo_bank
 from tests.conftest import REPO
@@ -210,6 +210,24 @@ def test_the_few_unexpected_values_leave_only_where_the_policy_allows(defective_
     assert amount["values_withheld"] is None
     assert 1 <= len(amount["unexpected_values"]) <= 5 and all(v < 0 for v in amount["unexpected_values"])
     assert by_label(report)["expect_column_values_to_be_unique(txn_id)"]["unexpected_values"] == []
+
+
+def test_two_expectations_with_one_label_are_told_apart_by_their_place(defective_bank, catalog, policy):
+    """Same type, same column: the result names the failed one by its place in the suite file."""
+    spec = catalog.silo("sg_lake")
+    between = "expect_column_values_to_be_between"
+    suite = Suite("twice", "transactions", "expectations/sg_lake/transactions.json", (
+        Expectation(between, {"column": "amount", "max_value": 10_000_000}),
+        Expectation(between, {"column": "amount", "min_value": 0, "strict_min": True}),
+        Expectation("expect_column_values_to_not_be_null", {"column": "amount"}),
+    ))
+    with open_silo(spec, "local", defective_bank) as lake:
+        report = validate_in_place(lake, spec, "transactions", suite, policy, "EU", "analytics")
+    assert [e["label"] for e in report["expectations"]] == [
+        f"{between}(amount) [expectations[0]]", f"{between}(amount) [expectations[1]]", "expect_column_values_to_not_be_null(amount)",
+    ]
+    assert report["failed"] == [f"{between}(amount) [expectations[1]]"]
+    assert by_label(report)[f"{between}(amount) [expectations[1]]"]["unexpected_count"] == NEGATIVE_AMOUNTS
 
 
 def test_null_national_ids_fail_in_postgres_with_the_values_withheld(defective_bank, catalog, suites, policy, offline):
