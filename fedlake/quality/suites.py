@@ -6,6 +6,11 @@ and kwargs). Loading checks every suite the way the catalog and the policy are c
 a table no silo has, a kwarg naming a column the table does not declare, an expectation type GE
 does not know, or kwargs GE rejects are errors naming the file and the key, so a typo cannot turn
 into a check that silently never fails.
+
+What a deployment declares is not written into a suite: a kwarg may be GE's suite parameter
+`{"$PARAMETER": "currencies"}` (those silos.yaml gives an exchange rate) or `{"$PARAMETER":
+"regions"}` (the regions it declares), resolved when the suite is loaded, so that a silo in a new
+region passes its suites by being declared in silos.yaml alone.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ COLUMN_KWARGS = ("column", "column_A", "column_B")
 COLUMN_LIST_KWARGS = ("column_list", "column_set")
 # The position of an expectation in its file, carried in GE's meta so results map back to it.
 INDEX_META = "fedlake_index"
+# GE's notation for a suite parameter, whose value fedlake takes from silos.yaml (deployment_parameters).
+PARAMETER_KEY = "$PARAMETER"
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,12 @@ class QualitySuites:
         return len(self.suites)
 
 
+def deployment_parameters(catalog: Catalog) -> dict[str, list[str]]:
+    """The suite parameters a deployment declares: the currencies it has exchange rates for (those the
+    join layer converts, every region's among them) and its regions."""
+    return {"currencies": sorted(catalog.money.rates_to_eur), "regions": sorted(catalog.money.regions)}
+
+
 def load_suites(silos_yaml_path: str | os.PathLike, catalog: Catalog | None = None) -> QualitySuites:
     """Load expectations/ next to silos.yaml; every problem is a ConfigError naming the file and the key.
     A deployment without an expectations/ folder has no suites."""
@@ -113,6 +126,7 @@ def load_suites(silos_yaml_path: str | os.PathLike, catalog: Catalog | None = No
     shared: dict[str, Suite] = {}
     overrides: dict[tuple[str, str], Suite] = {}
     tables_anywhere = sorted({t for spec in catalog.silos.values() for t in spec.tables})
+    parameters = _Parameters(catalog)
     for entry in sorted(directory.iterdir()):
         if _ignored(entry):
             continue
@@ -126,11 +140,11 @@ def load_suites(silos_yaml_path: str | os.PathLike, catalog: Catalog | None = No
                 if _ignored(file):
                     continue
                 table = _table_of(file, sorted(spec.tables), f"silo {spec.name}")
-                overrides[(spec.name, table)] = _parse_suite(file, table, [spec.tables[table].columns])
+                overrides[(spec.name, table)] = _parse_suite(file, table, [spec.tables[table].columns], parameters)
             continue
         table = _table_of(entry, tables_anywhere, "any silo")
         users = [spec for spec in catalog.silos.values() if table in spec.tables]
-        shared[table] = _parse_suite(entry, table, [spec.tables[table].columns for spec in users])
+        shared[table] = _parse_suite(entry, table, [spec.tables[table].columns for spec in users], parameters)
 
     suites: dict[tuple[str, str], Suite] = {}
     for name, spec in catalog.silos.items():
@@ -139,6 +153,23 @@ def load_suites(silos_yaml_path: str | os.PathLike, catalog: Catalog | None = No
             if suite is not None:
                 suites[(name, table)] = suite
     return QualitySuites(str(directory), suites)
+
+
+class _Parameters:
+    """Resolves `{"$PARAMETER": name}` kwargs to what silos.yaml declares."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog, self.values = catalog, deployment_parameters(catalog)
+
+    def resolve(self, value: Any, where: str, key: str) -> Any:
+        if not (isinstance(value, dict) and PARAMETER_KEY in value):
+            return value
+        name = value[PARAMETER_KEY]
+        if len(value) != 1 or not isinstance(name, str) or name not in self.values:
+            raise ConfigError(where, key, f"unknown suite parameter {str(name)[:40]!r} (known: {', '.join(self.values)})")
+        if not self.values[name]:
+            raise ConfigError(where, key, f"suite parameter '{name}' comes from {self.catalog.path}, which declares no regions")
+        return list(self.values[name])
 
 
 def _ignored(path: Path) -> bool:
@@ -156,7 +187,7 @@ def _table_of(path: Path, known: list[str], where: str) -> str:
     return path.stem
 
 
-def _parse_suite(path: Path, table: str, column_sets: list[dict[str, str]]) -> Suite:
+def _parse_suite(path: Path, table: str, column_sets: list[dict[str, str]], parameters: _Parameters) -> Suite:
     where = str(path)
     try:
         raw = json.loads(path.read_text())
@@ -176,13 +207,17 @@ def _parse_suite(path: Path, table: str, column_sets: list[dict[str, str]]) -> S
     items = raw.get("expectations")
     if not isinstance(items, list) or not items:
         raise ConfigError(where, "expectations", "expected a non-empty list of {type, kwargs}")
-    expectations = tuple(_parse_expectation(where, f"expectations[{i}]", item, column_sets) for i, item in enumerate(items))
+    expectations = tuple(
+        _parse_expectation(where, f"expectations[{i}]", item, column_sets, parameters) for i, item in enumerate(items)
+    )
     for i, expectation in enumerate(expectations):
         _check_with_gx(where, f"expectations[{i}]", expectation)
     return Suite(name=name, table=table, path=where, expectations=expectations, meta=meta)
 
 
-def _parse_expectation(where: str, key: str, item: Any, column_sets: list[dict[str, str]]) -> Expectation:
+def _parse_expectation(
+    where: str, key: str, item: Any, column_sets: list[dict[str, str]], parameters: _Parameters
+) -> Expectation:
     if not isinstance(item, dict):
         raise ConfigError(where, key, "expected an object with type and kwargs")
     unknown = sorted(set(item) - EXPECTATION_KEYS)
@@ -194,6 +229,7 @@ def _parse_expectation(where: str, key: str, item: Any, column_sets: list[dict[s
     kwargs = item.get("kwargs", {})
     if not isinstance(kwargs, dict):
         raise ConfigError(where, f"{key}.kwargs", "expected an object")
+    kwargs = {name: parameters.resolve(value, where, f"{key}.kwargs.{name}") for name, value in kwargs.items()}
     meta = item.get("meta") or {}
     if not isinstance(meta, dict):
         raise ConfigError(where, f"{key}.meta", "expected an object")

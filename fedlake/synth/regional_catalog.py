@@ -11,7 +11,6 @@ Seeding it at a scale writes the same rows as the demo at that scale, shared amo
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -85,20 +84,5 @@ def write_regional_catalog(base: str | Path, silos: int, out: str | Path) -> Pat
         shutil.copyfile(policies, out.with_name("policies.yaml"))
     if expectations.is_dir() and not out.with_name("expectations").exists():
         shutil.copytree(expectations, out.with_name("expectations"))
-        _expect_declared_money(out.with_name("expectations"), raw)
     return out
 
-
-def _expect_declared_money(folder: Path, raw: dict[str, Any]) -> None:
-    """The suites' sets of currencies and home regions, widened to those the catalog declares."""
-    allowed = {
-        "currency": sorted({r["currency"] for r in raw["regions"].values()}),
-        "home_region": list(raw["regions"]),
-    }
-    for path in folder.glob("*.json"):
-        suite = json.loads(path.read_text())
-        for expectation in suite.get("expectations", []):
-            kwargs = expectation.get("kwargs", {})
-            if "value_set" in kwargs and kwargs.get("column") in allowed:
-                kwargs["value_set"] = allowed[kwargs["column"]]
-        path.write_text(json.dumps(suite, indent=2) + "\n")

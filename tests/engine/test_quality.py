@@ -12,6 +12,7 @@ import socket
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import yaml
 
 from fedlake.agent import Forbidden, InProcessAgentClient, build_agent, client_token
 from fedlake.errors import ConfigError, FedlakeError
@@ -19,6 +20,7 @@ from fedlake.plugins import quality_plugin
 from fedlake.policy.model import load_policy
 from fedlake.quality import VALIDATE_ACTION, Expectation, Suite, load_suites, validate_in_place
 from fedlake.silos import open_silo
+from fedlake.synth.regional_catalog import write_regional_catalog
 from fedlake.synth.seed import seed_demo_bank
 from tests.conftest import REPO
 
@@ -123,6 +125,38 @@ def test_a_silo_override_replaces_the_shared_suite_for_that_silo_only(tmp_path):
     assert loaded.for_table("eu_core", "customers") is None
 
 
+def test_currencies_and_regions_come_from_silos_yaml_so_a_fourth_silo_passes(tmp_path):
+    """The shipped suites name no currency or region: they take them from silos.yaml when loaded."""
+    shipped = {e["kwargs"].get("column"): e["kwargs"].get("value_set")
+               for name in ("accounts", "transactions", "customers")
+               for e in json.loads((REPO / "expectations" / f"{name}.json").read_text())["expectations"]}
+    assert shipped["currency"] == {"$PARAMETER": "currencies"} and shipped["home_region"] == {"$PARAMETER": "regions"}
+
+    four = load_suites(write_regional_catalog(REPO / "silos.yaml", 4, tmp_path / "silos.yaml"))
+    for silo in ("sg_lake", "uk_lake"):
+        accounts, customers = four.for_table(silo, "accounts"), four.for_table(silo, "customers")
+        assert value_set(accounts, "currency") == ["EUR", "GBP", "SGD", "USD"]
+        assert value_set(customers, "home_region") == ["EU", "SG", "UK", "US"]
+    three = load_suites(REPO / "silos.yaml")
+    assert value_set(three.for_table("us_lake", "transactions"), "currency") == ["EUR", "SGD", "USD"]
+
+
+def test_a_suite_parameter_without_regions_in_silos_yaml_is_an_error(tmp_path):
+    (tmp_path / "silos.yaml").write_text(yaml.safe_dump({"governed_zone": {"region": "EU"}, "silos": {"lake": {
+        "kind": "parquet", "region": "EU", "connection": {"local": {"path": "lake"}},
+        "tables": {"accounts": {"currency": "public"}}}}}))
+    path = write(tmp_path / "expectations" / "accounts.json", {"name": "a", "expectations": [
+        {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "currency", "value_set": {"$PARAMETER": "currencies"}}}]})
+    with pytest.raises(ConfigError) as raised:
+        load_suites(tmp_path / "silos.yaml")
+    assert str(raised.value) == (f"{path}: expectations[0].kwargs.value_set: suite parameter 'currencies' comes from "
+                                 f"{tmp_path / 'silos.yaml'}, which declares no regions")
+
+
+def value_set(suite, column):
+    return next(e.kwargs["value_set"] for e in suite.expectations if e.kwargs.get("column") == column and "value_set" in e.kwargs)
+
+
 GOOD = {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "amount"}}
 
 
@@ -145,9 +179,12 @@ GOOD = {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "amo
         ("transactions.json", {"expectations": [GOOD]}, "name", "non-empty name"),
         ("transactions.json", {"name": "t", "expectations": []}, "expectations", "non-empty list"),
         ("transactions.json", '{"name": "t",\n "expectations": [}', "line 2", "not valid JSON"),
+        ("transactions.json", {"name": "t", "expectations": [
+            {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "currency", "value_set": {"$PARAMETER": "currency"}}}]},
+         "expectations[0].kwargs.value_set", "unknown suite parameter 'currency' (known: currencies, regions)"),
     ],
     ids=["unknown-column", "unknown-table", "table-not-in-that-silo", "unknown-silo", "unknown-type", "bad-kwargs",
-         "unknown-column-in-list", "unknown-key", "no-name", "no-expectations", "bad-json"],
+         "unknown-column-in-list", "unknown-key", "no-name", "no-expectations", "bad-json", "unknown-parameter"],
 )
 def test_a_malformed_suite_is_an_error_naming_file_and_key(tmp_path, file, body, key, message):
     root = copy_deployment(tmp_path)
