@@ -5,77 +5,36 @@ tokens; a denied column stays denied. One Spark session serves the whole module 
 
 from __future__ import annotations
 
-import duckdb
 import pyarrow as pa
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlglot import exp
 
-from fedlake.agent import local_agent_client
 from fedlake.catalog import load_catalog
 from fedlake.errors import ConfigError, FedlakeError
-from fedlake.policy.model import load_policy
 from fedlake.policy.transforms import derive_key, hmac_sql, key_params, pseudonym
-from fedlake.query import Federation
 from fedlake.silos import open_silo
 from fedlake.silos.spark import SparkLake
-from tests.engine.test_federated_query import QUERIES, normalized, random_tables
+from tests.engine.test_federated_query import (
+    ALLOW_ALL, KINDS as FEDERATED_KINDS, QUERIES, federation_under, load_silos, normalized, random_tables, write_catalog,
+)
 
-KINDS = {
-    "eu": ("postgres", "EU", {"embedded": "eu_pg"}),
-    "us": ("s3", "US", {"path": "us_lake", "engine": "spark", "spark_master": "local[2]"}),
-    "sg": ("parquet", "SG", {"path": "sg_lake"}),
-}
 SPARK = "us"  # the silo on Spark: the lake most of the query shapes read (the local stand-in of an S3 lake)
+KINDS = {**FEDERATED_KINDS, SPARK: ("s3", "US", {"path": "us_lake", "engine": "spark", "spark_master": "local[2]"})}
 SHAPES = [q for q in QUERIES if f"{SPARK}." in q]
-
-
-def write_catalog(home, kinds, tables) -> str:
-    path = home / "silos.yaml"
-    region = next(iter(kinds.values()))[1]
-    path.write_text(yaml.safe_dump({"governed_zone": {"region": region}, "silos": {
-        name: {"kind": kind, "region": region, "connection": {"local": connection},
-               "tables": {t: {c: "public" for c in table.column_names} for t, table in tables[name].items()}}
-        for name, (kind, region, connection) in kinds.items()
-    }}))
-    return path
 
 
 @pytest.fixture(scope="module")
 def silos(tmp_path_factory):
-    home = tmp_path_factory.mktemp("spark_silo")
-    tables = random_tables()
-    catalog = load_catalog(write_catalog(home, KINDS, tables))
-    colocated = duckdb.connect()
-    for silo, silo_tables in tables.items():
-        colocated.execute(f"CREATE SCHEMA {silo}")
-        with open_silo(catalog.silo(silo), "local", home) as connector:
-            for name, table in silo_tables.items():
-                connector.load(name, table.schema, table.to_batches(max_chunksize=500))
-                colocated.register("incoming", table)
-                colocated.execute(f"CREATE TABLE {silo}.{name} AS SELECT * FROM incoming")
-                colocated.unregister("incoming")
-    return home, catalog, colocated
-
-
-def federation_under(silos, policy: dict) -> tuple[Federation, dict]:
-    home, catalog, _ = silos
-    path = home / f"policies-{len(list(home.glob('policies*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump({
-        "purposes": ["analytics"], "clients": {"coordinator": {"token_env": "FEDLAKE_TEST_UNSET_TOKEN", "purposes": ["analytics"],
-                                                                      "roles": ["query", "coordinate"]}},
-        **policy,
-    }))
-    clients = {s: local_agent_client(catalog, load_policy(path, catalog), s, home) for s in catalog.silos}
-    return Federation(catalog, clients), clients
+    return load_silos(tmp_path_factory.mktemp("spark_silo"), KINDS)
 
 
 @pytest.fixture(scope="module")
 def federation(silos):
-    fed, clients = federation_under(silos, {"classifications": {"public": [{"action": "allow"}]}})
-    yield fed, clients, silos[2]
-    for c in clients.values():
+    fed, clients = federation_under(silos, ALLOW_ALL)
+    yield fed, fed.clients, silos[2]
+    for c in clients:
         c.close()
 
 
@@ -157,9 +116,9 @@ def test_a_denied_column_stays_denied_on_spark(silos):
                 fed.run(attack, "analytics")
             assert "denied" in str(denied.value).lower() and "\n" not in str(denied.value).splitlines()[0]
         got, _ = fed.run("SELECT channel, count(*) AS n FROM us.visits GROUP BY channel", "analytics")
-        assert got.num_rows == 3 and isinstance(clients[SPARK].agent.connector, SparkLake)
+        assert got.num_rows == 3 and isinstance(fed.clients[SPARK].agent.connector, SparkLake)
     finally:
-        for c in clients.values():
+        for c in clients:
             c.close()
 
 
