@@ -1,9 +1,12 @@
 """The dbt marts (dbt_project/) as Dagster assets: dbt models on the governed zone, dbt tests as
-asset checks.
+asset checks. They are built where the governed zone is: dbt-duckdb locally, dbt-postgres in prod
+(the resource, resources/dbt_marts.py, picks the target from the deployment).
 
-Dagster reads the dbt manifest, which the install step builds once (`python -m assets.dbt_marts
-parse`): importing this module or loading the Definitions never runs dbt. Every dbt command runs
-offline: no package install, no usage statistics, no DuckDB extension download.
+Dagster reads the dbt manifest, which the install step builds once, offline (`python -m
+assets.dbt_marts parse`): importing this module or loading the Definitions never runs dbt. The
+manifest is parsed with the local target; the graph it describes is the same on both adapters,
+and each run's `dbt build` parses again for its own. Every dbt command runs offline: no package
+install, no usage statistics, no DuckDB extension download.
 
 The dbt sources are the governed zone's tables, so the translator gives them the keys of the
 governed assets (["governed", <table>]) and the marts land downstream of them, in group "marts".
@@ -21,26 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import duckdb
-from dagster_dbt import (
-    DagsterDbtTranslator,
-    DagsterDbtTranslatorSettings,
-    DbtCliInvocation,
-    DbtCliResource,
-    DbtProject,
-    dbt_assets,
-)
+from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 
-from fedlake.catalog import Catalog, EnvRef
-from fedlake.errors import ConfigError
+from fedlake.errors import FedlakeError
 from fedlake.silos import data_dir
+from resources.dbt_marts import FedlakeDbtResource
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 DBT_RESOURCE_KEY = "dbt"
 MARTS_GROUP = "marts"
 GOVERNED_SOURCE = "governed"  # the dbt source name, and the key prefix of the governed assets
 PARSE_COMMAND = "python -m assets.dbt_marts parse"
-MARTS_DATABASE = Path("governed", "dbt_marts.duckdb")  # under the data folder, next to the governed zone
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 
@@ -73,77 +67,6 @@ class FedlakeDbtTranslator(DagsterDbtTranslator):
         return dg.AutomationCondition.eager()
 
 
-class FedlakeDbtResource(DbtCliResource):
-    """The dbt CLI for one fedlake deployment.
-
-    It tells dbt, as --vars, which data folder and governed zone to use (the home Dagster was given,
-    which need not be $FEDLAKE_HOME), and keeps dbt's run artifacts under that data folder rather
-    than in the source tree.
-    """
-
-    fedlake_home: str
-    governed_zone: str = ""  # local: the governed Parquet lake's folder
-    governed_dsn_env: str = ""  # prod: the environment variable holding the governed PostgreSQL DSN
-    governed_schema: str = "governed"
-
-    def marts_database(self) -> Path:
-        return Path(self.fedlake_home) / MARTS_DATABASE
-
-    def dbt_vars(self) -> dict[str, str]:
-        found = {
-            "fedlake_home": self.fedlake_home,
-            "marts_database": str(self.marts_database()),
-            "governed_zone": self.governed_zone,
-            "governed_dsn_env": self.governed_dsn_env,
-            "governed_schema": self.governed_schema,
-        }
-        return {name: value for name, value in found.items() if value}
-
-    def run_target_path(self) -> Path:
-        return Path(self.fedlake_home) / "dbt" / "target"
-
-    def cli(self, args: Sequence[str], *, target_path: Path | None = None, **kwargs: Any) -> DbtCliInvocation:
-        if any(arg == "--vars" or arg.startswith("--vars=") for arg in args):
-            raise ValueError(
-                "FedlakeDbtResource passes --vars itself (the data folder and the governed zone); "
-                "set other dbt vars in dbt_project/dbt_project.yml"
-            )
-        self.marts_database().parent.mkdir(parents=True, exist_ok=True)
-        return super().cli(
-            [*args, "--vars", json.dumps(self.dbt_vars())],
-            target_path=target_path or self.run_target_path(),
-            **kwargs,
-        )
-
-
-def dbt_marts_resource(catalog: Catalog, deployment: str, home: str | Path) -> FedlakeDbtResource:
-    """The dbt resource for a deployment, from the governed zone's connection in silos.yaml: a
-    Parquet lake folder (dbt target `local`) or a PostgreSQL DSN named by an environment variable
-    (dbt target `prod`; the DSN itself is read by dbt from the environment, never stored)."""
-    home = Path(home).expanduser().resolve()
-    settings = catalog.governed_connections.get(deployment)
-    if not settings:
-        raise ConfigError(catalog.path, "governed_zone.connection", f"no connection for deployment '{deployment}'")
-    common = {"project_dir": dbt_project, "dbt_executable": dbt_executable(), "fedlake_home": str(home)}
-    if "dsn" in settings:
-        dsn = settings["dsn"]
-        if not isinstance(dsn, EnvRef):
-            raise ConfigError(
-                catalog.path,
-                f"governed_zone.connection.{deployment}.dsn",
-                "the dbt marts read the governed DSN from the environment: write it as {env: NAME}",
-            )
-        schema = settings.get("schema") or "public"
-        return FedlakeDbtResource(**common, target="prod", governed_dsn_env=dsn.name, governed_schema=str(schema))
-    if "path" in settings:
-        zone = Path(str(settings["path"])).expanduser()
-        zone = zone if zone.is_absolute() else home / zone
-        return FedlakeDbtResource(**common, target="local", governed_zone=str(zone))
-    raise ConfigError(
-        catalog.path, f"governed_zone.connection.{deployment}", f"expected path or dsn, got {sorted(settings)}"
-    )
-
-
 class DbtManifestMissingError(FileNotFoundError):
     """The manifest is an install-time artifact; its absence means the install step did not run."""
 
@@ -162,10 +85,12 @@ def dbt_marts_assets(manifest_path: str | Path | None = None) -> dg.AssetsDefini
     @dbt_assets(manifest=manifest, project=dbt_project, dagster_dbt_translator=translator, name="dbt_marts")
     def dbt_marts(context, dbt: DbtCliResource):
         """`dbt build` on the selected marts: models, then their tests, which report as asset checks."""
-        invocation = dbt.cli(["build"], context=context, raise_on_error=False)
+        try:
+            invocation = dbt.cli(["build"], context=context, raise_on_error=False)
+        except FedlakeError as exc:  # the deployment's configuration: one line, not a traceback
+            raise dg.Failure(description=str(exc)) from None
         events = list(invocation.stream())
-        database = dbt.marts_database() if isinstance(dbt, FedlakeDbtResource) else None
-        yield from with_row_counts(events, manifest, database)
+        yield from with_row_counts(events, manifest, dbt)
         error = invocation.get_error()
         if error is not None:
             raise error
@@ -173,22 +98,19 @@ def dbt_marts_assets(manifest_path: str | Path | None = None) -> dg.AssetsDefini
     return dbt_marts
 
 
-def with_row_counts(events: list[Any], manifest: Mapping[str, Any], database: Path | None) -> Iterator[Any]:
-    """Add each built table's row count to its materialization.
+def with_row_counts(events: list[Any], manifest: Mapping[str, Any], dbt: DbtCliResource) -> Iterator[Any]:
+    """Add each built table's row count to its materialization, counted once dbt has exited.
 
-    dbt holds the DuckDB file open, for writing, until it exits, so no other process can read it
-    while it runs: the events are collected first and counted once dbt is done (dagster-dbt's own
-    fetch_row_counts would read during the run and hit DuckDB's lock).
+    dbt holds the local DuckDB file open, for writing, until it exits, so no other process can read
+    it while it runs: dagster-dbt's own fetch_row_counts would read during the run and hit the lock.
     """
-    outputs = [event for event in events if isinstance(event, dg.Output)]
-    counts: dict[str, int] = {}
-    if outputs and database is not None and database.exists():
-        with duckdb.connect(str(database), read_only=True) as db:
-            for event in outputs:
-                node = manifest["nodes"].get(_metadata_text(event.metadata.get("unique_id")), {})
-                if node.get("resource_type") == "model":
-                    relation = f"{_quote(node['schema'])}.{_quote(node['alias'])}"
-                    counts[event.output_name] = db.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
+    relations = {}
+    for event in events:
+        if isinstance(event, dg.Output):
+            node = manifest["nodes"].get(_metadata_text(event.metadata.get("unique_id")), {})
+            if node.get("resource_type") == "model":
+                relations[event.output_name] = (node["schema"], node["alias"])
+    counts = dbt.row_counts(relations) if isinstance(dbt, FedlakeDbtResource) else {}
     for event in events:
         if isinstance(event, dg.Output) and event.output_name in counts:
             event = event.with_metadata({**event.metadata, "dagster/row_count": counts[event.output_name]})
@@ -197,10 +119,6 @@ def with_row_counts(events: list[Any], manifest: Mapping[str, Any], database: Pa
 
 def _metadata_text(value: Any) -> str:
     return str(getattr(value, "value", value) or "")
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def prepare_dbt_manifest(home: str | Path | None = None) -> Path:

@@ -61,8 +61,10 @@ def _spec_conventions(catalog: Catalog, deployment: str, spec: dg.AssetSpec) -> 
     if spec.group_name == MODELS_GROUP:
         return spec.replace_attributes(owners=[ML_TEAM], tags=_tags(spec, region=region), freshness_policy=MODEL_FRESHNESS)
     if spec.group_name == MARTS_GROUP:
-        # the marts' engine is dbt's target (dagster-dbt names it), not necessarily the zone's
-        return spec.replace_attributes(owners=[PLATFORM_TEAM], tags=_tags(spec, region=region))
+        # dbt builds the marts in the governed zone's engine (dbt-postgres in prod); the manifest,
+        # parsed once with the local target, names dbt-duckdb's
+        kinds = (set(spec.kinds) - _ZONE_ENGINES) | governed_kinds(catalog, deployment)
+        return spec.replace_attributes(owners=[PLATFORM_TEAM], tags=_tags(spec, region=region), kinds=kinds)
     if home == "governed":
         is_ledger = spec.key.path[-1] == "audit_ledger"
         engine = ledger_kinds(deployment) if is_ledger else governed_kinds(catalog, deployment)

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.audit import audit_ledger_asset
-from assets.dbt_marts import DBT_RESOURCE_KEY, dbt_marts_assets, dbt_marts_resource
+from assets.dbt_marts import DBT_RESOURCE_KEY, dbt_marts_assets
 from assets.governed import governed_assets
 from assets.in_silo import in_silo_assets, partitioned_in_silo_assets
 from assets.models import model_assets
@@ -21,6 +21,7 @@ from platform_defs.conventions import apply_conventions
 from platform_defs.jobs import EVERYTHING_JOB, daily_job, daily_schedule, everything_job
 from platform_defs.deployments import (
     current_deployment,
+    dbt_marts_resource,
     governed_zone_resource,
     ledger_resource,
     model_registry_resource,

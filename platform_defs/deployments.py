@@ -119,7 +119,13 @@ def dbt_marts_resource(catalog: Catalog, deployment: str, home: Path) -> Fedlake
                 "a DSN holds a password: write it as {env: NAME} and set NAME where Dagster runs",
             )
         schema = str(settings.get("schema") or "public")
-        return FedlakeDbtResource(**common, target="prod", governed_dsn_env=dsn.name, governed_schema=schema)
+        return FedlakeDbtResource(
+            **common,
+            target="prod",
+            governed_dsn_env=dsn.name,
+            governed_schema=schema,
+            config_key=f"governed_zone.connection.{deployment}.dsn",
+        )
     if "path" in settings:
         zone = Path(str(settings["path"])).expanduser()
         return FedlakeDbtResource(**common, target="local", governed_zone=str(zone if zone.is_absolute() else home / zone))

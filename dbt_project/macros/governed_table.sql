@@ -2,18 +2,28 @@
   The governed zone's tables, as something a model can select from.
 
   `source('governed', ...)` is always called, so dbt (and Dagster, through the manifest) knows the
-  lineage. In the prod target the source is the governed PostgreSQL schema attached as
-  `governed_pg`, and the source relation is used as it is. In the local target the governed zone is
-  a lake of Delta tables that fedlake writes, one commit per write: `delta_scan` (DuckDB's delta
-  extension, loaded from its wheel) reads the committed version only, never the files of a write in
-  progress or of a replaced version awaiting vacuum. A folder without a Delta log (a lake fedlake
-  did not write) is read as plain Parquet.
+  lineage. Where the governed zone is a database (dbt-postgres in prod: the marts are built in the
+  governed PostgreSQL database) the source relation is used as it is. With dbt-duckdb the governed
+  zone is a lake of Delta tables that fedlake writes, one commit per write: `delta_scan` (DuckDB's
+  delta extension, loaded from its wheel) reads the committed version only, never the files of a
+  write in progress or of a replaced version awaiting vacuum. A folder without a Delta log (a lake
+  fedlake did not write) is read as plain Parquet.
 #}
 {% macro governed_table(table_name) %}
   {%- set relation = source('governed', table_name) -%}
-  {%- if not execute or target.name == 'prod' -%}
+  {%- if not execute -%}
     {{ return(relation) }}
   {%- endif -%}
+  {{ return(adapter.dispatch('governed_table')(table_name, relation)) }}
+{% endmacro %}
+
+
+{% macro default__governed_table(table_name, relation) %}
+  {{ return(relation) }}
+{% endmacro %}
+
+
+{% macro duckdb__governed_table(table_name, relation) %}
   {{ return(governed_lake_scan(table_name)) }}
 {% endmacro %}
 

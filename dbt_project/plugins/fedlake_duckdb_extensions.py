@@ -2,7 +2,7 @@
 
 dbt-duckdb's own `extensions:` setting runs `INSTALL name`, which downloads from DuckDB's
 repository; fedlake must never need the network, so the extension comes from the pinned
-`duckdb-extension-<name>` wheel instead, before the profile's `attach:` needs it.
+`duckdb-extension-<name>` wheel instead, before a model needs it (delta_scan).
 """
 
 from __future__ import annotations

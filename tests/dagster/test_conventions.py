@@ -48,6 +48,9 @@ def test_kinds_follow_the_deployment(definitions):
     assert "postgres" in prod[features].kinds and "duckdb" not in prod[features].kinds
     assert prod[ledger].kinds == {"postgres"} and local[ledger].kinds == {"duckdb"}
     assert prod[dg.AssetKey(["sg_lake", "monthly_spending"])].kinds == {"sql", "parquet"}
+    # dbt builds the marts in the governed zone's engine: dbt-postgres in prod, dbt-duckdb locally
+    for mart in (key for key, spec in prod.items() if spec.group_name == "marts"):
+        assert prod[mart].kinds == {"dbt", "postgres"} and local[mart].kinds == {"dbt", "duckdb"}, mart
 
 
 def test_freshness_on_the_join_layer_and_the_models_and_a_check_on_every_asset(definitions):

@@ -1,31 +1,30 @@
 """The dbt marts on the governed zone, run by Dagster: they sit downstream of the governed assets,
 their contents agree with the governed data and the rules they state, every dbt test reports as a
 passing asset check, and only the governed zone's committed version is read. Run on both
-deployments (local: the governed Parquet lake; prod: the governed PostgreSQL schema)."""
+deployments: local (dbt-duckdb on the governed Parquet lake) and prod (dbt-postgres in the
+governed PostgreSQL database, the session's PostgreSQL server), where they must hold the same rows."""
 
 from __future__ import annotations
 
 import shutil
 from collections import Counter
+from decimal import Decimal
 
 import dagster as dg
 import duckdb
+import psycopg
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from psycopg import sql
 
-from assets.dbt_marts import (
-    DBT_PROJECT_DIR,
-    DBT_RESOURCE_KEY,
-    MARTS_DATABASE,
-    MARTS_GROUP,
-    dbt_marts_assets,
-    dbt_marts_resource,
-    prepare_dbt_manifest,
-)
+from assets.dbt_marts import DBT_PROJECT_DIR, DBT_RESOURCE_KEY, MARTS_GROUP, dbt_marts_assets, prepare_dbt_manifest
+from fedlake.errors import ConfigError
 from fedlake.policy.transforms import derive_key, pseudonym, pseudonym_key
 from fedlake.silos import open_governed_zone
-from platform_defs.definitions import EVERYTHING_JOB, build_definitions
+from platform_defs.definitions import build_definitions
+from platform_defs.deployments import dbt_marts_resource
+from resources.dbt_marts import MARTS_DATABASE, PASSWORD_ENV, libpq_environment
 from tests.conftest import PSEUDONYM_KEY, REPO, materialize_groups
 
 MARTS = ("customer_risk_profile", "aml_account_alerts", "aml_alert_summary")
@@ -47,9 +46,7 @@ def build_marts(deployment, dbt_marts) -> dg.ExecuteInProcessResult:
     )
 
 
-@pytest.fixture(scope="module", params=["local", "prod"])
-def built(request, dbt_marts, monkeypatch_module):
-    deployment = request.getfixturevalue(f"{request.param}_deployment")
+def governed_then_marts(deployment, dbt_marts, monkeypatch_module):
     # dbt must follow the home Dagster was given, not whatever FEDLAKE_HOME says
     monkeypatch_module.setenv("FEDLAKE_HOME", str(deployment.home / "not-this-one"))
     defs = build_definitions(REPO / "silos.yaml", deployment.name, deployment.home)
@@ -61,12 +58,33 @@ def built(request, dbt_marts, monkeypatch_module):
 
 
 @pytest.fixture(scope="module")
+def built_local(local_deployment, dbt_marts, monkeypatch_module):
+    return governed_then_marts(local_deployment, dbt_marts, monkeypatch_module)
+
+
+@pytest.fixture(scope="module")
+def built_prod(prod_deployment, dbt_marts, monkeypatch_module):
+    return governed_then_marts(prod_deployment, dbt_marts, monkeypatch_module)
+
+
+@pytest.fixture(scope="module", params=["local", "prod"])
+def built(request):
+    return request.getfixturevalue(f"built_{request.param}")
+
+
+@pytest.fixture(scope="module")
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:
         yield patch
 
 
 def marts_table(deployment, name: str) -> list[dict]:
+    """A mart's rows where the deployment keeps them: the DuckDB file (local), PostgreSQL (prod)."""
+    if deployment.name == "prod":
+        with psycopg.connect(deployment.env["FEDLAKE_GOVERNED_DSN"]) as conn:
+            cursor = conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier("marts", name)))
+            columns = [c.name for c in cursor.description]
+            return [dict(zip(columns, row)) for row in cursor.fetchall()]
     with duckdb.connect(str(deployment.home / MARTS_DATABASE), read_only=True) as db:
         cursor = db.execute(f"SELECT * FROM marts.{name}")
         columns = [c[0] for c in cursor.description]
@@ -219,3 +237,70 @@ def test_a_missing_governed_table_fails_with_a_clear_error(catalog, dbt_marts, t
     message = failure.step_failure_data.error.message
     assert "no Parquet files for table 'customer_credit_features'" in message
     assert "materialize the Dagster asset governed/customer_credit_features first" in message
+
+
+def by_key(rows: list[dict], key: str) -> dict:
+    """Rows by key, numbers as floats: PostgreSQL sums integers to NUMERIC, DuckDB to HUGEINT."""
+    def value(v):
+        return float(v) if isinstance(v, (int, float, Decimal)) and not isinstance(v, bool) else v
+    return {row[key]: {column: value(v) for column, v in row.items()} for row in rows}
+
+
+def approximately(row: dict) -> dict:
+    """Numbers within rounding (each engine adds floats in its own order); text, flags and nulls exactly."""
+    return {column: pytest.approx(v, rel=1e-9) if isinstance(v, float) else v for column, v in row.items()}
+
+
+def test_prod_marts_are_postgres_tables_holding_the_rows_of_the_local_marts(built_local, built_prod):
+    local, _ = built_local
+    prod, result = built_prod
+    with psycopg.connect(prod.env["FEDLAKE_GOVERNED_DSN"]) as conn:
+        tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'marts'")}
+    assert set(MARTS) <= tables
+    assert not (prod.home / MARTS_DATABASE).exists()  # no DuckDB file on the side in prod
+
+    # the same seed in both deployments: the marts computed by dbt-postgres equal dbt-duckdb's
+    for mart, key in (("customer_risk_profile", "band_key"), ("aml_alert_summary", "region")):
+        expected, got = by_key(marts_table(local, mart), key), by_key(marts_table(prod, mart), key)
+        assert got.keys() == expected.keys(), mart
+        for k, row in expected.items():
+            assert got[k] == approximately(row), (mart, k)
+    # account ids are pseudonyms under each deployment's key; the alerts agree rule by rule
+    def fired(deployment) -> Counter:
+        return Counter((a["region"], a["alert_rules"]) for a in marts_table(deployment, "aml_account_alerts"))
+
+    assert fired(prod) == fired(local) and sum(fired(prod).values()) > 0
+
+    counts = {
+        e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata["dagster/row_count"].value
+        for e in result.get_asset_materialization_events()
+    }
+    assert counts["customer_risk_profile"] == len(marts_table(prod, "customer_risk_profile"))
+    assert counts["aml_account_alerts"] == len(marts_table(prod, "aml_account_alerts"))
+
+
+def test_prod_without_the_governed_dsn_fails_in_one_line_naming_the_variable(catalog, dbt_marts, tmp_path, monkeypatch):
+    monkeypatch.delenv("FEDLAKE_GOVERNED_DSN", raising=False)
+    resource = dbt_marts_resource(catalog, "prod", tmp_path)
+    result = dg.materialize(
+        [dbt_marts], resources={DBT_RESOURCE_KEY: resource}, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.user_failure_data.description
+    assert "\n" not in message and "Traceback" not in message
+    assert "governed_zone.connection.prod.dsn" in message and "FEDLAKE_GOVERNED_DSN is not set" in message
+
+
+def test_the_dsn_reaches_dbt_as_libpq_variables_with_the_password_kept_secret():
+    where = ("silos.yaml", "governed_zone.connection.prod.dsn")
+    env = libpq_environment("postgresql://marts:p%40ss@db.internal:6432/governed?sslmode=verify-full", where)
+    assert env == {
+        "PGHOST": "db.internal", "PGPORT": "6432", "PGUSER": "marts", "PGDATABASE": "governed",
+        "PGSSLMODE": "verify-full", PASSWORD_ENV: "p@ss",
+    }
+    assert PASSWORD_ENV.startswith("DBT_ENV_SECRET_")  # dbt scrubs these values from its logs
+    with pytest.raises(ConfigError, match=r"governed_zone.connection.prod.dsn: .*must name host"):
+        libpq_environment("dbname=governed user=marts", where)
+    with pytest.raises(ConfigError, match=r"keepalives have no libpq environment variable"):
+        libpq_environment("host=h user=u dbname=d keepalives=1", where)

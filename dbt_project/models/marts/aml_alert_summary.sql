@@ -15,7 +15,7 @@ SELECT
     s.region,
     COUNT(*) AS accounts,
     COUNT(a.account_id) AS alerted_accounts,
-    CAST(COUNT(a.account_id) AS DOUBLE) / COUNT(*) AS alert_rate,
+    CAST(COUNT(a.account_id) AS DOUBLE PRECISION) / COUNT(*) AS alert_rate,
     COUNT(a.account_id) FILTER (WHERE a.near_threshold_cash_alert) AS near_threshold_cash_alerts,
     COUNT(a.account_id) FILTER (WHERE a.linked_abroad_alert) AS linked_abroad_alerts,
     COUNT(a.account_id) FILTER (WHERE a.cross_border_alert) AS cross_border_alerts,

@@ -25,7 +25,7 @@ banded AS (
             WHEN {{ column }} >= {{ thresholds[column][1] }} THEN 'high'
             WHEN {{ column }} >= {{ thresholds[column][0] }} THEN 'medium'
             ELSE 'low'
-        END AS {{ name }}_band,
+        END AS {{ name }}_band{{ ',' if not loop.last }}
         {%- endfor %}
     FROM loans
 ),
@@ -65,8 +65,8 @@ spine AS (
         '{{ column }}' AS banded_on,
         '{{ band }}' AS band,
         {{ rank }} AS band_rank,
-        CAST({{ 'NULL' if rank == 1 else cuts[rank - 2] }} AS DOUBLE) AS lower_bound,
-        CAST({{ 'NULL' if rank == 3 else cuts[rank - 1] }} AS DOUBLE) AS upper_bound
+        CAST({{ 'NULL' if rank == 1 else cuts[rank - 2] }} AS DOUBLE PRECISION) AS lower_bound,
+        CAST({{ 'NULL' if rank == 3 else cuts[rank - 1] }} AS DOUBLE PRECISION) AS upper_bound
     {{- '' if outer.last and loop.last else '\n    UNION ALL' }}
     {%- endfor %}
     {%- endfor %}
@@ -86,8 +86,8 @@ SELECT
     s.upper_bound,
     COUNT(p.loan_id) AS loans,
     COUNT(p.loan_id) FILTER (WHERE p.defaulted) AS defaulted_loans,
-    CAST(COUNT(p.loan_id) FILTER (WHERE p.defaulted) AS DOUBLE) / NULLIF(COUNT(p.loan_id), 0) AS default_rate,
-    CAST(COUNT(p.loan_id) AS DOUBLE) / NULLIF(ANY_VALUE(a.loans), 0) AS share_of_loans,
+    CAST(COUNT(p.loan_id) FILTER (WHERE p.defaulted) AS DOUBLE PRECISION) / NULLIF(COUNT(p.loan_id), 0) AS default_rate,
+    CAST(COUNT(p.loan_id) AS DOUBLE PRECISION) / NULLIF({{ dbt.any_value('a.loans') }}, 0) AS share_of_loans,
     COALESCE(SUM(p.principal), 0) AS principal,
     AVG(p.dti) AS avg_dti
 FROM spine AS s
