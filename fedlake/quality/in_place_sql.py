@@ -78,7 +78,7 @@ def _duckdb(lake: LakeConnector, table: str, where: str) -> InPlaceSQL:
         url=DUCKDB_URL,
         connect=lambda: _autocommit_connection()(views.cursor()),
         schema=None,
-        engine=f"great_expectations SQL on DuckDB, {where} (the lake's own DuckDB; no rows read into memory)",
+        engine=f"great_expectations SQL on DuckDB, {where} (the lake's own DuckDB; GE receives aggregates and samples)",
         dialect_module=sqlalchemy.dialects.postgresql,
         close=views.close,
     )
