@@ -113,6 +113,7 @@ def test_negative_amounts_fail_the_check_in_place_and_block_downstream(small_ban
     assert not failed.passed and failed.severity == dg.AssetCheckSeverity.ERROR
     assert failed.metadata["failed_expectations"].value == ["expect_column_values_to_be_between(amount)"]
     assert failed.metadata["failed"].value == 1
+    assert "SQL on DuckDB" in failed.metadata["engine"].value, "the lake's suite ran as SQL in its own DuckDB"
     results = {e["label"]: e for e in failed.metadata["expectations"].value}
     amount_result = results["expect_column_values_to_be_between(amount)"]
     assert amount_result["success"] is False and amount_result["unexpected_count"] == NEGATIVE_AMOUNTS
