@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from assets.dbt_marts import DBT_PROJECT_DIR, DBT_RESOURCE_KEY, MARTS_GROUP, dbt_marts_assets, prepare_dbt_manifest
 from fedlake.errors import ConfigError
@@ -277,6 +278,11 @@ def test_prod_marts_are_postgres_tables_holding_the_rows_of_the_local_marts(buil
     }
     assert counts["customer_risk_profile"] == len(marts_table(prod, "customer_risk_profile"))
     assert counts["aml_account_alerts"] == len(marts_table(prod, "aml_account_alerts"))
+
+    # the governed password reached dbt, yet none of its artifacts or logs holds it
+    password = conninfo_to_dict(prod.env["FEDLAKE_GOVERNED_DSN"])["password"].encode()
+    artifacts = [path for path in (prod.home / "dbt").rglob("*") if path.is_file()]
+    assert artifacts and not [path.name for path in artifacts if password in path.read_bytes()]
 
 
 def test_prod_without_the_governed_dsn_fails_in_one_line_naming_the_variable(catalog, dbt_marts, tmp_path, monkeypatch):
