@@ -131,8 +131,8 @@ class Fragments:
         """Run inside the silo through the masks (and keys), count and ledger what leaves."""
         agent, plan = self.agent, planned.plan
         fragment = [plan.fragment, *([planned.note] if planned.note else [])]
-        fragment += [f"-- semi-join on {condition or column}: only rows whose {column} hashes to one of {keys.keys} keys "
-                     f"({keys.nbytes} bytes)" for column, (keys, condition) in planned.keys.items()]
+        fragment += [f"-- semi-join on {condition or column}: only rows whose {column} may be one of {keys.keys} keys "
+                     f"(a Bloom filter of {keys.nbytes} bytes)" for column, (keys, condition) in planned.keys.items()]
         try:
             schema, batches = self.gated(caller, plan, planned.keys)
         except Exception as exc:  # noqa: BLE001 - contained unless it may leave

@@ -231,7 +231,7 @@ class ExplainFragment(Message):
 
 @dataclass(frozen=True)
 class KeysFor(Message):
-    """Semi-join keys for a planned fragment: only its rows whose `column` hashes to one of them go.
+    """Semi-join keys for a planned fragment: only its rows whose `column` may be one of them go.
     Over Flight the keys travel as the DoPut stream that this message describes."""
 
     kind: ClassVar[str] = "keys"

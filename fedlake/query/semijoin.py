@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 from sqlglot.optimizer.scope import Scope
 
-from fedlake.keyset import KEY_BYTES, MAX_KEYS
+from fedlake.keyset import MAX_KEYS, keyset_bytes
 from fedlake.query.key_paths import Column, ResidualPaths, Trace
 from fedlake.query.rules.sql import conjuncts
 
@@ -231,7 +231,7 @@ def find_semijoins(residual: str, fragments: dict[str, list[str]]) -> list[SemiJ
 
 
 def choose_semijoins(candidates: list[SemiJoin], estimates: dict[str, tuple[int, int] | None]) -> list[SemiJoin]:
-    """The semi-joins that may pay: each key set (KEY_BYTES per key, keys counted as the rows
+    """The semi-joins that may pay: each key set (`keyset_bytes` of its keys, counted as the rows
     estimated for their fragments, often several times too many) costs at most half of what its
     probe is estimated to send; the coordinator checks again with the actual keys before sending
     (`FILTER_SHARE`). Keys computed by a subquery (`keys_sql`: a HAVING, a join) are often far fewer
@@ -247,7 +247,7 @@ def choose_semijoins(candidates: list[SemiJoin], estimates: dict[str, tuple[int,
         keys = sum(rows for rows, _ in builds)
         if c.keys_sql:
             keys = min(keys, MAX_FILTER_KEYS)
-        return keys <= MAX_FILTER_KEYS and KEY_BYTES * keys <= probe[1] / 2
+        return keys <= MAX_FILTER_KEYS and keyset_bytes(keys) <= probe[1] / 2
 
     chosen: list[SemiJoin] = []
     probes: set[str] = set()
