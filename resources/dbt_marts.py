@@ -51,6 +51,8 @@ def libpq_environment(dsn: str, where: tuple[str, str]) -> dict[str, str]:
     if unsupported:
         raise ConfigError(*where, f"DSN parameter(s) {', '.join(unsupported)} have no libpq environment variable to reach dbt; remove them")
     settings.setdefault("port", "5432")
+    if not str(settings["port"]).isdigit():
+        raise ConfigError(*where, f"the governed PostgreSQL DSN's port must be one number (dbt-postgres takes one), got {settings['port']!r}")
     return {**{env_names[keyword]: str(value) for keyword, value in settings.items()}, PASSWORD_ENV: password}
 
 

@@ -310,3 +310,8 @@ def test_the_dsn_reaches_dbt_as_libpq_variables_with_the_password_kept_secret():
         libpq_environment("dbname=governed user=marts", where)
     with pytest.raises(ConfigError, match=r"keepalives have no libpq environment variable"):
         libpq_environment("host=h user=u dbname=d keepalives=1", where)
+    with pytest.raises(ConfigError, match=r"port must be one number"):
+        libpq_environment("postgresql://u@h:5432,5433/d", where)
+    with pytest.raises(ConfigError, match=r"does not parse") as refused:
+        libpq_environment("host=h password=s3cret-in-a-broken-dsn user", where)
+    assert "s3cret" not in str(refused.value)  # a DSN that does not parse is not echoed
